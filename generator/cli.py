@@ -1,0 +1,180 @@
+"""``tokenflow``: generate (stream to stdout) and the other subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+from decoding import ParamError, SamplingParams
+
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + traceback
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``SamplingParams`` field, help text from the field itself."""
+    group = parser.add_argument_group("decoding (see `tokenflow strategies`)")
+    for f in dataclasses.fields(SamplingParams):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        help_text = f.metadata.get("help", "")
+        kind = str(f.type)
+        if kind == "bool":
+            group.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+        elif kind.startswith("tuple[str"):
+            group.add_argument(flag, dest=f.name, action="append", metavar="TEXT", help=help_text)
+        elif kind.startswith("tuple[int"):
+            group.add_argument(flag, dest=f.name, action="append", type=int, metavar="ID", help=help_text)
+        elif kind == "bool | str":
+            group.add_argument(flag, dest=f.name, type=_bool_or_never, default=None, metavar="{true,false,never}",
+                               help=help_text)
+        else:
+            cast = int if kind.startswith("int") else float if kind.startswith("float") else str
+            group.add_argument(flag, dest=f.name, type=cast, default=None,
+                               help=f"{help_text} (default: {default})")
+
+
+def _bool_or_never(text: str):
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    if low == "never":
+        return "never"
+    raise argparse.ArgumentTypeError(f"expected true, false or never, got {text!r}")
+
+
+def sampling_params_from_args(args: argparse.Namespace) -> SamplingParams:
+    """Build the validated settings from parsed flags (only the ones given)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingParams)
+             if getattr(args, f.name, None) is not None}
+    return SamplingParams(**given)
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None,
+                       help="default SmolLM2-135M-Instruct (from PyPI), a local HF folder, a .gguf file, or a hub id")
+    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tokenflow", description="Token-by-token generation with decoding strategies you can "
+                     "see, swap and compare.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    gen = sub.add_parser("generate", help="stream a completion to stdout",
+                         description="Stream a completion to stdout, token by token.")
+    gen.add_argument("prompt", help="the prompt text, or - to read it from stdin")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    gen.add_argument("--stats", action="store_true",
+                     help="print time to first token, inter-token latency and tokens/s to stderr")
+    add_model_flags(gen)
+    add_sampling_flags(gen)
+    gen.set_defaults(func=cmd_generate)
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub) -> None:
+    """Subcommands from other packages (e.g. ``serve`` from ``server``), found through
+    the ``tokenflow.commands`` entry point group so ``generator`` never imports them."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="tokenflow.commands"), key=lambda e: e.name):
+        try:
+            add_commands = ep.load()
+        except ImportError:
+            continue
+        add_commands(sub)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine import Engine  # heavy imports only once the flags are good
+
+    params = sampling_params_from_args(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.prompt == "-":
+        prompt = prompt.rstrip("\n")
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    start = time.perf_counter()
+    stamps: list[float] = []
+    out = sys.stdout
+    last = None
+    for ev in engine.stream(prompt, params, chat=args.chat):
+        stamps.append(time.perf_counter())
+        if ev.text:
+            out.write(ev.text)
+            out.flush()
+        last = ev
+    out.write("\n")
+    out.flush()
+    if args.stats and stamps:
+        print(format_stats(start, stamps, last.finish_reason if last else None), file=sys.stderr)
+    return 0
+
+
+def format_stats(start: float, stamps: list[float], finish: str | None) -> str:
+    """One line: tokens, time to first token, inter-token latency, decode tokens/s."""
+    n = len(stamps)
+    ttft = (stamps[0] - start) * 1000
+    gaps = sorted((b - a) * 1000 for a, b in zip(stamps, stamps[1:]))
+    if gaps:
+        itl_mean = sum(gaps) / len(gaps)
+        itl_p50 = gaps[len(gaps) // 2]
+        tps = (n - 1) / (stamps[-1] - stamps[0]) if stamps[-1] > stamps[0] else float("inf")
+        rest = f"itl mean {itl_mean:.1f} ms p50 {itl_p50:.1f} ms, decode {tps:.1f} tok/s"
+    else:
+        rest = "itl n/a"
+    total = stamps[-1] - start
+    return (f"[stats] {n} tokens in {total:.2f} s ({n / total:.1f} tok/s overall), ttft {ttft:.0f} ms, "
+            f"{rest}, finish={finish}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return args.func(args)
+    except CLIError as exc:
+        print(f"tokenflow: error: {exc}", file=sys.stderr)
+        return 2
+    except ParamError as exc:
+        print(f"tokenflow: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error. Silence the final flush.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, never a traceback
+        from .loading import ModelLoadError
+
+        if isinstance(exc, ModelLoadError):
+            print(f"tokenflow: error: {exc}", file=sys.stderr)
+            return 1
+        if os.environ.get("TOKENFLOW_DEBUG"):
+            raise
+        print(f"tokenflow: error: {type(exc).__name__}: {exc} (set TOKENFLOW_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

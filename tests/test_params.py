@@ -1,0 +1,49 @@
+"""SamplingParams: validated once, errors name the field and the bound."""
+
+import pytest
+
+from decoding import ParamError, SamplingParams, resolve, strategies
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_k=-1), "top_k"),
+    (dict(num_beams=0), "num_beams"),
+    (dict(strategy="beam", num_beams=1), "num_beams"),
+    (dict(strategy="sample", num_beams=3), "num_beams"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_new_tokens=2.5), "max_new_tokens"),
+    (dict(strategy="no-such-thing"), "strategy"),
+    (dict(seed=-3), "seed"),
+    (dict(stop=[""]), "stop"),
+    (dict(early_stopping="sometimes"), "early_stopping"),
+])
+def test_bad_values_raise_one_error_naming_the_field(kwargs, field):
+    with pytest.raises(ParamError) as info:
+        SamplingParams(**kwargs)
+    assert info.value.field == field
+    assert str(info.value).startswith(field + ":")
+
+
+def test_defaults_and_inference():
+    assert SamplingParams().strategy == "greedy"
+    assert SamplingParams(num_beams=3).strategy == "beam"
+    assert SamplingParams(strategy="beam").num_beams == 4
+    assert SamplingParams(stop="###").stop == ("###",)
+
+
+def test_aliases_resolve_to_canonical_names():
+    assert SamplingParams(strategy="beam_search", num_beams=2).strategy == "beam"
+    assert SamplingParams(strategy="Multinomial").strategy == "sample"
+    assert resolve("argmax").name == "greedy"
+    names = [s.name for s in strategies()]
+    assert {"greedy", "sample", "beam"} <= set(names)
+    assert resolve("sample").chain == "logits -> temperature -> top_k -> top_p -> sample"
+
+
+def test_temperature_zero_is_greedy():
+    assert SamplingParams(strategy="sample", temperature=0.0).is_greedy
+    assert not SamplingParams(strategy="sample", temperature=0.5).is_greedy
