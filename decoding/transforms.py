@@ -8,6 +8,8 @@ Semantics follow the ``transformers`` logits warpers of the same name.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 Param = float | int | torch.Tensor
@@ -58,4 +60,231 @@ def top_p(logits: torch.Tensor, p: Param, min_tokens_to_keep: int = 1) -> torch.
     sorted_remove[..., -min_tokens_to_keep:] = False
     sorted_remove &= col < 1.0
     remove = sorted_remove.scatter(-1, sorted_idx, sorted_remove)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def _keep_top(remove: torch.Tensor, logits: torch.Tensor, min_tokens_to_keep: int) -> torch.Tensor:
+    """Un-remove each row's ``min_tokens_to_keep`` highest logits (as the HF warpers do)."""
+    k = min(min_tokens_to_keep, logits.shape[-1])
+    top = torch.topk(logits, k, dim=-1).indices
+    return remove.scatter(-1, top, False)
+
+
+def min_p(logits: torch.Tensor, p: Param, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """Min-p (``MinPLogitsWarper``, Nguyen et al. 2024): drop tokens whose probability
+    is below ``p`` times the top token's; ``p == 0`` is off."""
+    col = _per_row(p, logits, torch.float32)
+    probs = logits.float().softmax(dim=-1)
+    remove = probs < col * probs.amax(dim=-1, keepdim=True)
+    remove = _keep_top(remove, logits, min_tokens_to_keep)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def typical_p(logits: torch.Tensor, mass: Param, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """Locally typical sampling (``TypicalLogitsWarper``, Meister et al. 2022): keep the
+    tokens whose surprise is closest to the entropy until their mass reaches ``mass``;
+    ``mass >= 1`` is off."""
+    col = _per_row(mass, logits, torch.float32)
+    logp = logits.float().log_softmax(dim=-1)
+    p = logp.exp()
+    entropy = -(logp * p).nansum(-1, keepdim=True)
+    shifted = (-logp - entropy).abs()
+    sorted_shift, sorted_idx = torch.sort(shifted, descending=False)
+    cum = p.gather(-1, sorted_idx).cumsum(dim=-1)
+    last = (cum < col).sum(dim=-1, keepdim=True).clamp(max=logits.shape[-1] - 1)
+    sorted_remove = sorted_shift > sorted_shift.gather(-1, last)
+    sorted_remove[..., :min_tokens_to_keep] = False
+    sorted_remove &= col < 1.0
+    remove = sorted_remove.scatter(-1, sorted_idx, sorted_remove)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def epsilon_cutoff(logits: torch.Tensor, epsilon: Param, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """Epsilon sampling (``EpsilonLogitsWarper``, Hewitt et al. 2022): drop tokens with
+    probability below ``epsilon``; ``epsilon == 0`` is off."""
+    col = _per_row(epsilon, logits, torch.float32)
+    remove = logits.float().softmax(dim=-1) < col
+    kth = torch.topk(logits, min(min_tokens_to_keep, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(remove & (logits < kth), float("-inf"))
+
+
+def eta_cutoff(logits: torch.Tensor, epsilon: Param, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """Eta sampling (``EtaLogitsWarper``, Hewitt et al. 2022): drop tokens with probability
+    below ``min(epsilon, sqrt(epsilon) * exp(-entropy))``; ``epsilon == 0`` is off."""
+    col = _per_row(epsilon, logits, torch.float32)
+    logp = logits.float().log_softmax(dim=-1)
+    p = logp.exp()
+    entropy = -(logp * p).nansum(-1, keepdim=True)
+    eta = torch.minimum(col, col.sqrt() * torch.exp(-entropy))
+    kth = torch.topk(logits, min(min_tokens_to_keep, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill((p < eta) & (logits < kth), float("-inf"))
+
+
+def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: Param) -> torch.Tensor:
+    """Multiplicative repetition penalty (``RepetitionPenaltyLogitsProcessor``, Keskar et
+    al. 2019): for every token in ``seen`` (bool ``[B, V]``: the prompt and the output so
+    far), a positive logit is divided by ``penalty`` and a negative one multiplied.
+    ``penalty == 1`` is off."""
+    col = _per_row(penalty, logits, logits.dtype)
+    penalised = torch.where(logits < 0, logits * col, logits / col)
+    return torch.where(seen, penalised, logits)
+
+
+def presence_frequency_penalty(logits: torch.Tensor, counts: torch.Tensor, presence: Param,
+                               frequency: Param) -> torch.Tensor:
+    """Additive penalties as OpenAI defines them (and vLLM applies them, over the
+    *generated* tokens only): ``logit[j] -= counts[j] * frequency + (counts[j] > 0) * presence``.
+    ``counts`` is ``[B, V]``; zero is off for both."""
+    pres = _per_row(presence, logits, logits.dtype)
+    freq = _per_row(frequency, logits, logits.dtype)
+    return logits - counts.to(logits.dtype) * freq - (counts > 0).to(logits.dtype) * pres
+
+
+def ban_tokens(logits: torch.Tensor, banned: list[list[int]] | list[set[int]]) -> torch.Tensor:
+    """Set ``logits[i, t] = -inf`` for every ``t`` in ``banned[i]``."""
+    rows = [i for i, ids in enumerate(banned) for _ in ids]
+    if not rows:
+        return logits
+    cols = [t for ids in banned for t in ids]
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)] = True
+    return logits.masked_fill(mask, float("-inf"))
+
+
+def ngram_bans(history: list[int], n: int) -> list[int]:
+    """Tokens that would repeat an ``n``-gram already in ``history`` (the prompt and the
+    output): every token that followed an earlier occurrence of the last ``n - 1`` tokens."""
+    if n <= 0 or len(history) < n:
+        return []
+    if n == 1:
+        return list(set(history))
+    prefix = history[len(history) - n + 1:]
+    return [history[i + n - 1] for i in range(len(history) - n + 1) if history[i:i + n - 1] == prefix]
+
+
+def no_repeat_ngram(logits: torch.Tensor, histories: list[list[int]], n: Param) -> torch.Tensor:
+    """No-repeat-ngram (``NoRepeatNGramLogitsProcessor``): ban any token that would
+    complete an ``n``-gram already present in the row's history; ``n == 0`` is off."""
+    sizes = n.tolist() if isinstance(n, torch.Tensor) else [int(n)] * logits.shape[0]
+    return ban_tokens(logits, [ngram_bans(h, int(s)) for h, s in zip(histories, sizes)])
+
+
+def bad_words_bans(history: list[int], bad_words_ids: tuple[tuple[int, ...], ...]) -> list[int]:
+    """Last tokens of the bad sequences whose prefix ends ``history`` (a one-token
+    sequence is always banned)."""
+    out = []
+    for seq in bad_words_ids:
+        pre = len(seq) - 1
+        if pre == 0 or (pre <= len(history) and tuple(history[len(history) - pre:]) == tuple(seq[:-1])):
+            out.append(seq[-1])
+    return out
+
+
+def bad_words(logits: torch.Tensor, histories: list[list[int]],
+              bad_words_ids: list[tuple[tuple[int, ...], ...]]) -> torch.Tensor:
+    """Bad words (``NoBadWordsLogitsProcessor``): a sequence of ids may never be
+    generated whole; its last token is banned when the rest of it ends the history."""
+    return ban_tokens(logits, [bad_words_bans(h, b) for h, b in zip(histories, bad_words_ids)])
+
+
+def logit_bias(logits: torch.Tensor, bias: dict[int, float] | list[dict[int, float]]) -> torch.Tensor:
+    """Add a per-token bias (OpenAI ``logit_bias``; ``SequenceBiasLogitsProcessor`` with
+    one-token sequences). ``bias`` is one ``{token_id: bias}`` for all rows or one per row."""
+    per_row = bias if isinstance(bias, list) else [bias] * logits.shape[0]
+    rows = [i for i, b in enumerate(per_row) for _ in b]
+    if not rows:
+        return logits
+    dev = logits.device
+    cols = torch.tensor([t for b in per_row for t in b], device=dev)
+    vals = torch.tensor([v for b in per_row for v in b.values()], device=dev, dtype=logits.dtype)
+    return logits.index_put((torch.tensor(rows, device=dev), cols), vals, accumulate=True)
+
+
+def min_new_tokens(logits: torch.Tensor, generated: Param, minimum: Param,
+                   eos_token_ids: list[int] | torch.Tensor) -> torch.Tensor:
+    """Min new tokens (``MinNewTokensLengthLogitsProcessor``): the end-of-sequence ids
+    are masked while a row has generated fewer than ``minimum`` tokens; 0 is off."""
+    eos = torch.as_tensor(eos_token_ids, dtype=torch.long, device=logits.device)
+    if eos.numel() == 0:
+        return logits
+    too_short = _per_row(generated, logits, torch.long) < _per_row(minimum, logits, torch.long)
+    is_eos = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    is_eos[eos] = True
+    return logits.masked_fill(too_short & is_eos, float("-inf"))
+
+
+def xtc(logits: torch.Tensor, probability: Param, threshold: Param, uniform: Param,
+        min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """Exclude Top Choices (llama.cpp ``llama_sampler_xtc``, from text-generation-webui):
+    when the row's draw ``uniform`` (in [0, 1)) is ``<= probability`` and at least two
+    tokens have probability ``>= threshold``, remove all of them except the least likely
+    one. ``probability == 0`` is off. The draw comes from the caller (the row's own
+    generator), so this function stays deterministic."""
+    prob_col = _per_row(probability, logits, torch.float32)
+    thr_col = _per_row(threshold, logits, torch.float32)
+    u_col = _per_row(uniform, logits, torch.float32)
+    p = logits.float().softmax(dim=-1)
+    above = p >= thr_col
+    # the least likely token at or above the threshold stays (ties with it stay too)
+    floor = torch.where(above, p, torch.full_like(p, 2.0)).amin(dim=-1, keepdim=True)
+    remove = above & (p > floor)
+    left = (torch.isfinite(logits) & ~remove).sum(dim=-1, keepdim=True)
+    on = (prob_col > 0) & (u_col <= prob_col) & (above.sum(dim=-1, keepdim=True) >= 2) & \
+        (left >= min_tokens_to_keep)
+    return logits.masked_fill(remove & on, float("-inf"))
+
+
+def dry_penalties(history: list[int], multiplier: float, base: float, allowed_length: int,
+                  penalty_last_n: int = -1, sequence_breakers: tuple[int, ...] | set[int] = ()) -> dict[int, float]:
+    """DRY ("don't repeat yourself", llama.cpp ``llama_sampler_dry``, by p-e-w): for each
+    token ``t`` that would extend a repeat, i.e. ``t`` followed an earlier occurrence of
+    the context's last ``n`` tokens, with ``n`` the longest such match, the penalty is
+    ``multiplier * base ** (n - allowed_length)`` when ``n >= allowed_length``.
+    Matches never cross a sequence breaker and breakers themselves are not penalised;
+    ``penalty_last_n`` limits the context (-1: all of it, 0: off)."""
+    if multiplier <= 0 or penalty_last_n == 0 or len(history) < 2:
+        return {}
+    ctx = history if penalty_last_n < 0 else history[-penalty_last_n:]
+    breakers = set(sequence_breakers)
+    # the repeated sequence may not reach back past the most recent breaker
+    limit = 0
+    for tok in reversed(ctx):
+        if tok in breakers:
+            break
+        limit += 1
+    length = len(ctx)
+    best: dict[int, int] = {}
+    for end in range(length - 1):  # ctx[end] is the last token of an earlier occurrence
+        n = 0
+        while n < limit and n <= end and ctx[end - n] == ctx[length - 1 - n]:
+            n += 1
+        if n >= allowed_length:
+            nxt = ctx[end + 1]
+            best[nxt] = max(best.get(nxt, 0), n)
+    # llama.cpp caps the exponent so the penalty stays a finite float
+    max_exp = int(88.7228391 / math.log(base)) if base > 1.000001 else 0
+    out = {}
+    for tok, n in best.items():
+        if tok in breakers:
+            continue
+        exp = n - allowed_length
+        if max_exp > 0:
+            exp = min(exp, max_exp)
+        out[tok] = multiplier * base**exp
+    return out
+
+
+def dry(logits: torch.Tensor, penalties: list[dict[int, float]]) -> torch.Tensor:
+    """Subtract each row's DRY penalties (from ``dry_penalties``) from its logits."""
+    return logit_bias(logits, [{t: -v for t, v in p.items()} for p in penalties])
+
+
+def mirostat_v2_truncate(logits: torch.Tensor, mu: Param) -> torch.Tensor:
+    """Mirostat 2.0 truncation (Basu et al. 2021, as llama.cpp ``llama_sampler_mirostat_v2``):
+    drop tokens whose surprise ``-log2 p`` exceeds the row's ``mu``; the most likely
+    token always stays."""
+    col = _per_row(mu, logits, torch.float32)
+    surprise = -logits.float().log_softmax(dim=-1) / math.log(2)
+    remove = surprise > col
+    remove = _keep_top(remove, logits, 1)
     return logits.masked_fill(remove, float("-inf"))
