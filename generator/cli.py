@@ -31,6 +31,12 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
         kind = str(f.type)
         if kind == "bool":
             group.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+        elif kind.startswith("dict[int"):
+            group.add_argument(flag, dest=f.name, action="append", type=_id_equals_bias, metavar="ID=BIAS",
+                               help=help_text)
+        elif kind.startswith("tuple[tuple[int"):
+            group.add_argument(flag, dest=f.name, action="append", type=_id_list, metavar="ID[,ID...]",
+                               help=help_text)
         elif kind.startswith("tuple[str"):
             group.add_argument(flag, dest=f.name, action="append", metavar="TEXT", help=help_text)
         elif kind.startswith("tuple[int"):
@@ -40,8 +46,28 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
                                help=help_text)
         else:
             cast = int if kind.startswith("int") else float if kind.startswith("float") else str
+            shown = "the strategy's, else off" if default is None and "off" in f.metadata else default
             group.add_argument(flag, dest=f.name, type=cast, default=None,
-                               help=f"{help_text} (default: {default})")
+                               help=f"{help_text} (default: {shown})")
+
+
+def _id_equals_bias(text: str) -> tuple[int, float]:
+    """``--logit-bias 42=-5.5`` -> ``(42, -5.5)``."""
+    key, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(key), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ID=BIAS (e.g. 42=-5.5), got {text!r}") from None
+
+
+def _id_list(text: str) -> tuple[int, ...]:
+    """``--bad-words-ids 12,34`` -> ``(12, 34)``."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids, got {text!r}") from None
 
 
 def _bool_or_never(text: str):
@@ -59,6 +85,8 @@ def sampling_params_from_args(args: argparse.Namespace) -> SamplingParams:
     """Build the validated settings from parsed flags (only the ones given)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingParams)
              if getattr(args, f.name, None) is not None}
+    if "logit_bias" in given:  # repeated ID=BIAS pairs; a later pair for the same id wins
+        given["logit_bias"] = dict(given["logit_bias"])
     return SamplingParams(**given)
 
 
@@ -83,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(gen)
     add_sampling_flags(gen)
     gen.set_defaults(func=cmd_generate)
+    strat = sub.add_parser("strategies", help="list the decoding strategies, their chains and parameters",
+                           description="List the decoding strategies (name, aliases, chain, parameters, "
+                           "reference) and the processors every strategy can switch on.")
+    strat.add_argument("--json", action="store_true",
+                       help="print the machine-readable catalogue (what GET /strategies serves)")
+    strat.set_defaults(func=cmd_strategies)
     _add_optional_commands(sub)
     return parser
 
@@ -122,6 +156,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out.flush()
     if args.stats and stamps:
         print(format_stats(start, stamps, last.finish_reason if last else None), file=sys.stderr)
+    return 0
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    from decoding import describe
+
+    catalogue = describe()
+    if args.json:
+        import json
+
+        print(json.dumps(catalogue, indent=2))
+        return 0
+    params = catalogue["params"]
+
+    def show(name: str, defaults: dict) -> str:
+        value = defaults.get(name, params[name]["default"])
+        if value is None and params[name]["off"] is not None:
+            value = params[name]["off"]  # unset and no strategy default: off
+        return f"{name}={value}"
+
+    print("strategies (tokenflow generate --strategy NAME):")
+    for s in catalogue["strategies"]:
+        aliases = f" (aliases: {', '.join(s['aliases'])})" if s["aliases"] else ""
+        print(f"\n  {s['name']}{aliases}\n    {s['description']}")
+        print(f"    chain: {s['chain']}")
+        if s["params"]:
+            print(f"    params: {', '.join(show(p, s['defaults']) for p in s['params'])}")
+        print(f"    reference: {s['reference']}")
+    print("\nprocessors (any strategy but beam; on when their parameter is set, applied first, in this order):")
+    for p in catalogue["processors"]:
+        print(f"\n  {p['name']}: {p['description']}")
+        print(f"    params: {', '.join(show(n, {}) for n in p['params'])}")
+        print(f"    reference: {p['reference']}")
     return 0
 
 

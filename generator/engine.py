@@ -12,7 +12,7 @@ from decoding import BatchSampler, BeamSearch, ParamError, SamplingParams, resol
 from decoding.selectors import make_generator
 
 from .detok import TextStream
-from .events import TokenEvent
+from .events import TokenEvent, top_logprobs
 from .loading import load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
 from .runner import HFRunner
 
@@ -97,8 +97,10 @@ class Engine:
         if resolve(params.strategy).selector == "beam":
             yield from self._stream_beam(ids, params)
             return
+        if params.n != 1:
+            raise ParamError("n", "Engine.stream() yields one sequence; n > 1 is not implemented here yet")
         gen = make_generator(params.seed, self.device)
-        sampler = BatchSampler([params], [gen], self.device)
+        sampler = BatchSampler([params], [gen], self.device, prompt_ids=[ids], eos_token_ids=self.eos_token_ids)
         stop_ids = self.stop_ids(params)
         text = TextStream(self.tokenizer, params.stop)
         cache = self.runner.new_cache()
@@ -108,11 +110,13 @@ class Engine:
             # The one device-to-host read of the step: chosen id and its logprob.
             tok, lp = torch.stack((out.token_ids.double(), out.logprobs.double()), 1)[0].tolist()
             tok = int(tok)
+            sampler.accept([tok])
+            top = top_logprobs(out, params.logprobs, self.tokenizer)
             delta = text.push(tok)
             finish = _finish_reason(tok, stop_ids, text, index + 1 >= params.max_new_tokens)
             if finish:
                 delta += text.flush()
-            yield TokenEvent(tok, delta, lp, index, finish)
+            yield TokenEvent(tok, delta, lp, index, finish, top)
             if finish:
                 return
             logits = self.runner.decode(out.token_ids, cache)

@@ -6,6 +6,15 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a step: id, its text alone, raw logprob."""
+
+    token_id: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """One generated token, yielded the moment it exists.
 
@@ -15,7 +24,10 @@ class TokenEvent:
     ``logprob`` is the chosen token's log-probability under the model's raw
     distribution (before temperature or filters). ``finish_reason`` is set on
     the last event only: ``"stop"`` (EOS, a stop id or a stop string) or
-    ``"length"`` (``max_new_tokens`` reached).
+    ``"length"`` (``max_new_tokens`` reached). ``top_logprobs`` holds the
+    ``params.logprobs`` most likely tokens of this step, most likely first, from the
+    same raw distribution as ``logprob`` (OpenAI's ``top_logprobs``); empty when not
+    asked for.
     """
 
     token_id: int
@@ -23,3 +35,14 @@ class TokenEvent:
     logprob: float | None
     index: int
     finish_reason: str | None = None
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+def top_logprobs(out, n: int, tokenizer, row: int = 0) -> tuple[TopLogprob, ...]:
+    """Row ``row``'s ``n`` most likely tokens from a ``decoding.StepOutput``: a second
+    device read, made only when a request asked for ``logprobs``. Each alternative's
+    text is that token decoded alone (what OpenAI reports as ``token``)."""
+    if n <= 0 or out.top_ids is None:
+        return ()
+    ids, lps = out.top_ids[row, :n].tolist(), out.top_logprobs[row, :n].tolist()
+    return tuple(TopLogprob(t, tokenizer.decode([t]), lp) for t, lp in zip(ids, lps))
