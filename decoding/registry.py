@@ -183,7 +183,9 @@ register(Strategy("xtc", "sample", ("top_k", "top_p", "min_p", "xtc", "temperatu
                   defaults={"xtc_probability": 0.5},
                   description="sometimes exclude every top choice but the least likely",
                   reference="llama.cpp llama_sampler_xtc (chain order of llama.cpp)"))
-register(Strategy("dry", "sample", ("temperature", "top_k", "top_p", "min_p"), params=("seed",),
+register(Strategy("dry", "sample", ("temperature", "top_k", "top_p", "min_p"),
+                  params=("dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
+                          "dry_sequence_breakers", "seed"),
                   aliases=("dont_repeat_yourself",), defaults={"dry_multiplier": 0.8},
                   description="sampling with the DRY repeat penalty switched on",
                   reference="llama.cpp llama_sampler_dry (p-e-w, text-generation-webui)"))

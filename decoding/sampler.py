@@ -103,8 +103,15 @@ class _Group:
             if any(v != off for v in values):  # else skip the transform for the whole group
                 dtype = torch.long if fname == "top_k" else torch.float32
                 self.columns[name] = torch.tensor(values, dtype=dtype, device=device)
+        # rows with k == 0 keep everything, so only the live rows' largest k bounds the partial sort
+        ks = [states[i].params.top_k for i in rows]
+        self.k_max = None if 0 in ks else max(ks)
         if "xtc" in self.columns:
             self.xtc_threshold = torch.tensor([states[i].params.xtc_threshold for i in rows], device=device)
+            # host-side list of the rows that draw, so a step needs no device read to know it
+            xtc_rows = [j for j, i in enumerate(rows) if states[i].params.xtc_probability > 0]
+            self.xtc_rows = torch.tensor(xtc_rows, device=device)
+            self.xtc_generators = [self.generators[j] for j in xtc_rows]
 
     def run(self, logits: torch.Tensor) -> torch.Tensor:
         """The group's chain and selector over its rows' logits ``[G, V]`` -> ids ``[G]``."""
@@ -116,12 +123,11 @@ class _Group:
                 logits = transforms.temperature(logits, col)
             elif name == "xtc":
                 # the draw comes first from each row's own generator, so it depends on that row alone
-                draws = [g for g, p in zip(self.generators, col.tolist()) if p > 0]
                 u = torch.ones(len(self.rows), device=logits.device)
-                if draws:
-                    on = col > 0
-                    u[on] = selectors.uniform(draws, logits.device)
+                u = u.index_copy(0, self.xtc_rows, selectors.uniform(self.xtc_generators, logits.device))
                 logits = transforms.xtc(logits, col, self.xtc_threshold, u, self.min_keep)
+            elif name == "top_k":
+                logits = transforms.top_k(logits, col, self.min_keep, k_max=self.k_max)
             else:
                 logits = getattr(transforms, name)(logits, col, self.min_keep)
         if self.strategy.selector == "mirostat_v2":
@@ -197,7 +203,12 @@ class BatchSampler:
         self.additive = bool(self.on["presence_penalty"] or self.on["frequency_penalty"])
         self.presence, self.frequency = (col("presence_penalty"), col("frequency_penalty")) if self.additive \
             else (None, None)
-        self.bias = [p.logit_bias for p in self.params] if self.on["logit_bias"] else None
+        self.bias = None
+        if self.on["logit_bias"]:  # fixed for the batch: index tensors built once
+            rows = [i for i, p in enumerate(self.params) for _ in p.logit_bias]
+            self.bias = ((torch.tensor(rows, device=device),
+                          torch.tensor([t for p in self.params for t in p.logit_bias], device=device)),
+                         torch.tensor([b for p in self.params for b in p.logit_bias.values()], device=device))
         self._vocab: int | None = None  # the [B, V] history tensors are built on the first call
         self._counts: torch.Tensor | None = None  # (B, V) generated-token counts
         self._seen: torch.Tensor | None = None  # (B, V) token in prompt or output
@@ -225,8 +236,8 @@ class BatchSampler:
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """The history-aware processors every strategy applies (bias, bans, penalties)."""
         on = self.on
-        if self.bias is not None:
-            logits = transforms.logit_bias(logits, self.bias)
+        if self.bias is not None:  # as transforms.logit_bias, with the indices made once
+            logits = logits.index_put(self.bias[0], self.bias[1], accumulate=True)
         if on["bad_words"]:
             logits = transforms.ban_tokens(logits, [
                 transforms.bad_words_bans(r.history, r.params.bad_words_ids) if i in on["bad_words"] else []

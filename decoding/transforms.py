@@ -34,17 +34,24 @@ def temperature(logits: torch.Tensor, t: Param) -> torch.Tensor:
     return logits / col
 
 
-def top_k(logits: torch.Tensor, k: Param, min_tokens_to_keep: int = 1) -> torch.Tensor:
+def top_k(logits: torch.Tensor, k: Param, min_tokens_to_keep: int = 1, k_max: int | None = None) -> torch.Tensor:
     """Keep the ``k`` highest logits per row (``TopKLogitsWarper``); ``k == 0`` is off.
 
-    Ties with the k-th value are kept, as in ``transformers``.
+    Ties with the k-th value are kept, as in ``transformers``. ``k_max`` (a host int,
+    at least every row's ``k``) lets a partial ``topk`` replace the full sort.
     """
     vocab = logits.shape[-1]
     col = _per_row(k, logits, torch.long)
     keep = col.clamp(min=min_tokens_to_keep, max=vocab)
-    # kth largest per row: sort once, gather at (k - 1)
-    sorted_desc = torch.sort(logits, dim=-1, descending=True).values
-    kth = sorted_desc.gather(-1, keep - 1)
+    if isinstance(k, int):
+        k_max = k
+    if k_max is not None and k_max > 0:
+        depth = min(max(k_max, min_tokens_to_keep), vocab)
+        sorted_desc = torch.topk(logits, depth, dim=-1).values
+    else:
+        sorted_desc = torch.sort(logits, dim=-1, descending=True).values
+    # kth largest per row, gathered at (k - 1)
+    kth = sorted_desc.gather(-1, (keep - 1).clamp(max=sorted_desc.shape[-1] - 1))
     remove = (logits < kth) & (col > 0)
     return logits.masked_fill(remove, float("-inf"))
 

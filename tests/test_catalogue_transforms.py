@@ -196,3 +196,11 @@ def test_mirostat_v2_truncates_samples_and_learns():
     assert float(before.mu) == 2.0  # the clone kept the old state
     m.reset()
     assert float(m.mu) == 2.0 and m.last_log2p is None
+
+
+def test_top_k_partial_sort_equals_full_sort():
+    logits = _random_logits(80, ties=True)
+    ks = torch.tensor([1, 3, 5, 10, 2, 7])
+    assert torch.equal(transforms.top_k(logits, ks, k_max=10), transforms.top_k(logits, ks))
+    assert torch.equal(transforms.top_k(logits, ks, min_tokens_to_keep=4, k_max=10),
+                       transforms.top_k(logits, ks, min_tokens_to_keep=4))
