@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 
@@ -138,10 +138,11 @@ class SamplingParams:
 
         # Unset filters: the strategy's default, else off. A filter set to a live value
         # that the strategy's chain does not contain is an error, not silently ignored.
-        for fname in ("top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
-                      "xtc_probability", "dry_multiplier"):
+        unset = []
+        for fname in _STRATEGY_DEFAULTED:
             value = getattr(self, fname)
             if value is None:
+                unset.append(fname)
                 object.__setattr__(self, fname, strategy.defaults.get(fname, _META[fname]["off"]))
             elif fname not in ("top_k", "top_p", "dry_multiplier"):
                 _check_field(self, fname)
@@ -149,6 +150,7 @@ class SamplingParams:
                     users = ", ".join(s.name for s in _strategies() if fname in s.fields)
                     raise ParamError(fname, f"strategy '{strategy.name}' does not use {fname}; "
                                             f"strategies that do: {users}")
+        object.__setattr__(self, "_unset", frozenset(unset))  # replace() lets them follow a new strategy
 
         for f in fields(self):
             if f.metadata.get("low") is not None or f.metadata.get("high") is not None:
@@ -205,8 +207,12 @@ class SamplingParams:
         return " -> ".join(("logits", *self.active_transforms(), selector))
 
     def replace(self, **changes: Any) -> "SamplingParams":
-        """A copy with some fields changed, validated again."""
-        return replace(self, **changes)
+        """A copy with some fields changed, validated again. Fields that were left unset
+        stay unset, so they take the (new) strategy's default."""
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        current.update({name: None for name in getattr(self, "_unset", ())})
+        current.update(changes)
+        return SamplingParams(**current)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -214,6 +220,9 @@ class SamplingParams:
 
 
 _META = {f.name: f.metadata for f in fields(SamplingParams)}
+# Fields whose None means "the strategy's default, else off".
+_STRATEGY_DEFAULTED = ("top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+                       "xtc_probability", "dry_multiplier")
 
 
 def _strategies():

@@ -86,6 +86,14 @@ def test_strategy_defaults_fill_unset_fields_only():
     assert (lc.top_k, lc.top_p, lc.min_p) == (40, 0.95, 0.05)
 
 
+def test_replace_lets_unset_fields_follow_the_new_strategy():
+    p = SamplingParams(seed=3)
+    assert p.top_k == 0 and p.replace(strategy="top_k").top_k == 50
+    assert p.replace(strategy="top_k", top_k=7).top_k == 7
+    assert SamplingParams(strategy="top_k", top_k=5).replace(seed=1).top_k == 5  # set values stay
+    assert p.replace(strategy="min_p").replace(strategy="sample").min_p == 0.0
+
+
 def test_json_style_inputs_are_normalised():
     p = SamplingParams(logit_bias={"42": -3, 7: 1.5}, bad_words_ids=[[1, 2], [3]], stop_token_ids=[9])
     assert p.logit_bias == {42: -3.0, 7: 1.5}
