@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 import time
@@ -25,12 +26,15 @@ router = APIRouter()
 
 # -- dependencies ---------------------------------------------------------------
 def require_api_key(request: Request) -> None:
-    """With an API key configured, every ``/v1`` route needs ``Authorization: Bearer <key>``."""
+    """With an API key configured, every ``/v1`` route needs ``Authorization: Bearer <key>``
+    (``/api/stream`` also takes ``?api_key=``: ``EventSource`` cannot send headers)."""
     key = request.app.state.settings.api_key
     if not key:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
+    if scheme.lower() != "bearer":
+        given = request.query_params.get("api_key", "") if request.url.path == "/api/stream" else ""
+    if not given or not secrets.compare_digest(given.strip().encode(), key.encode()):
         raise APIError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
                        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
@@ -90,9 +94,11 @@ def _submit(state, ids: list[int], params: list[SamplingParams]) -> JobGroup:
                        headers={"Retry-After": retry}) from None
 
 
-async def _collect(group: JobGroup, n: int) -> list[list]:
-    """Every choice's events, for the non-streaming answers."""
+async def _collect(group: JobGroup, n: int, request: Request) -> list[list]:
+    """Every choice's events, for the non-streaming answers. A client that hangs
+    up while it waits cancels the generation too (nothing else would notice)."""
     events: list[list] = [[] for _ in range(n)]
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, group))
     try:
         async for index, ev in group:
             events[index].append(ev)
@@ -100,9 +106,19 @@ async def _collect(group: JobGroup, n: int) -> list[list]:
         raise APIError(500, f"generation failed: {type(exc.cause).__name__}: {exc.cause}", type="server_error",
                        code="generation_failed") from None
     finally:
-        if not group.finished:  # we were cancelled (shutdown): stop the work too
+        watcher.cancel()
+        if not group.finished:  # we were cancelled (disconnect, shutdown): stop the work too
             group.cancel()
     return events
+
+
+async def _cancel_on_disconnect(request: Request, group: JobGroup) -> None:
+    # The body is read already, so the next ASGI message is the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            group.cancel()
+            return
 
 
 # -- OpenAI routes ---------------------------------------------------------------------
@@ -126,7 +142,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     token_text = fmt.TokenText(state.engine.tokenizer)
     if req.stream:
         return _stream_chat(state, group, req, cid, created, model, len(ids), top_n, token_text)
-    events = await _collect(group, req.n)
+    events = await _collect(group, req.n, request)
     choices = []
     for i, evs in enumerate(events):
         logprobs = {"content": [fmt.chat_logprob(ev, top_n, token_text) for ev in evs]} if req.logprobs else None
@@ -179,7 +195,7 @@ async def completions(req: CompletionRequest, request: Request):
     if req.stream:
         return _stream_completion(state, group, req, cid, created, model, len(ids), top_n, want_logprobs,
                                   token_text)
-    events = await _collect(group, req.n)
+    events = await _collect(group, req.n, request)
     choices = []
     for i, evs in enumerate(events):
         logprobs = None
@@ -222,12 +238,12 @@ def _stream_completion(state, group, req, cid, created, model, prompt_tokens, to
 _FIELD_ALIASES = {"max_tokens": "max_new_tokens"}
 
 
-def params_from_query(query) -> SamplingParams:
+def params_from_query(query, default_max_tokens: int = 256) -> SamplingParams:
     """``SamplingParams`` from query-string values, converted by each field's type."""
     types = {f.name: str(f.type) for f in dataclasses.fields(SamplingParams)}
     kwargs = {}
     for key in query.keys():
-        if key in ("prompt", "chat", "last_event_id"):
+        if key in ("prompt", "chat", "last_event_id", "api_key"):
             continue
         name = _FIELD_ALIASES.get(key, key)
         if name not in types:
@@ -238,7 +254,7 @@ def params_from_query(query) -> SamplingParams:
         except ValueError:
             raise APIError(400, f"{key}: cannot read {values[-1]!r} as {types[name]}", param=key,
                            code="invalid_value") from None
-    kwargs.setdefault("max_new_tokens", 256)
+    kwargs.setdefault("max_new_tokens", default_max_tokens)
     try:
         return SamplingParams(**kwargs)
     except ParamError as exc:
@@ -272,7 +288,7 @@ def _truthy(text: str | None) -> bool:
     return (text or "").lower() in ("1", "true", "yes", "on")
 
 
-@router.get("/api/stream")
+@router.get("/api/stream", dependencies=[Depends(require_api_key)])
 async def api_stream(request: Request):
     """Server-sent events for ``EventSource``: ``token``, then ``done`` (or ``error``).
 
@@ -294,7 +310,7 @@ async def api_stream(request: Request):
         prompt = request.query_params.get("prompt")
         if not prompt:
             raise APIError(400, "prompt: required", param="prompt", code="missing_field")
-        params = params_from_query(request.query_params)
+        params = params_from_query(request.query_params, state.settings.default_max_tokens)
         ids = _encode(state, prompt, chat=_truthy(request.query_params.get("chat")), field="prompt")
         if len(ids) + params.max_new_tokens > state.engine.context_length:
             raise APIError(400, f"max_new_tokens: prompt ({len(ids)} tokens) + max_new_tokens "

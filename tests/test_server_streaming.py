@@ -86,6 +86,18 @@ def test_disconnect_stops_generation_within_one_step(serve, tiny_engine):
     assert tiny_engine.runner.forward_calls - calls_before < 20
 
 
+def test_non_streaming_client_that_hangs_up_cancels(serve, tiny_engine):
+    slow = StepEngine(tiny_engine, delay_s=0.05)
+    server = serve(slow)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json={"prompt": "Once", "max_tokens": 200, "ignore_eos": True},
+                   timeout=0.3)
+    assert wait_until(lambda: server.app.state.scheduler.active_count == 0, timeout=5)
+    steps = slow.steps
+    time.sleep(0.2)
+    assert slow.steps == steps < 50
+
+
 def test_mid_stream_failure_ends_with_an_error_event(serve, tiny_engine):
     server = serve(StepEngine(tiny_engine, fail_after=3))
     body = {**CHAT, "max_tokens": 10, "temperature": 0, "stream": True}
@@ -243,6 +255,10 @@ def test_api_key_required_on_v1(serve, tiny_engine):
     good = openai.OpenAI(base_url=server.url + "/v1", api_key="s3cret", max_retries=0)
     assert good.completions.create(model="tokenflow", prompt="hi", max_tokens=2).choices
     assert httpx.get(server.url + "/health").status_code == 200  # probes need no key
+    # EventSource cannot send headers: /api/stream takes the key in the query instead.
+    assert httpx.get(server.url + "/api/stream", params={"prompt": "hi"}).status_code == 401
+    events = read_api_stream(server.url, {"prompt": "hi", "max_tokens": "2", "api_key": "s3cret"})
+    assert events[-1]["event"] == "done"
 
 
 def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
