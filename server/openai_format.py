@@ -64,7 +64,9 @@ class CompletionLogprobs:
 
     def entry(self, ev) -> dict[str, list]:
         tok = self.token_text(ev.token_id)
-        top = {self.token_text(t): lp for t, lp in alternatives(ev)[:self.top_n]}
+        top: dict[str, float] = {}
+        for t, lp in alternatives(ev)[:self.top_n]:
+            top.setdefault(self.token_text(t), lp)  # ids that decode alike: keep the likelier
         out = {"tokens": [tok], "token_logprobs": [ev.logprob], "top_logprobs": [top],
                "text_offset": [self.offset]}
         self.offset += len(ev.text)

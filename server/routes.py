@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import secrets
 import time
 import uuid
@@ -252,7 +253,7 @@ def params_from_query(query, default_max_tokens: int = 256) -> SamplingParams:
         try:
             kwargs[name] = _convert(types[name], values)
         except ValueError:
-            raise APIError(400, f"{key}: cannot read {values[-1]!r} as {types[name]}", param=key,
+            raise APIError(400, f"{key}: cannot read {values[-1]!r} as {types[name]} (structured values are JSON)", param=key,
                            code="invalid_value") from None
     kwargs.setdefault("max_new_tokens", default_max_tokens)
     try:
@@ -262,6 +263,12 @@ def params_from_query(query, default_max_tokens: int = 256) -> SamplingParams:
 
 
 def _convert(kind: str, values: list[str]):
+    if kind.startswith(("dict", "tuple[tuple")):
+        # Structured settings (logit_bias, bad_words_ids) come as JSON: logit_bias={"50256":-100}
+        try:
+            return json.loads(values[-1])
+        except json.JSONDecodeError as exc:
+            raise ValueError(str(exc)) from None
     if kind.startswith("tuple["):
         cast = int if kind.startswith("tuple[int") else str
         return tuple(cast(v) for part in values for v in ([part] if cast is str else part.split(",")) if v != "")
@@ -327,16 +334,17 @@ async def api_stream(request: Request):
 # -- service routes -----------------------------------------------------------------------------
 @router.get("/strategies")
 async def list_strategies():
-    """The registry, as data: every strategy with its fields, plus the settings a request may use."""
+    """The registry as data: ``decoding.describe()`` where the registry has it, else
+    every strategy's fields, plus the settings a request may use."""
+    import decoding
+
+    describe = getattr(decoding, "describe", None)
+    if callable(describe):
+        return JSONResponse(_jsonable(describe()))
     out = []
     for s in strategies():
-        describe = getattr(s, "describe", None)
-        if callable(describe):
-            entry = dict(describe())
-        elif dataclasses.is_dataclass(s):
-            entry = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
-        else:
-            entry = {"name": getattr(s, "name", str(s))}
+        entry = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)} if dataclasses.is_dataclass(s) else {}
+        entry.setdefault("name", getattr(s, "name", str(s)))
         entry.setdefault("chain", getattr(s, "chain", None))
         out.append(entry)
     return JSONResponse({"strategies": _jsonable(out), "params": sampling_fields()})

@@ -8,16 +8,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from decoding import ParamError, SamplingParams
+from decoding import ParamError, SamplingParams, strategies
 
 from .errors import APIError, from_param_error
 
 # OpenAI fields we accept and ignore: they do not change the tokens.
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options",
             "prompt_cache_key", "safety_identifier"}
-# Wire names whose SamplingParams field is spelled differently; errors are reported
-# back under the wire name.
-_RENAMED = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens"}
+# Fields on the wire that the route interprets itself, never passed on by name
+# (``n`` becomes n jobs; ``logprobs``/``top_logprobs`` become SamplingParams.logprobs).
+_OWN_FIELDS = {"model", "stream", "stream_options", "n", "messages", "prompt", "logprobs", "top_logprobs",
+               "echo", "suffix", "best_of", "max_tokens", "max_completion_tokens"}
 
 
 class StreamOptions(BaseModel):
@@ -50,10 +51,6 @@ class _Request(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
-    # Fields that exist on the wire but are ours to interpret, not SamplingParams'.
-    _own_fields = {"model", "stream", "stream_options", "n", "messages", "prompt", "logprobs",
-                   "top_logprobs", "echo", "suffix", "best_of", "max_tokens", "max_completion_tokens"}
-
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -72,7 +69,7 @@ class _Request(BaseModel):
         known = set(SamplingParams.field_names())
         wire: dict[str, Any] = {}
         for name, value in self:  # declared fields
-            if name not in self._own_fields and name not in _IGNORED and value is not None:
+            if name not in _OWN_FIELDS and name not in _IGNORED and value is not None:
                 wire[name] = value
         for name, value in (self.model_extra or {}).items():
             if name in _IGNORED or value is None:
@@ -96,22 +93,59 @@ class _Request(BaseModel):
         max_tokens = self._max_tokens()
         kwargs["max_new_tokens"] = default_max_tokens if max_tokens is None else max_tokens
         top = self._top_logprobs()
-        if top and "top_logprobs" in known:
-            kwargs["top_logprobs"] = top
-        if "strategy" not in kwargs and (kwargs.get("num_beams") or 1) <= 1:
-            # OpenAI's default is sampling at temperature 1; temperature 0 means greedy.
-            kwargs["strategy"] = "greedy" if kwargs.get("temperature") == 0 else "sample"
+        if top:
+            # The engine reports alternatives through an int SamplingParams field (``logprobs``).
+            if "logprobs" in known:
+                kwargs["logprobs"] = top
+            elif "top_logprobs" in known:
+                kwargs["top_logprobs"] = top
         if self.seed is not None:
             kwargs["seed"] = self.seed + choice
+        rename = {"max_new_tokens": self._max_tokens_name()}
         try:
-            return SamplingParams(**kwargs)
+            if "strategy" in kwargs or (kwargs.get("num_beams") or 1) > 1:
+                return SamplingParams(**kwargs)
+            return _openai_default_strategy(kwargs)
         except ParamError as exc:
-            raise from_param_error(exc, {"max_new_tokens": self._max_tokens_name()}) from None
+            raise from_param_error(exc, rename) from None
         except TypeError as exc:  # a value of the wrong shape for a dataclass field
             raise APIError(400, str(exc), code="invalid_value") from None
 
     def _max_tokens_name(self) -> str:
         return "max_tokens"
+
+
+def _openai_default_strategy(kwargs: dict[str, Any]) -> SamplingParams:
+    """No strategy named: OpenAI's default, sampling (greedy at temperature 0).
+
+    When the request sets filters plain ``sample`` does not run (``min_p``,
+    ``typical_p``, ...), the first sampling strategy of the registry whose
+    validation accepts them all is used, fewest defaults of its own first, so
+    vLLM-style requests work without naming a strategy. If none accepts them,
+    plain ``sample``'s error (naming the field) is raised.
+    """
+    names = (["greedy"] if kwargs.get("temperature") == 0 else []) + ["sample"]
+    samplers = [s for s in strategies() if s.selector == "sample" and s.name not in names]
+    names += [s.name for s in sorted(samplers, key=lambda s: len(getattr(s, "defaults", {}) or {}))]
+    first_error = None
+    for name in names:
+        try:
+            return SamplingParams(**{**kwargs, "strategy": name})
+        except ParamError as exc:
+            if exc.field == "strategy" or name == "greedy":
+                continue  # greedy rejects filters: fall through to sampling at temperature 0
+            first_error = first_error or exc
+            if exc.field not in _filter_fields(kwargs):
+                break  # a bad value, not a filter this strategy lacks: report it
+    raise first_error or ParamError("strategy", "no strategy accepts these settings")
+
+
+def _filter_fields(kwargs: dict[str, Any]) -> set[str]:
+    """Fields set in this request that only some strategies run (candidates for a mismatch)."""
+    used: set[str] = set()
+    for s in strategies():
+        used |= set(getattr(s, "fields", ()) or ()) | set(s.transforms) | set(s.params)
+    return used & set(kwargs)
 
 
 def _is_off(name: str, value: Any) -> bool:

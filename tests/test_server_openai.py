@@ -94,6 +94,33 @@ def test_logprobs_match_the_engine(client, tiny_engine):
     assert lp.text_offset[0] == 0 and all(v <= 0 for v in lp.token_logprobs)
 
 
+@pytest.mark.skipif("logprobs" not in SamplingParams.field_names(),
+                    reason="this engine does not report alternatives (TokenEvent.top_logprobs) yet")
+def test_top_logprobs_alternatives(client):
+    res = client.chat.completions.create(model="tokenflow", messages=MESSAGES, max_tokens=4, temperature=0,
+                                         logprobs=True, top_logprobs=3, extra_body=NO_EOS)
+    for entry in res.choices[0].logprobs.content:
+        top = entry.top_logprobs
+        assert len(top) == 3 and top[0].logprob >= top[1].logprob >= top[2].logprob
+        # Greedy: the chosen token is the most likely one.
+        assert top[0].token == entry.token and top[0].logprob == pytest.approx(entry.logprob, abs=1e-5)
+    comp = client.completions.create(model="tokenflow", prompt="Once upon", max_tokens=3, temperature=0, logprobs=2,
+                                     extra_body=NO_EOS)
+    lp = comp.choices[0].logprobs
+    # A dict keyed by token text: two ids that decode alike (byte pieces) share a key.
+    for chosen, alts in zip(lp.token_logprobs, lp.top_logprobs):
+        assert 1 <= len(alts) <= 2 and max(alts.values()) == pytest.approx(chosen, abs=1e-5)
+
+
+@pytest.mark.skipif("min_p" not in SamplingParams.field_names(), reason="SamplingParams has no min_p yet")
+def test_vllm_filter_without_naming_a_strategy(client, tiny_engine):
+    # Plain "sample" may not run min_p; the server picks a sampling strategy that does.
+    res = client.completions.create(model="tokenflow", prompt="Once upon", max_tokens=6, seed=2,
+                                    extra_body={"min_p": 0.2, **NO_EOS})
+    assert res.choices[0].text == tiny_engine.generate_text(
+        "Once upon", SamplingParams(strategy="min_p", min_p=0.2, seed=2, max_new_tokens=6, ignore_eos=True))
+
+
 def test_n_choices_use_consecutive_seeds(client, tiny_engine):
     res = client.chat.completions.create(model="tokenflow", messages=MESSAGES, n=2, seed=5, max_tokens=8,
                                          extra_body=NO_EOS)
