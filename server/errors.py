@@ -69,6 +69,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError):
         # param: the top-level field as the client spelled it; the message has the full path.
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            detail = (first.get("ctx") or {}).get("error", "")
+            return _json(400, error_body(f"the body is not valid JSON: {detail}", "invalid_request_error", None,
+                                         "invalid_json"))
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header")]
         param = loc[0] if loc else None
         msg = first.get("msg", "invalid request")

@@ -244,6 +244,8 @@ def test_health_strategies_and_unknown_route(serve, tiny_engine):
     assert {"greedy", "sample", "beam"} <= set(names)
     res = httpx.get(server.url + "/v1/nothing")
     assert res.status_code == 404 and res.json()["error"]["type"] == "not_found_error"
+    res = httpx.post(server.url + "/v1/completions", content=b'{"prompt": ', headers={"content-type": "application/json"})
+    assert res.status_code == 400 and res.json()["error"]["code"] == "invalid_json"
 
 
 def test_api_key_required_on_v1(serve, tiny_engine):
