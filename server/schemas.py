@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from decoding import ParamError, SamplingParams, strategies
+from decoding import ParamError, SamplingParams, resolve, strategies
 
 from .errors import APIError, from_param_error
 
@@ -119,33 +119,46 @@ def _openai_default_strategy(kwargs: dict[str, Any]) -> SamplingParams:
     """No strategy named: OpenAI's default, sampling (greedy at temperature 0).
 
     When the request sets filters plain ``sample`` does not run (``min_p``,
-    ``typical_p``, ...), the first sampling strategy of the registry whose
-    validation accepts them all is used, fewest defaults of its own first, so
-    vLLM-style requests work without naming a strategy. If none accepts them,
-    plain ``sample``'s error (naming the field) is raised.
+    ``typical_p``, ...), the first sampling strategy of the registry that runs
+    every filter the request set is used, never one whose own defaults would
+    switch on a filter the request did not ask for; so vLLM-style requests
+    work without naming a strategy. If none fits, plain ``sample``'s error
+    (naming the field and the strategies that run it) is raised.
     """
-    names = (["greedy"] if kwargs.get("temperature") == 0 else []) + ["sample"]
-    samplers = [s for s in strategies() if s.selector == "sample" and s.name not in names]
-    names += [s.name for s in sorted(samplers, key=lambda s: len(getattr(s, "defaults", {}) or {}))]
-    first_error = None
-    for name in names:
+    if kwargs.get("temperature") == 0:
         try:
-            return SamplingParams(**{**kwargs, "strategy": name})
-        except ParamError as exc:
-            if exc.field == "strategy" or name == "greedy":
-                continue  # greedy rejects filters: fall through to sampling at temperature 0
-            first_error = first_error or exc
-            if exc.field not in _filter_fields(kwargs):
-                break  # a bad value, not a filter this strategy lacks: report it
-    raise first_error or ParamError("strategy", "no strategy accepts these settings")
-
-
-def _filter_fields(kwargs: dict[str, Any]) -> set[str]:
-    """Fields set in this request that only some strategies run (candidates for a mismatch)."""
-    used: set[str] = set()
+            return SamplingParams(**{**kwargs, "strategy": "greedy"})
+        except ParamError:
+            pass  # greedy may refuse filters: sampling at temperature 0 is greedy too
+    wanted = _filters_set(kwargs)
     for s in strategies():
-        used |= set(getattr(s, "fields", ()) or ()) | set(s.transforms) | set(s.params)
-    return used & set(kwargs)
+        if s.selector != "sample" or not wanted <= _fields_of(s):
+            continue
+        if any(field not in kwargs for field in (getattr(s, "defaults", None) or {})):
+            continue
+        try:
+            return SamplingParams(**{**kwargs, "strategy": s.name})
+        except ParamError as exc:
+            if exc.field not in wanted:
+                raise  # a bad value, not a filter this strategy lacks: report it
+    SamplingParams(**{**kwargs, "strategy": "sample"})  # raises, naming the field
+    missing = sorted(wanted - _fields_of(resolve("sample")))
+    raise ParamError(missing[0], "no sampling strategy runs all of " + ", ".join(sorted(wanted)))
+
+
+def _fields_of(strategy) -> set[str]:
+    """The SamplingParams fields a strategy reads."""
+    own = getattr(strategy, "fields", None)
+    return set(own) if own is not None else set(strategy.transforms) | set(strategy.params)
+
+
+def _filters_set(kwargs: dict[str, Any]) -> set[str]:
+    """Settings the request switched on that only some sampling strategies run."""
+    sets = [_fields_of(s) for s in strategies() if s.selector == "sample"]
+    distinguishing = set().union(*sets) - set.intersection(*sets) if sets else set()
+    meta = {f.name: f.metadata for f in dataclasses.fields(SamplingParams)}
+    return {k for k in distinguishing & set(kwargs)
+            if "off" not in meta.get(k, {}) or kwargs[k] != meta[k]["off"]}
 
 
 def _is_off(name: str, value: Any) -> bool:
