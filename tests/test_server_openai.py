@@ -119,6 +119,12 @@ def test_vllm_filter_without_naming_a_strategy(client, tiny_engine):
                                     extra_body={"min_p": 0.2, **NO_EOS})
     assert res.choices[0].text == tiny_engine.generate_text(
         "Once upon", SamplingParams(strategy="min_p", min_p=0.2, seed=2, max_new_tokens=6, ignore_eos=True))
+    # Two filters no single-filter strategy runs together: a strategy running both, never one dropped.
+    from decoding import resolve
+    from server.schemas import CompletionRequest
+
+    params = CompletionRequest(prompt="x", top_k=5, min_p=0.1).to_sampling_params()
+    assert {"top_k", "min_p"} <= set(resolve(params.strategy).fields)
 
 
 def test_n_choices_use_consecutive_seeds(client, tiny_engine):
