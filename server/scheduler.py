@@ -22,7 +22,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from decoding import SamplingParams
@@ -115,9 +115,6 @@ class JobGroup:
             if isinstance(payload, BaseException):
                 raise GenerationError(payload)
             yield index, payload
-
-
-StepFn = Callable[[list[Job]], list[tuple[Job, object]]]
 
 
 class Scheduler:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, ServerSentEvent, format_sse_event
+from starlette.background import BackgroundTask
 
 from .errors import error_body
 from .scheduler import GenerationError, JobGroup
@@ -40,11 +40,25 @@ def encode_event(event: ServerSentEvent) -> bytes:
 
 def event_stream(events: AsyncIterator[ServerSentEvent], keepalive_s: float,
                  on_close: Callable[[], None] | None = None, metrics=None) -> EventSourceResponse:
-    """An ``EventSourceResponse`` that sends each event as soon as it is produced."""
-    return EventSourceResponse(_frames(events, keepalive_s, on_close, metrics), headers=SSE_HEADERS)
+    """An ``EventSourceResponse`` that sends each event as soon as it is produced.
+
+    ``on_close`` runs exactly once: when the body ends or is cancelled, or, if
+    the client left before the body started, as the response's background task.
+    """
+    done = False
+
+    def close_once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            if on_close is not None:
+                on_close()
+
+    return EventSourceResponse(_frames(events, keepalive_s, close_once, metrics), headers=SSE_HEADERS,
+                               background=BackgroundTask(close_once))
 
 
-async def _frames(events, keepalive_s, on_close, metrics) -> AsyncIterator[bytes]:
+async def _frames(events, keepalive_s, on_close: Callable[[], None], metrics) -> AsyncIterator[bytes]:
     iterator = events.__aiter__()
     pending: asyncio.Future | None = None
     if metrics is not None:
@@ -70,8 +84,7 @@ async def _frames(events, keepalive_s, on_close, metrics) -> AsyncIterator[bytes
             pending.cancel()
         if metrics is not None:
             metrics.active_streams.dec()
-        if on_close is not None:
-            on_close()
+        on_close()
 
 
 def error_event(exc: BaseException, event_id: str | None = None, named: bool = False) -> ServerSentEvent:
@@ -198,6 +211,3 @@ class StreamStore:
         for stream in list(self.streams.values()):
             stream.expire()
 
-
-def now_s() -> int:
-    return int(time.time())
