@@ -1,0 +1,100 @@
+"""The FastAPI app: state built in ``lifespan``, the model loaded in the background
+(``/health`` says ``loading`` and ``/v1`` answers 503 until it is ready)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .routes import router, v1
+from .scheduler import Scheduler
+from .settings import Settings
+from .streaming import StreamStore
+
+log = logging.getLogger("tokenflow.server")
+
+
+def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
+    """The app. Pass ``engine`` to serve an already loaded ``generator.Engine``
+    (tests do); otherwise the lifespan loads ``settings.model`` in a thread."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        state.streams = StreamStore(settings.resume_grace_s)
+        loader = asyncio.create_task(_load(app, engine))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            state.streams.close_all()
+            if state.scheduler is not None:
+                await asyncio.to_thread(state.scheduler.stop)
+
+    app = FastAPI(title="tokenflow", version="0.1.0", lifespan=lifespan,
+                  description="Token-by-token generation, OpenAI-compatible SSE streaming.")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.engine = None
+    app.state.scheduler = None
+    app.state.load_error = None
+    app.state.started = int(time.time())
+    install_error_handlers(app)
+    app.include_router(v1)
+    app.include_router(router)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    return app
+
+
+async def _load(app: FastAPI, engine) -> None:
+    """Load the model off the event loop, then start the worker that owns it."""
+    settings, state = app.state.settings, app.state
+    try:
+        if engine is None:
+            from generator import Engine
+
+            log.info("loading model %s", settings.model or "(default)")
+            engine = await asyncio.to_thread(Engine.load, settings.model, settings.device, settings.dtype)
+        scheduler = Scheduler(engine, settings.max_waiting, settings.max_active, observer=state.metrics.observe)
+        scheduler.start()
+        state.engine = engine
+        state.scheduler = scheduler
+        log.info("model ready on %s", engine.device)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported by /health and as 503, never a traceback
+        log.error("model load failed: %s: %s", type(exc).__name__, exc)
+        state.load_error = f"{type(exc).__name__}: {exc}"
+
+
+class RequestMetrics:
+    """ASGI middleware: counts requests by route template and status (streams included)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            # Unmatched paths are one label, so a scanner cannot blow up the label set.
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(path, scope["method"], str(status["code"])).inc()

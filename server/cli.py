@@ -1,0 +1,56 @@
+"""``tokenflow serve``, registered through the ``tokenflow.commands`` entry point
+group (``generator.cli`` finds it there; it never imports ``server``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _bounded_int(low: int, high: int | None = None):
+    """An argparse type: an int in [low, high]; a bad value becomes the parser's one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def add_commands(sub) -> None:
+    """Add ``serve`` to the ``tokenflow`` subcommands."""
+    from generator.cli import add_model_flags
+
+    p = sub.add_parser("serve", help="serve the model over HTTP (OpenAI-compatible SSE)",
+                       description="Serve the model over HTTP: OpenAI-compatible /v1 routes, /api/stream for "
+                                   "EventSource, /health, /metrics.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_bounded_int(0, 65535), default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=os.environ.get("TOKENFLOW_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $TOKENFLOW_API_KEY)")
+    p.add_argument("--model-name", default="tokenflow", help="the model id clients send and /v1/models lists")
+    p.add_argument("--max-waiting", type=_bounded_int(1), default=64, help="queued requests before answering 429")
+    p.add_argument("--max-active", type=_bounded_int(1), default=8, help="generations advanced in turn by the worker")
+    p.add_argument("--resume-grace", type=float, default=30.0,
+                   help="seconds an /api/stream generation stays resumable after its reader left")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_model_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .settings import Settings
+
+    settings = Settings(host=args.host, port=args.port, model=args.model, device=args.device, dtype=args.dtype,
+                        model_name=args.model_name, api_key=args.api_key or None, max_waiting=args.max_waiting,
+                        max_active=args.max_active, resume_grace_s=args.resume_grace)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+    return 0

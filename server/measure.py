@@ -1,0 +1,87 @@
+"""Time to first token and decode tokens/s: in process vs over HTTP, same prompt.
+
+    .venv/bin/python -m server.measure [--runs 3] [--max-tokens 64] [--device cpu]
+
+Loads the model once, serves it with uvicorn on a free port of 127.0.0.1 in a
+thread of this process, and alternates in-process runs (``engine.stream``) with
+HTTP runs (the ``openai`` client, streaming chat), so both see the same machine
+load. Greedy, EOS ignored: every run generates exactly ``--max-tokens`` tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+
+def _stats(start: float, stamps: list[float]) -> tuple[float, float]:
+    ttft = stamps[0] - start
+    tps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return ttft * 1000, tps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.measure", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--prompt", default="Explain streaming in one paragraph.")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args(argv)
+
+    import openai
+    import uvicorn
+
+    from decoding import SamplingParams
+    from generator import Engine
+
+    from .app import create_app
+    from .settings import Settings
+
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), engine=engine), host="127.0.0.1", port=0,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": args.prompt}]
+    params = SamplingParams(strategy="greedy", max_new_tokens=args.max_tokens, ignore_eos=True)
+
+    def in_process():
+        start, stamps = time.perf_counter(), []
+        for _ in engine.stream(messages, params, chat=True):
+            stamps.append(time.perf_counter())
+        return _stats(start, stamps)
+
+    def over_http():
+        start, stamps = time.perf_counter(), []
+        for chunk in client.chat.completions.create(model="tokenflow", messages=messages, max_tokens=args.max_tokens,
+                                                    temperature=0, stream=True, extra_body={"ignore_eos": True}):
+            if chunk.choices and chunk.choices[0].delta.content is not None and not chunk.choices[0].delta.role:
+                stamps.append(time.perf_counter())
+        return _stats(start, stamps)
+
+    in_process(), over_http()  # warm-up: first-call allocations, connection setup
+    results: dict[str, list[tuple[float, float]]] = {"in process": [], "HTTP (openai client)": []}
+    for _ in range(args.runs):
+        results["in process"].append(in_process())
+        results["HTTP (openai client)"].append(over_http())
+    server.should_exit = True
+    thread.join(10)
+    print(f"device={engine.device} dtype={str(engine.dtype).replace('torch.', '')} tokens={args.max_tokens} "
+          f"runs={args.runs} (medians)")
+    for name, rows in results.items():
+        ttft = statistics.median(r[0] for r in rows)
+        tps = statistics.median(r[1] for r in rows)
+        print(f"  {name:22s} ttft {ttft:7.1f} ms   decode {tps:6.1f} tok/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Prometheus metrics, in a registry of the app's own (several apps can live in
+one process, as they do in the tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Latency buckets from a fast GPU step (ms) to a slow CPU prefill (s).
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    """The server's counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("tokenflow_requests", "HTTP requests by route and status",
+                                ["route", "method", "status"], registry=r)
+        self.active_streams = Gauge("tokenflow_active_streams", "SSE responses open now", registry=r)
+        self.queue_depth = Gauge("tokenflow_queue_depth", "generations waiting for the worker", registry=r)
+        self.running = Gauge("tokenflow_running_generations", "generations the worker is advancing", registry=r)
+        self.tokens = Counter("tokenflow_tokens_generated", "tokens generated", ["strategy"], registry=r)
+        self.ttft = Histogram("tokenflow_time_to_first_token_seconds",
+                              "submit to first token, queueing and prefill included", ["strategy"],
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("tokenflow_inter_token_latency_seconds", "time between two tokens of a generation",
+                             ["strategy"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.duration = Histogram("tokenflow_request_duration_seconds", "submit to last token of a generation",
+                                  ["strategy", "finish_reason"], buckets=_DURATION_BUCKETS, registry=r)
+
+    def observe(self, job, event) -> None:
+        """Scheduler observer (worker thread): a token, or the end of a job (``event=None``)."""
+        strategy = job.params.strategy
+        if event is None:
+            if job.last_token_at is not None:
+                self.duration.labels(strategy, job.finish_reason).observe(job.last_token_at - job.submitted_at)
+            return
+        self.tokens.labels(strategy).inc()
+        if job.tokens == 1:
+            self.ttft.labels(strategy).observe(job.first_token_at - job.submitted_at)
+        elif job.prev_token_at is not None:
+            self.itl.labels(strategy).observe(job.last_token_at - job.prev_token_at)
+
+    def render(self, scheduler=None) -> bytes:
+        if scheduler is not None:
+            self.queue_depth.set(scheduler.queue_depth)
+            self.running.set(scheduler.active_count)
+        return generate_latest(self.registry)

@@ -1,0 +1,247 @@
+"""Request bodies (OpenAI's fields plus vLLM-style extras) and their one way
+into ``decoding.SamplingParams``: ``to_sampling_params()``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from decoding import ParamError, SamplingParams, resolve, strategies
+
+from .errors import APIError, from_param_error
+
+# OpenAI fields we accept and ignore: they do not change the tokens.
+_IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options",
+            "prompt_cache_key", "safety_identifier"}
+# Fields on the wire that the route interprets itself, never passed on by name
+# (``n`` becomes n jobs; ``logprobs``/``top_logprobs`` become SamplingParams.logprobs).
+_OWN_FIELDS = {"model", "stream", "stream_options", "n", "messages", "prompt", "logprobs", "top_logprobs",
+               "echo", "suffix", "best_of", "max_tokens", "max_completion_tokens"}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Request(BaseModel):
+    """Fields shared by chat and text completions.
+
+    Fields OpenAI defines but ``SamplingParams`` lacks are passed on by name
+    when ``SamplingParams`` grows them; until then, a non-default value is a
+    400 naming the field. Extra fields (``top_k``, ``min_p``, ``strategy``,
+    ...) are passed on when ``SamplingParams`` has a field of that name, and a
+    400 otherwise.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=16)
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def _top_logprobs(self) -> int:
+        return 0
+
+    def to_sampling_params(self, choice: int = 0, default_max_tokens: int = 256) -> SamplingParams:
+        """The validated settings for choice ``choice`` (its seed is ``seed + choice``).
+
+        Raises ``APIError`` 400 naming the field as the client spelled it.
+        """
+        known = set(SamplingParams.field_names())
+        wire: dict[str, Any] = {}
+        for name, value in self:  # declared fields
+            if name not in _OWN_FIELDS and name not in _IGNORED and value is not None:
+                wire[name] = value
+        for name, value in (self.model_extra or {}).items():
+            if name in _IGNORED or value is None:
+                continue
+            if name not in known:
+                raise APIError(400, f"{name}: unknown field (not an OpenAI field nor a decoding setting; "
+                                    f"see GET /strategies)", param=name, code="unknown_field")
+            wire[name] = value
+
+        kwargs: dict[str, Any] = {}
+        for name, value in wire.items():
+            if name in known:
+                kwargs[name] = value
+            elif _is_off(name, value):
+                continue  # an OpenAI default that changes nothing
+            else:
+                raise APIError(400, f"{name}: not supported by this server yet", param=name,
+                               code="unsupported_parameter")
+        if isinstance(kwargs.get("stop"), str):
+            kwargs["stop"] = [kwargs["stop"]]
+        max_tokens = self._max_tokens()
+        kwargs["max_new_tokens"] = default_max_tokens if max_tokens is None else max_tokens
+        top = self._top_logprobs()
+        if top:
+            # The engine reports alternatives through an int SamplingParams field (``logprobs``).
+            if "logprobs" in known:
+                kwargs["logprobs"] = top
+            elif "top_logprobs" in known:
+                kwargs["top_logprobs"] = top
+        if self.seed is not None:
+            kwargs["seed"] = self.seed + choice
+        rename = {"max_new_tokens": self._max_tokens_name()}
+        try:
+            if "strategy" in kwargs or (kwargs.get("num_beams") or 1) > 1:
+                return SamplingParams(**kwargs)
+            return _openai_default_strategy(kwargs)
+        except ParamError as exc:
+            raise from_param_error(exc, rename) from None
+        except TypeError as exc:  # a value of the wrong shape for a dataclass field
+            raise APIError(400, str(exc), code="invalid_value") from None
+
+    def _max_tokens_name(self) -> str:
+        return "max_tokens"
+
+
+def _openai_default_strategy(kwargs: dict[str, Any]) -> SamplingParams:
+    """No strategy named: OpenAI's default, sampling (greedy at temperature 0).
+
+    When the request sets filters plain ``sample`` does not run (``min_p``,
+    ``typical_p``, ...), the first sampling strategy of the registry that runs
+    every filter the request set is used, never one whose own defaults would
+    switch on a filter the request did not ask for; so vLLM-style requests
+    work without naming a strategy. If none fits, plain ``sample``'s error
+    (naming the field and the strategies that run it) is raised.
+    """
+    if kwargs.get("temperature") == 0:
+        try:
+            return SamplingParams(**{**kwargs, "strategy": "greedy"})
+        except ParamError:
+            pass  # greedy may refuse filters: sampling at temperature 0 is greedy too
+    wanted = _filters_set(kwargs)
+    for s in strategies():
+        if s.selector != "sample" or not wanted <= _fields_of(s):
+            continue
+        if any(field not in kwargs for field in (getattr(s, "defaults", None) or {})):
+            continue
+        try:
+            return SamplingParams(**{**kwargs, "strategy": s.name})
+        except ParamError as exc:
+            if exc.field not in wanted:
+                raise  # a bad value, not a filter this strategy lacks: report it
+    SamplingParams(**{**kwargs, "strategy": "sample"})  # raises, naming the field
+    missing = sorted(wanted - _fields_of(resolve("sample")))
+    raise ParamError(missing[0], "no sampling strategy runs all of " + ", ".join(sorted(wanted)))
+
+
+def _fields_of(strategy) -> set[str]:
+    """The SamplingParams fields a strategy reads."""
+    own = getattr(strategy, "fields", None)
+    return set(own) if own is not None else set(strategy.transforms) | set(strategy.params)
+
+
+def _filters_set(kwargs: dict[str, Any]) -> set[str]:
+    """Settings the request switched on that only some sampling strategies run."""
+    sets = [_fields_of(s) for s in strategies() if s.selector == "sample"]
+    distinguishing = set().union(*sets) - set.intersection(*sets) if sets else set()
+    meta = {f.name: f.metadata for f in dataclasses.fields(SamplingParams)}
+    return {k for k in distinguishing & set(kwargs)
+            if "off" not in meta.get(k, {}) or kwargs[k] != meta[k]["off"]}
+
+
+def _is_off(name: str, value: Any) -> bool:
+    """True when an unsupported OpenAI setting has its neutral value."""
+    if name in ("presence_penalty", "frequency_penalty"):
+        return value == 0
+    if name == "logit_bias":
+        return not value
+    return False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict] | None = None
+
+    def text(self) -> str:
+        """The message text; content parts of type ``text`` are joined."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text":
+                raise APIError(400, f"messages: content part type {part.get('type')!r} is not supported "
+                                    "(text only)", param="messages", code="invalid_value")
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+
+
+class ChatCompletionRequest(_Request):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def _max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def _max_tokens_name(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    def _top_logprobs(self) -> int:
+        return (self.top_logprobs or 0) if self.logprobs else 0
+
+    def chat_messages(self) -> list[dict]:
+        # The template knows system/user/assistant; "developer" is OpenAI's new name for system.
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in self.messages]
+
+
+class CompletionRequest(_Request):
+    """``POST /v1/completions``: ``prompt`` is text or a list of token ids."""
+
+    prompt: str | list[int] | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def _top_logprobs(self) -> int:
+        return self.logprobs or 0
+
+    def prompt_value(self) -> str | list[int]:
+        if self.echo:
+            raise APIError(400, "echo: not supported by this server", param="echo", code="unsupported_parameter")
+        if self.suffix:
+            raise APIError(400, "suffix: not supported by this server", param="suffix",
+                           code="unsupported_parameter")
+        if self.best_of not in (None, 1, self.n):
+            raise APIError(400, "best_of: only best_of == n is supported", param="best_of",
+                           code="unsupported_parameter")
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise APIError(400, "prompt: a list of several prompts is not supported; send one request each",
+                               param="prompt", code="unsupported_parameter")
+            prompt = prompt[0]
+        return prompt
+
+
+def sampling_fields() -> dict[str, str]:
+    """Every ``SamplingParams`` field with its help text (what requests may set)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(SamplingParams)}

@@ -1,0 +1,114 @@
+"""Helpers for the server tests: a real uvicorn on 127.0.0.1 in a thread, engine
+wrappers that count or slow down steps, and an SSE reader."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import uvicorn
+
+
+class LiveServer:
+    """``create_app(...)`` served by uvicorn on a free port of 127.0.0.1, in a thread."""
+
+    def __init__(self, app, wait_ready: bool = True):
+        self.app = app
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while httpx.get(self.url + "/health").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server never became ready")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class StepEngine:
+    """Wraps an Engine: counts the tokens its streams produce (each one forward
+    step), optionally sleeps per step (so a test can act mid-generation), and
+    can fail after some tokens (a mid-stream error)."""
+
+    def __init__(self, engine, delay_s: float = 0.0, fail_after: int | None = None):
+        self._engine = engine
+        self.delay_s = delay_s
+        self.fail_after = fail_after
+        self.steps = 0
+        self.forward_calls_at_start = engine.runner.forward_calls
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def stream(self, prompt, params=None, chat=False):
+        for n, ev in enumerate(self._engine.stream(prompt, params, chat)):
+            if self.fail_after is not None and n >= self.fail_after:
+                raise RuntimeError("simulated device failure")
+            self.steps += 1
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            yield ev
+
+
+def sse_events(lines) -> list[dict]:
+    """Parse SSE lines into ``{"event", "id", "data", "retry"}`` dicts (comments as ``{"comment"}``)."""
+    out, cur = [], {}
+    for line in lines:
+        if line == "":
+            if cur:
+                out.append(cur)
+                cur = {}
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "":
+            out.append({"comment": value})
+        elif field == "data":
+            cur["data"] = cur["data"] + "\n" + value if "data" in cur else value
+        else:
+            cur[field] = value
+    if cur:
+        out.append(cur)
+    return out
+
+
+def iter_sse(response):
+    """Yield parsed SSE events from an httpx streaming response as they arrive."""
+    cur: dict = {}
+    for line in response.iter_lines():
+        if line == "":
+            if cur:
+                yield cur
+                cur = {}
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "":
+            yield {"comment": value}
+        elif field == "data":
+            cur["data"] = cur["data"] + "\n" + value if "data" in cur else value
+        else:
+            cur[field] = value
+    if cur:
+        yield cur
+
+
+def data_json(event: dict):
+    return json.loads(event["data"])
