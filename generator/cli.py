@@ -96,6 +96,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                        help="default SmolLM2-135M-Instruct (from PyPI), a local HF folder, a .gguf file, or a hub id")
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    group.add_argument("--quant", default="auto", choices=["auto", "none", "int8", "int4"],
+                       help="weight-only quantization; auto: int4 from the GGUF's Q4_1 blocks on CPU "
+                            "when --dtype is auto and the source is such a GGUF, else none")
+    group.add_argument("--no-compile", dest="compile", action="store_const", const=False, default=None,
+                       help="run the decode step eagerly (also: TOKENFLOW_COMPILE=0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.prompt == "-":
         prompt = prompt.rstrip("\n")
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, quant=args.quant, compile=args.compile)
     start = time.perf_counter()
     stamps: list[float] = []
     out = sys.stdout

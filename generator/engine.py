@@ -13,8 +13,10 @@ from decoding.selectors import make_generator
 
 from .detok import TextStream
 from .events import TokenEvent, top_logprobs
-from .loading import load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
-from .runner import HFRunner
+from .fastmodel import FastLlama, supports
+from .loading import ModelLoadError, load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
+from .quant import QUANTS, has_q4_1
+from .runner import FastRunner, HFRunner, compile_enabled
 
 Prompt = str | list[int]
 
@@ -22,27 +24,61 @@ Prompt = str | list[int]
 class Engine:
     """A model, its tokenizer and the hand-written generation loop around them."""
 
-    def __init__(self, model, tokenizer, gguf_path: Path | None = None, name: str = "tokenflow"):
+    def __init__(self, model, tokenizer, gguf_path: Path | None = None, name: str = "tokenflow",
+                 quant: str = "none", dtype: torch.dtype | None = None, compile: bool | None = None,
+                 num_slots: int = 8, max_len: int = 2048, prefill_chunk: int = 256):
+        """Wrap a loaded HF model. Llama models run on ``FastLlama`` (static slot cache,
+        ``quant`` weights, compiled decode step); others on the ``HFRunner`` fallback."""
+        if quant not in QUANTS:
+            raise ModelLoadError(f"unknown quant {quant!r}; choose from auto, {', '.join(QUANTS)}")
         self.model = model
         self.tokenizer = tokenizer
         self.gguf_path = gguf_path
         self.name = name
-        self.runner = HFRunner(model)
+        model_ctx = int(getattr(model.config, "max_position_embeddings", 2048))
+        max_len = min(max_len, model_ctx)
+        dtype = dtype or next(model.parameters()).dtype
+        if supports(model):
+            fast = FastLlama.from_hf(model, quant=quant, dtype=dtype, gguf_path=gguf_path,
+                                     num_slots=num_slots, max_len=max_len)
+            self.runner = FastRunner(fast, compile=compile, prefill_chunk=prefill_chunk)
+        elif quant != "none":
+            raise ModelLoadError(f"quant={quant!r} needs a Llama-architecture model, "
+                                 f"not {model.config.model_type!r}")
+        else:
+            self.runner = HFRunner(model, num_slots=num_slots, max_len=max_len)
+        self.quant = quant
         self.device = self.runner.device
-        self.dtype = next(model.parameters()).dtype
-        self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.dtype = self.runner.dtype  # the activations' dtype
+        self.context_length = self.runner.max_len
         self.eos_token_ids = _eos_ids(model, tokenizer)
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str = "auto",
-             dtype: str | torch.dtype = "auto") -> "Engine":
+             dtype: str | torch.dtype = "auto", quant: str = "auto", compile: bool | None = None,
+             **runner_options) -> "Engine":
         """Load the default model (``model=None``), a local HF folder, a ``.gguf``
-        file or a hub id. ``device="auto"`` picks CUDA when present."""
+        file or a hub id. ``device="auto"`` picks CUDA when present.
+
+        ``quant``: ``none`` (``dtype`` weights), ``int8`` or ``int4`` weight-only
+        (bf16 activations; int4 from the GGUF's Q4_1 blocks when the source is a
+        GGUF), or ``auto``: int4 on CPU when ``dtype`` is ``auto`` and the source
+        is a Llama GGUF with Q4_1 projections (the default model), else none. ``compile``: compile the decode step (default: on
+        unless ``TOKENFLOW_COMPILE=0``). ``runner_options``: ``num_slots``,
+        ``max_len``, ``prefill_chunk``."""
         dev = pick_device(device)
         source, gguf = resolve_model(model)
-        hf_model, tokenizer = load_model_and_tokenizer(source, dev, pick_dtype(dtype, dev))
+        torch_dtype = pick_dtype(dtype, dev)
+        # The HF model stays float32 on CPU: it is the reference and the source of the weights.
+        hf_model, tokenizer = load_model_and_tokenizer(source, dev, torch_dtype)
+        if quant == "auto":
+            # Only the GGUF's own 4-bit codes are lossless w.r.t. the source; re-quantizing
+            # float weights is a second rounding, so a plain HF folder stays in its dtype.
+            lossless = gguf is not None and supports(hf_model) and has_q4_1(gguf)
+            quant = "int4" if (dtype == "auto" and dev.type == "cpu" and lossless) else "none"
         name = "tokenflow" if model is None else Path(str(model)).name
-        return cls(hf_model, tokenizer, gguf_path=gguf, name=name)
+        return cls(hf_model, tokenizer, gguf_path=gguf, name=name, quant=quant, dtype=torch_dtype,
+                   compile=compile_enabled(compile), **runner_options)
 
     # -- prompt -------------------------------------------------------------
     def encode(self, prompt: Prompt | list[dict], chat: bool = False) -> list[int]:
@@ -80,6 +116,9 @@ class Engine:
                 f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds "
                 f"the model's context of {self.context_length} tokens",
             )
+        if params.num_beams > self.runner.num_slots:
+            raise ParamError("num_beams", f"at most {self.runner.num_slots} (the engine's KV-cache slots), "
+                             f"got {params.num_beams}")
 
     def stop_ids(self, params: SamplingParams) -> set[int]:
         ids = set(params.stop_token_ids)
@@ -103,23 +142,26 @@ class Engine:
         sampler = BatchSampler([params], [gen], self.device, prompt_ids=[ids], eos_token_ids=self.eos_token_ids)
         stop_ids = self.stop_ids(params)
         text = TextStream(self.tokenizer, params.stop)
-        cache = self.runner.new_cache()
-        logits = self.runner.prefill(torch.tensor([ids], device=self.device), cache)
-        for index in range(params.max_new_tokens):
-            out = sampler(logits)
-            # The one device-to-host read of the step: chosen id and its logprob.
-            tok, lp = torch.stack((out.token_ids.double(), out.logprobs.double()), 1)[0].tolist()
-            tok = int(tok)
-            sampler.accept([tok])
-            top = top_logprobs(out, params.logprobs, self.tokenizer)
-            delta = text.push(tok)
-            finish = _finish_reason(tok, stop_ids, text, index + 1 >= params.max_new_tokens)
-            if finish:
-                delta += text.flush()
-            yield TokenEvent(tok, delta, lp, index, finish, top)
-            if finish:
-                return
-            logits = self.runner.decode(out.token_ids, cache)
+        slots = self.runner.acquire(1)
+        try:
+            logits = self.runner.prefill(slots[0], ids)
+            for index in range(params.max_new_tokens):
+                out = sampler(logits)
+                # The one device-to-host read of the step: chosen id and its logprob.
+                tok, lp = torch.stack((out.token_ids.double(), out.logprobs.double()), 1)[0].tolist()
+                tok = int(tok)
+                sampler.accept([tok])
+                top = top_logprobs(out, params.logprobs, self.tokenizer)
+                delta = text.push(tok)
+                finish = _finish_reason(tok, stop_ids, text, index + 1 >= params.max_new_tokens)
+                if finish:
+                    delta += text.flush()
+                yield TokenEvent(tok, delta, lp, index, finish, top)
+                if finish:
+                    return
+                logits = self.runner.decode(slots, out.token_ids)
+        finally:
+            self.runner.release(slots)
 
     def _stream_beam(self, ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
         """Beam search that streams honestly: a token is emitted once every live
@@ -129,9 +171,18 @@ class Engine:
         search = BeamSearch(nb, params.max_new_tokens, sorted(stop_ids), params.length_penalty,
                             params.early_stopping, self.device)
         text = TextStream(self.tokenizer, params.stop)
-        cache = self.runner.new_cache()
-        logits = self.runner.prefill(torch.tensor([ids], device=self.device), cache)
-        self.runner.expand(cache, nb)
+        slots = self.runner.acquire(nb)  # beam i lives in slots[i]
+        try:
+            yield from self._beam_loop(ids, search, text, stop_ids, slots)
+        finally:
+            self.runner.release(slots)
+
+    def _beam_loop(self, ids: list[int], search: BeamSearch, text: TextStream, stop_ids: set[int],
+                   slots: list[int]) -> Iterator[TokenEvent]:
+        nb = len(slots)
+        logits = self.runner.prefill(slots[0], ids)
+        self.runner.copy_slots([slots[0]] * (nb - 1), slots[1:])
+        slot_t = torch.tensor(slots, device=self.device)
         logits = logits.expand(nb, -1)
         emitted = 0
         while True:
@@ -146,8 +197,9 @@ class Engine:
                     return
                 yield TokenEvent(tok, delta, lp, emitted)
                 emitted += 1
-            self.runner.reorder(cache, parents)
-            logits = self.runner.decode(tokens, cache)
+            # Every beam holds the same number of tokens; parents stay on the device.
+            self.runner.copy_slots(slot_t[parents], slots, length=self.runner.length(slots[0]))
+            logits = self.runner.decode(slots, tokens)
         final, lps, _ = search.best()
         if emitted >= len(final):  # cannot happen: the final hypothesis extends the settled prefix
             raise RuntimeError("beam search emitted more tokens than its best hypothesis")

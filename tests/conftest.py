@@ -9,6 +9,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+# The compiled decode step costs seconds to build; tests of it turn it on explicitly.
+os.environ.setdefault("TOKENFLOW_COMPILE", "0")
 
 TRAIN_TEXT = [
     "Once upon a time there was a small model that streamed tokens.",

@@ -1,0 +1,195 @@
+"""A Llama forward written for generation: static slot KV cache, fused projections,
+weights in any format of ``quant.py``.
+
+One function, ``forward``, serves both prefill (one slot, T tokens) and decode
+(B slots, one token each, every row at its own position). The cache is
+``[layers, slots, kv_heads, max_len, head_dim]``, allocated once; attention reads
+only the first ``kv_len`` positions, so a step costs what the longest live row
+needs, not ``max_len``.
+
+The float32 format reproduces ``transformers``' ``LlamaForCausalLM`` (eager
+attention) closely enough that greedy and beam ids match ``generate()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .quant import DenseLinear, GGUFQ4Source, Int4Linear, Int8Linear, make_linear
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+
+
+def supports(model) -> bool:
+    """Whether ``FastLlama`` can run this HF model (plain Llama, no biases, default RoPE)."""
+    cfg = model.config
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    return (getattr(cfg, "model_type", None) in SUPPORTED_MODEL_TYPES
+            and not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
+            and rope.get("rope_type", "default") == "default" and getattr(cfg, "hidden_act", "silu") == "silu")
+
+
+class Layer(nn.Module):
+    def __init__(self, qkv, o, gate_up, down, attn_norm, mlp_norm):
+        super().__init__()
+        self.qkv, self.o, self.gate_up, self.down = qkv, o, gate_up, down
+        self.register_buffer("attn_norm", attn_norm)
+        self.register_buffer("mlp_norm", mlp_norm)
+
+
+class FastLlama(nn.Module):
+    """Llama weights in one format plus a static KV cache of ``num_slots x max_len``."""
+
+    def __init__(self, config, embed: torch.Tensor, layers: list[Layer], final_norm: torch.Tensor,
+                 lm_head: nn.Module, dtype: torch.dtype, num_slots: int, max_len: int):
+        super().__init__()
+        self.dtype = dtype
+        self.n_head = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_head
+        self.eps = float(config.rms_norm_eps)
+        self.vocab_size = config.vocab_size
+        self.num_slots, self.max_len = num_slots, max_len
+        self.register_buffer("embed", embed.to(dtype).contiguous())
+        self.layers = nn.ModuleList(layers)
+        self.register_buffer("final_norm", final_norm.float())
+        self.lm_head = lm_head
+        # RoPE as transformers computes it: float32 angles, cos/sin cast to the activations' dtype.
+        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim))
+        angles = torch.arange(max_len).float()[:, None] * inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        self.register_buffer("rope_cos", angles.cos().to(dtype))
+        self.register_buffer("rope_sin", angles.sin().to(dtype))
+        shape = (len(layers), num_slots, self.n_kv, max_len, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype))
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype))
+        self.register_buffer("positions_all", torch.arange(max_len))
+
+    # -- building -----------------------------------------------------------
+    @classmethod
+    def from_hf(cls, model, quant: str = "none", dtype: torch.dtype = torch.float32,
+                gguf_path: Path | None = None, num_slots: int = 8, max_len: int = 2048) -> "FastLlama":
+        """Take the weights of an HF ``LlamaForCausalLM``; with ``quant="int4"`` and a
+        GGUF whose projections are Q4_1, the int4 codes come from the GGUF's blocks."""
+        cfg = model.config
+        sd = {k: v.detach() for k, v in model.state_dict().items()}
+        gguf = None
+        if quant == "int4" and gguf_path is not None:
+            gguf = GGUFQ4Source(gguf_path, cfg.num_attention_heads, cfg.num_key_value_heads)
+        if quant != "none":
+            dtype = torch.bfloat16  # the int kernels are fast only with bf16 activations on CPU
+        layers = []
+        for i in range(cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+
+            def linear(names: list[str]) -> nn.Module:
+                if gguf is not None and all(gguf.has_q4_1(i, n) for n in names):
+                    return gguf.int4(i, names)
+                w = torch.cat([sd[p + n + ".weight"] for n in names])
+                return make_linear(w, quant, dtype)
+
+            layers.append(Layer(
+                qkv=linear(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+                o=linear(["self_attn.o_proj"]),
+                gate_up=linear(["mlp.gate_proj", "mlp.up_proj"]),
+                down=linear(["mlp.down_proj"]),
+                attn_norm=sd[p + "input_layernorm.weight"].float(),
+                mlp_norm=sd[p + "post_attention_layernorm.weight"].float()))
+        embed = sd["model.embed_tokens.weight"]
+        head_w = sd.get("lm_head.weight", embed)
+        # The output head is int8 per channel for both int formats: the GGUF keeps it
+        # in 8 bits (Q8_0) and it is a fifth of the bytes read per token.
+        lm_head = Int8Linear(head_w) if quant != "none" else DenseLinear(head_w.to(dtype))
+        return cls(cfg, embed, layers, sd["model.norm.weight"], lm_head, dtype, num_slots, max_len)
+
+    # -- the forward --------------------------------------------------------
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (weight * h.to(x.dtype)).to(x.dtype)  # as transformers' LlamaRMSNorm
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def forward(self, token_ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                kv_positions: torch.Tensor, last_only: bool = True) -> torch.Tensor:
+        """Run ``token_ids [B, T]`` of cache rows ``slots [B]`` at ``positions [B, T]``;
+        write their keys/values into the cache and attend over cache positions
+        ``kv_positions`` (``arange(kv_len)``, every row's visible prefix). Returns
+        float32 logits ``[B, V]`` of the last position (or ``[B, T, V]``)."""
+        b, t = token_ids.shape
+        nh, nkv, hd = self.n_head, self.n_kv, self.head_dim
+        group = nh // nkv
+        kv_len = kv_positions.shape[0]
+        x = self.embed[token_ids]  # (B, T, H)
+        cos = self.rope_cos[positions][:, :, None, :]  # (B, T, 1, D)
+        sin = self.rope_sin[positions][:, :, None, :]
+        # Row r, query t sees cache positions <= positions[r, t]: causal within a
+        # chunk, the whole prefix before it, and nothing of a longer row's tail.
+        visible = kv_positions[None, None, :] <= positions[:, :, None]  # (B, T, kv)
+        mask = visible[:, None, None].expand(b, 1, group, t, kv_len).reshape(b, 1, group * t, kv_len)
+        rows = slots[:, None].expand(b, t)
+        scaling = hd ** -0.5
+        for i, layer in enumerate(self.layers):
+            h = self._norm(x, layer.attn_norm)
+            qkv = layer.qkv(h)
+            q = qkv[..., : nh * hd].view(b, t, nh, hd)
+            k = qkv[..., nh * hd: (nh + nkv) * hd].view(b, t, nkv, hd)
+            v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
+            q = self._rope(q, cos, sin)
+            k = self._rope(k, cos, sin)
+            # Advanced indices around a slice: the cache view [B, T, kv_heads, D].
+            self.k_cache[i, rows, :, positions] = k
+            self.v_cache[i, rows, :, positions] = v
+            keys = self.k_cache[i, slots, :, :kv_len]  # (B, kv_heads, kv, D)
+            values = self.v_cache[i, slots, :, :kv_len]
+            # Grouped-query attention without repeating K/V: the query heads of one
+            # KV head are stacked with the time steps.
+            qg = q.view(b, t, nkv, group, hd).permute(0, 2, 3, 1, 4).reshape(b, nkv, group * t, hd)
+            scores = torch.matmul(qg, keys.transpose(-1, -2)) * scaling
+            scores = scores.masked_fill(~mask, float("-inf"))
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(qg.dtype)
+            attn = torch.matmul(probs, values)  # (B, kv_heads, group * T, D)
+            attn = attn.view(b, nkv, group, t, hd).permute(0, 3, 1, 2, 4).reshape(b, t, nh * hd)
+            x = x + layer.o(attn)
+            h = self._norm(x, layer.mlp_norm)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down(torch.nn.functional.silu(gate) * up)
+        if last_only:
+            x = x[:, -1]
+        x = self._norm(x, self.final_norm)
+        return self.lm_head(x).float()
+
+    def decode_step(self, token_ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                    kv_positions: torch.Tensor) -> torch.Tensor:
+        """One token per row: ``token_ids [B]`` at ``positions [B]`` -> logits ``[B, V]``."""
+        return self.forward(token_ids[:, None], slots, positions[:, None], kv_positions)
+
+    def copy_cache(self, src: torch.Tensor, dst: torch.Tensor, length: int) -> None:
+        """Cache rows ``dst`` become copies of rows ``src`` (first ``length`` positions)."""
+        # Indexing on the right makes a copy first, so src and dst may overlap (a permutation).
+        self.k_cache[:, dst, :, :length] = self.k_cache[:, src, :, :length]
+        self.v_cache[:, dst, :, :length] = self.v_cache[:, src, :, :length]
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads (all but the embedding table)."""
+        total = 0
+        for mod in list(self.layers) + [self.lm_head]:
+            for buf in mod.buffers():
+                total += buf.numel() * buf.element_size()
+        return total
+
+
+def linear_kinds(model: FastLlama) -> dict[str, int]:
+    """How many linears of each kind the model holds (for tests and logs)."""
+    kinds: dict[str, int] = {}
+    for mod in model.modules():
+        if isinstance(mod, (DenseLinear, Int8Linear, Int4Linear)):
+            kinds[type(mod).__name__] = kinds.get(type(mod).__name__, 0) + 1
+    return kinds

@@ -1,0 +1,196 @@
+"""Weight formats for the fast model: dense (float32/bfloat16), int8 and int4 weight-only.
+
+int4 uses PyTorch's own CPU kernel ``aten._weight_int4pack_mm_for_cpu`` (groups of
+32 along the input dimension, a scale and a zero point per group, ``w = (q - 8) *
+scale + zero``). A GGUF Q4_1 block is 32 values with a scale ``d`` and a minimum
+``m`` (``w = d * q + m``), so the GGUF's own 4-bit codes map onto the kernel with
+``scale = d`` and ``zero = m + 8 d``: no second rounding of the weights, only the
+rounding of ``d`` and ``zero`` to the kernel's scale dtype (bfloat16).
+
+int8 is per-output-channel symmetric (``aten._weight_int8pack_mm``), quantized
+here from the float weights.
+
+Both kernels are fast on CPU only with bfloat16 activations (float32 activations
+take a slow fallback path, about 100x slower in a probe on this machine), so the
+quantized formats compute in bfloat16.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+GROUP = 32  # Q4_1 block size and the int4 kernel's group size
+QUANTS = ("none", "int8", "int4")
+
+
+class DenseLinear(nn.Module):
+    """``y = x @ W.T`` with a plain float weight ``[N, K]``."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight.contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float()
+
+
+class Int8Linear(nn.Module):
+    """int8 weight ``[N, K]`` with one scale per output channel; bf16 activations."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        w = weight.float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer("qweight", q.contiguous())
+        self.register_buffer("scales", scale.to(torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.qweight, self.scales)
+        return y.view(*shape[:-1], -1)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.qweight.float() * self.scales.float()[:, None]
+
+
+class Int4Linear(nn.Module):
+    """4-bit codes ``[N, K]`` (0..15) in groups of 32 along K, packed for the CPU
+    kernel, with per-group scale and zero point; bf16 activations."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
+        # codes: int32 [N, K]; scale, zero: float [N, K // 32] with w = (q - 8) * scale + zero
+        super().__init__()
+        n, k = codes.shape
+        if k % GROUP:
+            raise ValueError(f"int4 needs the input dimension to be a multiple of {GROUP}, got {k}")
+        self.out_features = n
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            codes.to(torch.int32).contiguous(), 2))
+        # The kernel wants [K // 32, N, 2]: (scale, zero) per group and output channel.
+        sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
+        self.register_buffer("scales_zeros", sz.to(torch.bfloat16).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]), self.packed, GROUP,
+                                                       self.scales_zeros)
+        return y.view(*shape[:-1], -1)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight the kernel computes with, as float32 ``[N, K]`` (for tests)."""
+        n = self.out_features
+        k = self.scales_zeros.shape[0] * GROUP
+        eye = torch.eye(k, dtype=torch.bfloat16)
+        # Multiplying the identity through the kernel reads back exactly what it uses.
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, GROUP, self.scales_zeros).float().T[:n]
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> "Int4Linear":
+        """Asymmetric min/max int4 quantization of a float weight (used when no GGUF
+        Q4_1 blocks are available, e.g. a plain HF folder)."""
+        w = weight.float()
+        n, k = w.shape
+        g = w.view(n, k // GROUP, GROUP)
+        lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+        scale = ((hi - lo) / 15.0).clamp(min=1e-8)
+        codes = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).view(n, k)
+        return cls(codes.to(torch.int32), scale, lo + 8 * scale)
+
+    @classmethod
+    def from_q4_1(cls, blocks: np.ndarray, n: int, k: int) -> "Int4Linear":
+        """From GGUF Q4_1 bytes ``[N, K / 32 * 20]``: per block f16 ``d``, f16 ``m``,
+        16 bytes of codes (low nibbles are values 0..15, high nibbles 16..31)."""
+        codes, d, m = unpack_q4_1(blocks, n, k)
+        return cls(codes, d, m + 8 * d)
+
+
+def unpack_q4_1(blocks: np.ndarray, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GGUF Q4_1 bytes -> (codes int32 [N, K], d float32 [N, K/32], m float32 [N, K/32])."""
+    b = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(n, k // GROUP, 20)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    qs = b[..., 4:20]
+    codes = np.concatenate((qs & 0x0F, qs >> 4), axis=-1).reshape(n, k)
+    return (torch.from_numpy(codes.astype(np.int32)), torch.from_numpy(d), torch.from_numpy(m))
+
+
+def dequantize_q4_1(blocks: np.ndarray, n: int, k: int) -> torch.Tensor:
+    """The GGUF's own float32 weight ``d * q + m`` of a Q4_1 tensor (the reference)."""
+    codes, d, m = unpack_q4_1(blocks, n, k)
+    g = codes.view(n, k // GROUP, GROUP).float()
+    return (g * d[..., None] + m[..., None]).view(n, k)
+
+
+def _unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
+    """Row order that undoes llama.cpp's Q/K rotary permutation (the same one
+    ``transformers`` applies to dequantized GGUF weights), as an index ``[n_rows]``."""
+    dim = n_rows // n_head // 2
+    return torch.arange(n_rows).reshape(n_head, dim, 2).transpose(1, 2).reshape(-1)
+
+
+class GGUFQ4Source:
+    """The Q4_1 blocks of a llama GGUF, looked up by HF parameter name."""
+
+    _NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down"}
+
+    def __init__(self, path: Path, n_head: int, n_kv_head: int):
+        from gguf import GGMLQuantizationType, GGUFReader
+
+        reader = GGUFReader(str(path))
+        self.tensors = {t.name: t for t in reader.tensors}
+        self.q4_1 = GGMLQuantizationType.Q4_1
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+
+    def has_q4_1(self, layer: int, name: str) -> bool:
+        t = self.tensors.get(f"blk.{layer}.{self._NAMES[name]}.weight")
+        return t is not None and t.tensor_type == self.q4_1
+
+    def blocks(self, layer: int, name: str) -> tuple[np.ndarray, int, int]:
+        """Raw Q4_1 bytes in HF row order, and the weight's ``(N, K)``."""
+        t = self.tensors[f"blk.{layer}.{self._NAMES[name]}.weight"]
+        k, n = (int(x) for x in t.shape)  # GGUF lists dims innermost first
+        data = np.asarray(t.data).reshape(n, -1)
+        if name in ("self_attn.q_proj", "self_attn.k_proj"):
+            heads = self.n_head if name == "self_attn.q_proj" else self.n_kv_head
+            # Whole rows move; Q4_1 blocks run along K, so they stay intact.
+            data = data[_unpermute_rows(n, heads).numpy()]
+        return data, n, k
+
+    def int4(self, layer: int, names: list[str]) -> Int4Linear:
+        """One int4 linear for the rows of several projections stacked (fused q/k/v, gate/up)."""
+        parts = [unpack_q4_1(*self.blocks(layer, name)) for name in names]
+        codes = torch.cat([p[0] for p in parts])
+        d = torch.cat([p[1] for p in parts])
+        m = torch.cat([p[2] for p in parts])
+        return Int4Linear(codes, d, m + 8 * d)
+
+
+def has_q4_1(path: Path) -> bool:
+    """Whether a GGUF stores its attention/MLP projections as Q4_1 blocks."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception:  # an unreadable file simply is not a Q4_1 source
+        return False
+    kinds = [t.tensor_type for t in reader.tensors if t.name.startswith("blk.") and t.name.endswith("_q.weight")]
+    return bool(kinds) and all(k == GGMLQuantizationType.Q4_1 for k in kinds)
+
+
+def make_linear(weight: torch.Tensor, quant: str, dtype: torch.dtype) -> nn.Module:
+    """A linear layer of ``weight`` in the given format (int4 from float: min/max)."""
+    if quant == "int8":
+        return Int8Linear(weight)
+    if quant == "int4":
+        return Int4Linear.from_float(weight)
+    return DenseLinear(weight.to(dtype))

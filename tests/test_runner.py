@@ -1,0 +1,148 @@
+"""The slot runner on the tiny random Llama: our forward against transformers', the
+static cache's slots (ragged rows, chunked prefill, copies), the weight formats and
+the compiled step."""
+
+import numpy as np
+import pytest
+import torch
+
+from decoding import ParamError, SamplingParams
+from generator.fastmodel import FastLlama, linear_kinds
+from generator.quant import Int4Linear, Int8Linear, dequantize_q4_1
+from generator.runner import FastRunner, HFRunner, SlotsExhausted
+
+from conftest import build_tiny_model
+
+VOCAB = 320
+
+
+@pytest.fixture(scope="module")
+def tiny_hf():
+    return build_tiny_model(VOCAB)
+
+
+def _runner(model, quant="none", compile=False, chunk=256, slots=4):
+    return FastRunner(FastLlama.from_hf(model, quant=quant, num_slots=slots, max_len=64), compile=compile,
+                      prefill_chunk=chunk)
+
+
+def test_prefill_and_decode_match_transformers(tiny_hf):
+    ours, ref = _runner(tiny_hf, chunk=5), HFRunner(tiny_hf)  # 13 tokens: chunks of 5, 5, 3
+    ids = torch.randint(0, VOCAB, (13,), generator=torch.Generator().manual_seed(0)).tolist()
+    a, b = ours.prefill(0, ids), ref.prefill(0, ids)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for _ in range(4):
+        tok = b.argmax(-1)
+        a, b = ours.decode([0], tok), ref.decode([0], tok)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert ours.length(0) == 17
+
+
+def test_rows_at_different_positions_and_copies(tiny_hf):
+    """One decode over slots of different lengths equals each row on its own; a copied
+    slot continues exactly like its source."""
+    ours, ref = _runner(tiny_hf), HFRunner(tiny_hf)
+    long, short = list(range(3, 20)), list(range(40, 45))
+    for r in (ours, ref):
+        r.prefill(2, long)
+        r.prefill(0, short)
+    both = ours.decode([2, 0], torch.tensor([7, 9]))
+    torch.testing.assert_close(both, ref.decode([2, 0], torch.tensor([7, 9])), atol=1e-4, rtol=1e-4)
+    assert (ours.length(2), ours.length(0)) == (18, 6)
+    ours.copy_slots([0], [3])
+    ref.copy_slots([0], [3])
+    a = ours.decode([3, 0], torch.tensor([11, 12]))
+    b = ref.decode([3, 0], torch.tensor([11, 12]))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # A permutation in place (what a beam reorder does) swaps the rows' continuations.
+    ours.copy_slots(torch.tensor([0, 3]), [3, 0], length=ours.length(0))
+    swapped = ours.decode([3, 0], torch.tensor([11, 12]))
+    assert not torch.allclose(swapped, a)
+
+
+def test_prefill_chunk_size_does_not_change_logits(tiny_hf):
+    ids = list(range(5, 50))
+    one = _runner(tiny_hf, chunk=256).prefill(0, ids)
+    torch.testing.assert_close(_runner(tiny_hf, chunk=7).prefill(0, ids), one, atol=1e-5, rtol=1e-5)
+
+
+def test_slots_are_reserved_and_released(tiny_hf):
+    r = _runner(tiny_hf, slots=3)
+    a = r.acquire(2)
+    with pytest.raises(SlotsExhausted):
+        r.acquire(2)
+    r.release(a)
+    assert r.acquire(3) == [0, 1, 2]
+
+
+def test_too_many_beams_for_the_slots_is_a_param_error(tiny_engine):
+    with pytest.raises(ParamError) as err:
+        list(tiny_engine.stream("Once", SamplingParams(strategy="beam", num_beams=9)))
+    assert err.value.field == "num_beams"
+
+
+def test_streams_release_their_slots(tiny_engine):
+    free = tiny_engine.runner.num_slots
+    stream = tiny_engine.stream("Once", SamplingParams(max_new_tokens=30, ignore_eos=True))
+    next(stream)
+    stream.close()  # a client that went away
+    assert len(tiny_engine.runner.acquire(free)) == free
+    tiny_engine.runner.release(range(free))
+
+
+def _q4_1_bytes(rng, n, k):
+    """Random GGUF Q4_1 blocks: f16 d, f16 m, 16 bytes of nibbles per 32 values."""
+    blocks = np.zeros((n, k // 32, 20), dtype=np.uint8)
+    blocks[..., 0:2] = rng.uniform(0.001, 0.05, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
+    blocks[..., 2:4] = rng.uniform(-0.4, 0.0, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
+    blocks[..., 4:] = rng.integers(0, 256, (n, k // 32, 16), dtype=np.uint8)
+    return blocks.reshape(n, -1)
+
+
+def test_int4_from_q4_1_blocks_keeps_the_gguf_weights():
+    """The kernel computes with the GGUF's own codes; only d and m + 8d are rounded to bf16."""
+    rng = np.random.default_rng(0)
+    n, k = 48, 128
+    blocks = _q4_1_bytes(rng, n, k)
+    ref = dequantize_q4_1(blocks, n, k)
+    lin = Int4Linear.from_q4_1(blocks, n, k)
+    w = lin.dequantized()
+    # bf16 keeps 8 significant bits: error <= 2^-8 relative to (|d| * 8 + |m + 8d|) per element.
+    assert (w - ref).abs().max() <= 2 ** -8 * (ref.abs().max() + 0.4) + 1e-6
+    x = torch.randn(3, k, dtype=torch.bfloat16)
+    y = lin(x).float()
+    torch.testing.assert_close(y, x.float() @ w.T, atol=0.05, rtol=0.02)
+
+
+def test_int8_and_int4_linears_approximate_the_float_weight():
+    torch.manual_seed(0)
+    w = torch.randn(64, 96)
+    for lin, tol in ((Int8Linear(w), 0.01), (Int4Linear.from_float(w), 0.2)):
+        err = (lin.dequantized() - w).abs().max() / w.abs().max()
+        assert err < tol, (type(lin).__name__, err)
+
+
+@pytest.mark.parametrize("quant,min_cos", [("int8", 0.95), ("int4", 0.8)])
+def test_quantized_formats_run_and_track_float32(tiny_hf, quant, min_cos):
+    """Random weights re-quantized from float (no GGUF here): close to float32, not equal."""
+    r = _runner(tiny_hf, quant=quant)
+    kinds = linear_kinds(r.model)
+    assert kinds.get("Int8Linear" if quant == "int8" else "Int4Linear", 0) >= 8
+    ids = list(range(3, 20))
+    ref = _runner(tiny_hf).prefill(0, ids)
+    ours = r.prefill(0, ids)
+    cos = torch.nn.functional.cosine_similarity(ours, ref).item()
+    assert cos > min_cos, cos
+
+
+def test_compiled_step_equals_the_eager_step(tiny_hf):
+    """The compiled decode step: same logits as eager, for batch 1 and a ragged batch 2."""
+    eager, compiled = _runner(tiny_hf), _runner(tiny_hf, compile=True)
+    assert compiled.compiled and not eager.compiled
+    for r in (eager, compiled):
+        r.prefill(0, list(range(3, 16)))
+        r.prefill(1, list(range(20, 26)))
+    for slots, toks in (([0], [4]), ([0, 1], [5, 6]), ([1, 0], [7, 8])):
+        a = compiled.decode(slots, torch.tensor(toks))
+        b = eager.decode(slots, torch.tensor(toks))
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
