@@ -24,8 +24,9 @@ def cli_on_default_engine(default_engine, monkeypatch):
 
 @pytest.mark.parametrize("name", [s.name for s in strategies()])
 def test_each_strategy_generates_from_the_cli(cli_on_default_engine, capsys, name):
+    extra = ["--num-beams", "2"] if name == "beam" else ["--seed", "1"]  # few beams, few tokens: quick
     rc = cli_on_default_engine(["generate", "Write a sentence about the sea.", "--chat", "--strategy", name,
-                                "--seed", "1", "--max-new-tokens", "12", "--stats"])
+                                *extra, "--max-new-tokens", "6", "--stats"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert out.strip() and "[stats]" in err
@@ -34,21 +35,21 @@ def test_each_strategy_generates_from_the_cli(cli_on_default_engine, capsys, nam
 
 def test_cli_subprocess_with_llama_cpp_chain_and_dry(default_engine):
     args = ["generate", "List three colours.", "--chat", "--strategy", "llama_cpp", "--dry-multiplier", "0.8",
-            "--xtc-probability", "0.5", "--seed", "3", "--max-new-tokens", "16"]
+            "--xtc-probability", "0.5", "--seed", "3", "--max-new-tokens", "8"]
     first = subprocess.run([sys.executable, "-m", "generator.cli", *args], capture_output=True, text=True,
                            timeout=300)
     assert first.returncode == 0, first.stderr
     params = SamplingParams(strategy="llama_cpp", dry_multiplier=0.8, xtc_probability=0.5, seed=3,
-                            max_new_tokens=16)
+                            max_new_tokens=8)
     assert first.stdout == default_engine.generate_text("List three colours.", params, chat=True) + "\n"
 
 
 def test_penalised_greedy_equals_generate_on_the_default_model(default_engine):
     ids = default_engine.encode("Repeat after me: la la la la la", chat=True)
-    params = SamplingParams(max_new_tokens=32, repetition_penalty=1.3, no_repeat_ngram_size=3)
+    params = SamplingParams(max_new_tokens=20, repetition_penalty=1.3, no_repeat_ngram_size=3)
     ours = [ev.token_id for ev in default_engine.stream(ids, params)]
     ref = default_engine.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                        max_new_tokens=32, do_sample=False, repetition_penalty=1.3,
+                                        max_new_tokens=20, do_sample=False, repetition_penalty=1.3,
                                         no_repeat_ngram_size=3)[0, len(ids):].tolist()
     assert ours == ref
 
