@@ -157,7 +157,10 @@ def page(browser):
     page = context.new_page()
     messages = []
     page.on("pageerror", lambda exc: messages.append(f"pageerror: {exc}"))
-    page.on("console", lambda msg: msg.type == "error" and messages.append(f"console: {msg.text}"))
+    # Script errors only: the browser's own "Failed to load resource" lines are the
+    # 4xx answers some tests provoke on purpose.
+    page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith("Failed to load resource")
+            and messages.append(f"console: {msg.text}"))
     page.js_errors = messages
     yield page
     context.close()
@@ -314,11 +317,14 @@ def test_hover_shows_logprob_and_alternatives_and_colour_by_probability(page, se
     set_max_tokens(page, 24)
     set_param(page, 0, "ignore_eos", True)
     page.click("#add-column")
-    page.locator(".column").nth(1).locator("select.strategy").select_option("sample")
+    # Beam search next to it: where the engine cannot report alternatives for beams
+    # (a 400 naming the setting), the page runs that column without them.
+    page.locator(".column").nth(1).locator("select.strategy").select_option("beam")
     set_param(page, 1, "ignore_eos", True)
     page.click("#run")
-    wait_state(page, 0, ("done",))
-    wait_state(page, 1, ("done",))
+    assert wait_state(page, 0, ("done", "error"))["state"] == "done"
+    beam = wait_state(page, 1, ("done", "error"))
+    assert beam["state"] == "done" and beam["count"] == 24, beam
 
     # (A token may show no text of its own: bytes of a character held back for the next one.)
     token = page.locator(".column").nth(0).locator(".tok:not(:empty)").nth(2)
@@ -346,7 +352,7 @@ def test_hover_shows_logprob_and_alternatives_and_colour_by_probability(page, se
     coloured = token.evaluate(background)
     assert coloured != "rgba(0, 0, 0, 0)"
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    page.locator(".column").nth(1).locator(".tok:not(:empty)").nth(5).hover()
+    page.locator(".column").nth(0).locator(".tok:not(:empty)").nth(5).hover()
     page.screenshot(path=str(OUTPUT / "page.png"))
     assert (OUTPUT / "page.png").stat().st_size > 10_000
     assert not page.js_errors, page.js_errors
@@ -369,7 +375,7 @@ def test_dropped_connection_resumes_without_gaps_or_repeats(page, server, tiny_e
         assert len(heads) >= 2 and "last-event-id:" in heads[-1], heads
     finally:
         proxy.close()
-    assert not [m for m in page.js_errors if "ERR_" not in m], page.js_errors
+    assert not page.js_errors, page.js_errors
 
 
 def test_errors_are_shown_to_the_person(page, tiny_engine):

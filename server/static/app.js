@@ -77,10 +77,11 @@ function paramControl(name, spec, shownDefault) {
     else input.placeholder = "auto";
   } else {
     input = h("input", { type: "text", name });
-    if (Array.isArray(shownDefault)) input.value = shownDefault.join(",");
+    // Structured settings travel as JSON, lists as comma-separated values.
+    const structured = type.startsWith("dict") || type.startsWith("list[list");
+    input.placeholder = structured ? "JSON" : type.startsWith("list") ? "a,b" : "default";
+    if (Array.isArray(shownDefault) && !structured) input.value = shownDefault.join(",");
     else if (shownDefault != null && typeof shownDefault !== "object") input.value = String(shownDefault);
-    else if (type.startsWith("dict") || type.startsWith("list[list")) input.placeholder = "JSON";
-    else input.placeholder = type.startsWith("list") ? "a,b" : "default";
   }
   label.append(input);
   const initial = input.type === "checkbox" ? input.checked : input.value;
@@ -159,8 +160,10 @@ class Column {
     updateButtons();
   }
 
-  start(run, common) {
+  start(run, common, withAlternatives = true) {
     this.close();
+    this.run = run;
+    this.common = common;
     this.tokens = [];
     this.output.replaceChildren();
     this.streamId = null;
@@ -175,8 +178,11 @@ class Column {
     const q = new URLSearchParams({ prompt: run.prompt, chat: String(run.chat) });
     for (const [k, v] of [...common, ...this.settings()]) q.append(k, v);
     // Ask for alternatives under whichever name this server's settings use.
-    if ("logprobs" in catalogue.params) q.set("logprobs", TOP_N);
-    else if ("top_logprobs" in catalogue.params) q.set("top_logprobs", TOP_N);
+    this.alternativesField = null;
+    if (withAlternatives) {
+      this.alternativesField = ["logprobs", "top_logprobs"].find((f) => f in catalogue.params) || null;
+      if (this.alternativesField) q.set(this.alternativesField, TOP_N);
+    }
     if (apiKey) q.set("api_key", apiKey); // EventSource cannot send headers
     this.url = `/api/stream?${q}`;
     this.startedAt = performance.now();
@@ -268,16 +274,23 @@ class Column {
     if (this.streamId) url += `&last_event_id=${encodeURIComponent(`${this.streamId}.${this.lastSeq}`)}`;
     const abort = new AbortController();
     let message = "the connection closed";
+    let param = null;
     try {
       const res = await fetch(url, { signal: abort.signal, headers: authHeaders });
       if (!res.ok) {
         const body = await res.json().catch(() => null);
         message = body?.error?.message || `HTTP ${res.status}`;
+        param = body?.error?.param ?? null;
       }
     } catch {
       message = "the server cannot be reached";
     } finally {
       abort.abort();
+    }
+    if (param !== null && param === this.alternativesField) {
+      // This strategy cannot report alternatives (beam search, say): run it without them.
+      this.start(this.run, this.common, false);
+      return;
     }
     this.fail(message);
   }
@@ -387,6 +400,8 @@ function showTooltip(span) {
     head.append(` \u00b7 logprob ${data.logprob.toFixed(3)} \u00b7 p ${percent(Math.exp(data.logprob))}`);
   }
   const alts = alternatives(data.top_logprobs).slice(0, TOP_N);
+  // Bars are scaled to the most likely alternative, so a flat distribution still shows its shape.
+  const pMax = Math.max(...alts.map((a) => Math.exp(a.logprob)), 1e-9);
   const body = alts.length
     ? h("table", {}, ...alts.map((a) => {
       const p = Math.exp(a.logprob);
@@ -394,7 +409,7 @@ function showTooltip(span) {
         h("td", {}, h("code", {}, a.text != null ? visible(a.text) : `#${a.id}`)),
         h("td", { class: "num" }, percent(p)),
         h("td", { class: "num" }, a.logprob.toFixed(2)),
-        h("td", { class: "bar-cell" }, h("i", { style: `width:${Math.max(1, p * 100)}%` })));
+        h("td", { class: "bar-cell" }, h("i", { style: `width:${Math.max(2, (p / pMax) * 100)}%` })));
       if (a.id === data.token_id) row.classList.add("chosen");
       return row;
     }))
