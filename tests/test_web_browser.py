@@ -277,6 +277,10 @@ def test_stop_cancels_the_generation_on_the_server(page, server, slow_engine):
     page.click("#run")
     page.wait_for_function("document.querySelectorAll('.column .tok').length >= 3")
     assert httpx.get(server.url + "/health").json()["running"] == 1
+    # Generate again mid-stream: the new run replaces the old one on the server too.
+    page.click("#run")
+    page.wait_for_function("document.querySelectorAll('.column .tok').length >= 3")
+    assert wait_until(lambda: httpx.get(server.url + "/health").json()["running"] == 1, 5)
     page.click("#stop")
     stopped = wait_state(page, 0, ("stopped",))
     # The server's open streams and running generations go back to 0, well before 200 tokens.

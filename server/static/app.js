@@ -161,6 +161,7 @@ class Column {
   }
 
   start(run, common, withAlternatives = true) {
+    if (this.running && this.streamId) this.cancelOnServer(); // a new run replaces the old one
     this.close();
     this.run = run;
     this.common = common;
@@ -312,9 +313,13 @@ class Column {
       return;
     }
     this.close();
+    this.cancelOnServer();
+    this.setState("stopped", "stopped");
+  }
+
+  cancelOnServer() {
     fetch(`/api/stream/${encodeURIComponent(this.streamId)}/cancel`, { method: "POST", headers: authHeaders })
       .catch(() => {});
-    this.setState("stopped", "stopped");
   }
 
   close() {
