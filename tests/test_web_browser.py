@@ -33,7 +33,8 @@ PROMPT = "Once upon a time"
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (make test-browser installs it)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make test-browser)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make test-browser)",
+                             exc_type=ImportError)
 
 # Engines of the merged tree report alternatives themselves (SamplingParams.logprobs ->
 # TokenEvent.top_logprobs); before that, the tests add them from a full forward pass.
