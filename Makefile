@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration serve generate clean-venv
+.PHONY: test test-unit test-integration test-browser serve generate clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
+
+# The web page in headless Chromium. Chromium comes from apt and playwright (pinned in
+# pyproject's `browser` extra) from PyPI; never `playwright install`, which downloads
+# its own browser build (offline here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(STAMP)  ## browser tests of the web page (installs chromium + playwright first)
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	$(PY) -c "import playwright" 2>/dev/null || \
+	  $(PY) -m pip install -q --disable-pip-version-check -e '.[dev,browser]'
+	$(PY) -m pytest -q -m browser
 
 serve: $(STAMP)  ## serve the default model on 127.0.0.1:8000
 	$(VENV)/bin/tokenflow serve

@@ -16,6 +16,7 @@ from .routes import router, v1
 from .scheduler import Scheduler
 from .settings import Settings
 from .streaming import StreamStore
+from .web import install_web
 
 log = logging.getLogger("tokenflow.server")
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(router)
+    install_web(app)  # GET / (the page), /static, POST /api/stream/{id}/cancel
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
 
