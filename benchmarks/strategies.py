@@ -101,11 +101,11 @@ def peer_kwargs(params: SamplingParams) -> tuple[dict[str, Any] | None, str]:
     if strategy.selector not in ("argmax", "sample", "beam"):
         return None, f"transformers generate() has no '{strategy.selector}' selector"
     generate_fields = set(GenerationConfig().to_dict())
-    defaults = SamplingParams(strategy=params.strategy)
     kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens}
     for f in dataclasses.fields(SamplingParams):
         value = getattr(params, f.name)
-        if f.name in _PEER_NEUTRAL or value == getattr(defaults, f.name):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name in _PEER_NEUTRAL or value == default or (f.name == "num_beams" and value == 1):
             continue
         if f.name not in generate_fields:
             return None, f"transformers generate() has no '{f.name}'"
@@ -364,6 +364,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"| `{r['spec']}` | {_fmt(o.get(basis))}{mark} | {theirs} | {ratio_txt} | {_fmt(o['ttft_ms'], '.0f')} "
             f"| {_fmt(t.get('ttft_ms'), '.0f')} | {_fmt(o['itl_p50_ms'])} / {_fmt(o['itl_p95_ms'])} / "
             f"{_fmt(o['itl_p99_ms'])} | {_fmt(o['prefill_tps'], '.0f')} | {_fmt(o['peak_rss_mb'], '.0f')} |")
+    for item in report.get("skipped", []):
+        lines.append(f"\nSkipped `{item['spec']}`: {item['reason']}")
     return "\n".join(lines) + "\n"
 
 
@@ -498,6 +500,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def measure(engine, peer, prompt_ids, params, kwargs, repeats, spec, progress, task):
+    """A warm-up run per side (not counted), then ``repeats`` passes over the prompts,
+    ours and transformers' alternating so both see the same machine conditions."""
+    progress.update(task, description=f"{spec}: warm-up")
+    warm = params.replace(max_new_tokens=min(params.max_new_tokens, 16))
+    run_ours(engine, prompt_ids[0], warm)
+    progress.advance(task)
+    if kwargs is not None:
+        run_theirs(peer, engine.tokenizer, prompt_ids[0], {**kwargs, "max_new_tokens": warm.max_new_tokens})
+    progress.advance(task)
+    ours, theirs = [], []
+    for rep in range(repeats):
+        for i, ids in enumerate(prompt_ids):
+            progress.update(task, description=f"{spec}: repeat {rep + 1}, prompt {i + 1}")
+            ours.append(run_ours(engine, ids, params))
+            progress.advance(task)
+            if kwargs is not None:
+                theirs.append(run_theirs(peer, engine.tokenizer, ids, kwargs))
+            progress.advance(task)
+    return ours, theirs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rich.console import Console
@@ -515,8 +539,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise CLIError("--threads must be >= 1")
             torch.set_num_threads(args.threads)
         prompts = read_prompts(args.prompts)
-        specs = args.strategies or [s.name for s in strategies()]
-        plan = [(spec, strategy_params(spec, args.tokens)) for spec in specs]
+        plan, skipped = [], []
+        for spec in args.strategies or [s.name for s in strategies()]:
+            try:
+                plan.append((spec, strategy_params(spec, args.tokens)))
+            except ParamError as exc:
+                if args.strategies:  # asked for by name: a bad spec is the user's error
+                    raise
+                skipped.append({"spec": spec, "reason": f"no usable default settings: {exc}"})
         engine = load_engine(args.model, args.device, args.dtype, parse_engine_args(args.engine_arg))
         device = pick_device(args.device)
         peer = None if args.no_peer else load_peer_model(args.model, device, pick_dtype(args.dtype, device))
@@ -533,22 +563,12 @@ def main(argv: list[str] | None = None) -> int:
         task = progress.add_task("benchmark", total=per_strategy * len(plan))
         for spec, params in plan:
             kwargs, note = peer_kwargs(params) if peer is not None else (None, "--no-peer")
-            progress.update(task, description=f"{spec}: warm-up")
-            warm = params.replace(max_new_tokens=min(params.max_new_tokens, 16))
-            run_ours(engine, prompt_ids[0], warm)
-            progress.advance(task)
-            if kwargs is not None:
-                run_theirs(peer, engine.tokenizer, prompt_ids[0], {**kwargs, "max_new_tokens": warm.max_new_tokens})
-            progress.advance(task)
-            ours, theirs = [], []
-            for rep in range(args.repeats):
-                for i, ids in enumerate(prompt_ids):
-                    progress.update(task, description=f"{spec}: repeat {rep + 1}, prompt {i + 1}")
-                    ours.append(run_ours(engine, ids, params))
-                    progress.advance(task)
-                    if kwargs is not None:
-                        theirs.append(run_theirs(peer, engine.tokenizer, ids, kwargs))
-                    progress.advance(task)
+            try:
+                ours, theirs = measure(engine, peer, prompt_ids, params, kwargs, args.repeats, spec, progress, task)
+            except Exception as exc:  # noqa: BLE001 - one broken strategy must not lose the others' numbers
+                err.print(f"[red]{spec}: failed: {type(exc).__name__}: {exc}[/red]")
+                skipped.append({"spec": spec, "reason": f"{type(exc).__name__}: {exc}"})
+                continue
             entry: dict[str, Any] = {
                 "strategy": params.strategy, "spec": spec, "chain": resolve(params.strategy).chain,
                 "params": dataclasses.asdict(params), "ours": summarize(ours),
@@ -561,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 entry["peer_note"] = note
             results.append(entry)
+            if not err.is_terminal:  # no live bar in a log file: one line per strategy instead
+                err.print(f"{spec}: ours {entry['ours']['e2e_tps']:.1f} tok/s end to end"
+                          + (f", transformers {entry['transformers']['e2e_tps']:.1f}" if kwargs is not None else ""))
 
     report = {
         "machine": info,
@@ -570,12 +593,15 @@ def main(argv: list[str] | None = None) -> int:
                      "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])},
         "prompts": prompts,
         "results": results,
+        "skipped": skipped,
     }
     paths = write_outputs(report, Path(args.out))
     print(markdown_table(report))
     for p in paths:
         print(f"wrote {p}", file=sys.stderr)
-    return 0
+    for item in skipped:
+        print(f"skipped {item['spec']}: {item['reason']}", file=sys.stderr)
+    return 1 if skipped and args.strategies else 0
 
 
 if __name__ == "__main__":
