@@ -504,6 +504,8 @@ def cmd_compare(args) -> int:
     settings = {"samples": args.samples, "seed": args.seed, "chat": args.chat,
                 "mode": "sequential" if args.sequential else "round-robin", "engine_args": options}
     report = build_report(engine, prompts, specs, labels, runs, settings)
+    if view is not None:
+        console.print()  # the live view may end mid-line (in a pipe): start the table on its own
     console.print(summary_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
