@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser serve generate clean-venv
+.PHONY: test test-unit test-integration test-browser serve generate clean-venv bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test-browser: $(STAMP)  ## browser tests of the web page (installs chromium + pl
 
 serve: $(STAMP)  ## serve the default model on 127.0.0.1:8000
 	$(VENV)/bin/tokenflow serve
+
+# Per-strategy latency, ours vs transformers generate(), in one run: JSON, CSV, markdown
+# table and PNG plots in benchmarks/results/. Extra flags: make bench BENCH_ARGS="--tokens 32".
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) benchmarks/strategies.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
     gen.add_argument("--stats", action="store_true",
                      help="print time to first token, inter-token latency and tokens/s to stderr")
+    gen.add_argument("--record", metavar="FILE.jsonl",
+                     help="also write every event with its wall-clock offset here (see `tokenflow replay`)")
     add_model_flags(gen)
     add_sampling_flags(gen)
     gen.set_defaults(func=cmd_generate)
@@ -122,8 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     strat.add_argument("--json", action="store_true",
                        help="print the machine-readable catalogue (what GET /strategies serves)")
     strat.set_defaults(func=cmd_strategies)
+    _add_measure_commands(sub)
     _add_optional_commands(sub)
     return parser
+
+
+def _add_measure_commands(sub) -> None:
+    """``compare`` (strategies side by side) and ``replay`` (recorded streams)."""
+    from . import compare, record
+
+    compare.add_commands(sub)
+    record.add_commands(sub)
 
 
 def _add_optional_commands(sub) -> None:
@@ -147,16 +158,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.prompt == "-":
         prompt = prompt.rstrip("\n")
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, quant=args.quant, compile=args.compile)
+    recorder = _open_recorder(args, engine, prompt, params)
     start = time.perf_counter()
     stamps: list[float] = []
     out = sys.stdout
     last = None
-    for ev in engine.stream(prompt, params, chat=args.chat):
-        stamps.append(time.perf_counter())
-        if ev.text:
-            out.write(ev.text)
-            out.flush()
-        last = ev
+    try:
+        for ev in engine.stream(prompt, params, chat=args.chat):
+            stamps.append(time.perf_counter())
+            if recorder is not None:
+                recorder.event(ev, at=stamps[-1])
+            if ev.text:
+                out.write(ev.text)
+                out.flush()
+            last = ev
+    finally:
+        if recorder is not None:
+            recorder.close()
     out.write("\n")
     out.flush()
     if args.stats and stamps:
@@ -195,6 +213,19 @@ def cmd_strategies(args: argparse.Namespace) -> int:
         print(f"    params: {', '.join(show(n, {}) for n in p['params'])}")
         print(f"    reference: {p['reference']}")
     return 0
+
+
+def _open_recorder(args: argparse.Namespace, engine, prompt: str, params: SamplingParams):
+    """A ``StreamRecorder`` for ``--record``, or None."""
+    if not getattr(args, "record", None):
+        return None
+    from .record import StreamRecorder
+
+    try:
+        return StreamRecorder(args.record, {"command": "generate", "prompt": prompt, "chat": args.chat,
+                                            "model": engine.name, "params": dataclasses.asdict(params)})
+    except OSError as exc:
+        raise CLIError(f"--record: cannot write {args.record}: {exc.strerror}") from None
 
 
 def format_stats(start: float, stamps: list[float], finish: str | None) -> str:
@@ -249,4 +280,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m generator.cli` runs this file as __main__, a second copy of the module; use the
+    # package's own copy so subcommands defined elsewhere raise the CLIError that main() catches.
+    from generator.cli import main as package_main
+
+    sys.exit(package_main())
