@@ -105,7 +105,9 @@ def peer_kwargs(params: SamplingParams) -> tuple[dict[str, Any] | None, str]:
     for f in dataclasses.fields(SamplingParams):
         value = getattr(params, f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if f.name in _PEER_NEUTRAL or value == default or (f.name == "num_beams" and value == 1):
+        off = f.metadata.get("off")  # fields whose default is "unset" resolve to their off value
+        if (f.name in _PEER_NEUTRAL or value == default or (off is not None and value == off)
+                or (f.name == "num_beams" and value == 1)):
             continue
         if f.name not in generate_fields:
             return None, f"transformers generate() has no '{f.name}'"
