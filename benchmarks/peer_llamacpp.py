@@ -79,6 +79,8 @@ def bench_llamacpp(ids: list[int], gguf: Path, args) -> tuple[dict | None, list[
     load_s = time.perf_counter() - t0
     runs, tokens = [], []
     for rep in range(args.repeats + 1):  # the first run warms up
+        # Without reset() llama-cpp-python reuses the previous run's KV prefix and skips prefill.
+        llm.reset()
         start, stamps, tokens = time.perf_counter(), [], []
         for tok in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
             stamps.append(time.perf_counter())
