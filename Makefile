@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser serve generate clean-venv bench
+.PHONY: test test-unit test-integration test-browser serve generate clean-venv bench bench-peer bench-quality
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,17 @@ serve: $(STAMP)  ## serve the default model on 127.0.0.1:8000
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) benchmarks/strategies.py $(BENCH_ARGS)
+
+# llama-cpp-python is only a benchmark peer, never a runtime dependency; it compiles
+# llama.cpp from source (several minutes, once per venv).
+LLAMA_CPP_PIN := llama-cpp-python==0.3.36
+
+bench-peer: $(STAMP)  ## ours vs llama.cpp (same GGUF) vs transformers generate(), one run
+	$(PY) -c "import llama_cpp" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check '$(LLAMA_CPP_PIN)'
+	$(PY) benchmarks/peer_llamacpp.py
+
+bench-quality: $(STAMP)  ## greedy agreement and perplexity of each weight format vs float32
+	$(PY) benchmarks/quality.py
 
 clean-venv:
 	rm -rf $(VENV)

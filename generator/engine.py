@@ -31,6 +31,10 @@ class Engine:
         ``quant`` weights, compiled decode step); others on the ``HFRunner`` fallback."""
         if quant not in QUANTS:
             raise ModelLoadError(f"unknown quant {quant!r}; choose from auto, {', '.join(QUANTS)}")
+        device = next(model.parameters()).device
+        if quant == "int4" and device.type != "cpu":
+            # The packed int4 kernel used here is PyTorch's CPU one.
+            raise ModelLoadError(f"quant='int4' runs on CPU only, not {device.type}")
         self.model = model
         self.tokenizer = tokenizer
         self.gguf_path = gguf_path
@@ -63,8 +67,8 @@ class Engine:
         ``quant``: ``none`` (``dtype`` weights), ``int8`` or ``int4`` weight-only
         (bf16 activations; int4 from the GGUF's Q4_1 blocks when the source is a
         GGUF), or ``auto``: int4 on CPU when ``dtype`` is ``auto`` and the source
-        is a Llama GGUF with Q4_1 projections (the default model), else none. ``compile``: compile the decode step (default: on
-        unless ``TOKENFLOW_COMPILE=0``). ``runner_options``: ``num_slots``,
+        is a Llama GGUF with Q4_1 projections (the default model), else none.
+        ``compile``: compile the decode step (default: on unless ``TOKENFLOW_COMPILE=0``). ``runner_options``: ``num_slots``,
         ``max_len``, ``prefill_chunk``."""
         dev = pick_device(device)
         source, gguf = resolve_model(model)

@@ -2,8 +2,10 @@
 weights in any format of ``quant.py``.
 
 One function, ``forward``, serves both prefill (one slot, T tokens) and decode
-(B slots, one token each, every row at its own position). The cache is
-``[layers, slots, kv_heads, max_len, head_dim]``, allocated once; attention reads
+(B slots, one token each, every row at its own position). Each layer owns its
+cache ``[slots, max_len, kv_heads, head_dim]``, allocated once (one buffer per
+layer, written with a plain ``index_put_``, so the compiled step updates it in
+place instead of copying a shared buffer); attention reads
 only the first ``kv_len`` positions, so a step costs what the longest live row
 needs, not ``max_len``.
 
@@ -39,6 +41,11 @@ class Layer(nn.Module):
         self.register_buffer("attn_norm", attn_norm)
         self.register_buffer("mlp_norm", mlp_norm)
 
+    def allocate_cache(self, num_slots: int, max_len: int, n_kv: int, head_dim: int, dtype: torch.dtype) -> None:
+        shape = (num_slots, max_len, n_kv, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+
 
 class FastLlama(nn.Module):
     """Llama weights in one format plus a static KV cache of ``num_slots x max_len``."""
@@ -64,10 +71,8 @@ class FastLlama(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)
         self.register_buffer("rope_cos", angles.cos().to(dtype))
         self.register_buffer("rope_sin", angles.sin().to(dtype))
-        shape = (len(layers), num_slots, self.n_kv, max_len, self.head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype))
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype))
-        self.register_buffer("positions_all", torch.arange(max_len))
+        for layer in layers:
+            layer.allocate_cache(num_slots, max_len, self.n_kv, self.head_dim, dtype)
 
     # -- building -----------------------------------------------------------
     @classmethod
@@ -136,7 +141,7 @@ class FastLlama(nn.Module):
         mask = visible[:, None, None].expand(b, 1, group, t, kv_len).reshape(b, 1, group * t, kv_len)
         rows = slots[:, None].expand(b, t)
         scaling = hd ** -0.5
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             h = self._norm(x, layer.attn_norm)
             qkv = layer.qkv(h)
             q = qkv[..., : nh * hd].view(b, t, nh, hd)
@@ -144,11 +149,10 @@ class FastLlama(nn.Module):
             v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
             q = self._rope(q, cos, sin)
             k = self._rope(k, cos, sin)
-            # Advanced indices around a slice: the cache view [B, T, kv_heads, D].
-            self.k_cache[i, rows, :, positions] = k
-            self.v_cache[i, rows, :, positions] = v
-            keys = self.k_cache[i, slots, :, :kv_len]  # (B, kv_heads, kv, D)
-            values = self.v_cache[i, slots, :, :kv_len]
+            layer.k_cache.index_put_((rows, positions), k)  # (B, T) cells <- (B, T, kv_heads, D)
+            layer.v_cache.index_put_((rows, positions), v)
+            keys = layer.k_cache[slots, :kv_len].transpose(1, 2)  # (B, kv_heads, kv, D)
+            values = layer.v_cache[slots, :kv_len].transpose(1, 2)
             # Grouped-query attention without repeating K/V: the query heads of one
             # KV head are stacked with the time steps.
             qg = q.view(b, t, nkv, group, hd).permute(0, 2, 3, 1, 4).reshape(b, nkv, group * t, hd)
@@ -174,15 +178,17 @@ class FastLlama(nn.Module):
     def copy_cache(self, src: torch.Tensor, dst: torch.Tensor, length: int) -> None:
         """Cache rows ``dst`` become copies of rows ``src`` (first ``length`` positions)."""
         # Indexing on the right makes a copy first, so src and dst may overlap (a permutation).
-        self.k_cache[:, dst, :, :length] = self.k_cache[:, src, :, :length]
-        self.v_cache[:, dst, :, :length] = self.v_cache[:, src, :, :length]
+        for layer in self.layers:
+            layer.k_cache[dst, :length] = layer.k_cache[src, :length]
+            layer.v_cache[dst, :length] = layer.v_cache[src, :length]
 
     def weight_bytes(self) -> int:
-        """Bytes of weights one decode step reads (all but the embedding table)."""
+        """Bytes of weights one decode step reads (all but the embedding table and the cache)."""
         total = 0
         for mod in list(self.layers) + [self.lm_head]:
-            for buf in mod.buffers():
-                total += buf.numel() * buf.element_size()
+            for name, buf in mod.named_buffers():
+                if not name.endswith("_cache"):
+                    total += buf.numel() * buf.element_size()
         return total
 
 

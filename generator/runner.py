@@ -80,8 +80,13 @@ class _Slots:
 class FastRunner(_Slots):
     """Slots over ``FastLlama``'s static cache; the decode step optionally compiled."""
 
-    def __init__(self, model, compile: bool | None = None, prefill_chunk: int = 256):
+    def __init__(self, model, compile: bool | None = None, prefill_chunk: int = 256, kv_bucket: int = 256,
+                 dynamic: bool = False):
         super().__init__(model.num_slots, model.max_len)
+        # Attention reads the cache up to the longest row rounded up to kv_bucket, so a
+        # static-shape compiled step is rebuilt only when a row crosses a bucket.
+        self.kv_bucket = max(1, int(kv_bucket))
+        self.dynamic = dynamic
         self.model = model
         self.device = model.embed.device
         self.dtype = model.dtype
@@ -93,7 +98,8 @@ class FastRunner(_Slots):
         if self.compiled:
             # One graph for every batch size and context length (dynamic dims), and no
             # guards on the weights: they never change after load (1.4 -> 0.3 ms a step).
-            self._step = torch.compile(model.decode_step, fullgraph=True, options={
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self._step = torch.compile(model.decode_step, fullgraph=True, dynamic=dynamic, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
     @torch.inference_mode()
@@ -136,16 +142,16 @@ class FastRunner(_Slots):
         """One token for each of ``slots`` (``token_ids [B]``, on the device); each
         row goes at its own slot's next position. Returns float32 logits ``[B, V]``."""
         positions = [self.lengths[s] for s in slots]
-        kv_len = max(positions) + 1
-        if kv_len > self.max_len:
+        if max(positions) >= self.max_len:
             raise ValueError(f"a slot is full: the cache holds {self.max_len} tokens")
+        kv_len = min(-(-(max(positions) + 1) // self.kv_bucket) * self.kv_bucket, self.max_len)
         self.forward_calls += 1
         slot_t = torch.tensor(list(slots), device=self.device)
         pos_t = torch.tensor(positions, device=self.device)
         kv_positions = torch.arange(kv_len, device=self.device)
         token_ids = token_ids.view(-1)
-        if self.compiled:
-            # Batch size and context length vary; compile them as symbols, not constants.
+        if self.compiled and self.dynamic:
+            # Batch size and context length as symbols: one graph, but a slower compile.
             for t in (token_ids, slot_t, pos_t, kv_positions):
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         logits = self._step(token_ids, slot_t, pos_t, kv_positions)

@@ -146,3 +146,15 @@ def test_compiled_step_equals_the_eager_step(tiny_hf):
         a = compiled.decode(slots, torch.tensor(toks))
         b = eager.decode(slots, torch.tensor(toks))
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_cli_quant_and_no_compile_flags(tiny_model_dir):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "generator.cli", "generate", "Once upon a time", "--model", str(tiny_model_dir),
+            "--max-new-tokens", "6", "--ignore-eos", "--no-compile"]
+    ok = subprocess.run(base + ["--quant", "int8"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr
+    bad = subprocess.run(base + ["--quant", "int3"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "quant" in bad.stderr and "Traceback" not in bad.stderr
