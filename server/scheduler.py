@@ -101,7 +101,7 @@ class JobGroup:
     def _put(self, item) -> None:
         self.sent += 1
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (time.monotonic(), item))
         except RuntimeError:  # the loop is closed: the server is shutting down
             pass
 
@@ -135,7 +135,7 @@ class JobGroup:
     async def _iterate(self):
         remaining = len(self.jobs)
         while remaining:
-            item = await self._get()
+            _, item = await self._get()
             if item is self._END:
                 remaining -= 1
                 continue
@@ -144,16 +144,17 @@ class JobGroup:
                 raise GenerationError(payload)
             yield index, payload
 
-    async def batches(self, limit: int = 256):
-        """Like iterating the group, but yields ``(choice index, [TokenEvent, ...])``:
-        everything already waiting for one choice comes as one list (at most ``limit``).
+    async def batches(self, behind_s: float = 0.05, limit: int = 256):
+        """Like iterating the group, but yields ``(choice index, [TokenEvent, ...])``.
 
-        A reader that keeps up gets one event per list; one that falls behind (a slow
-        connection) gets the backlog merged, so it sends one larger SSE event instead of
-        many small ones piling up."""
+        A reader that keeps up gets one event per list. One that has fallen behind (the
+        item it takes waited more than ``behind_s``: a slow connection) gets everything
+        already waiting for a choice as one list (at most ``limit``), so it sends one
+        larger SSE event instead of many small ones piling up."""
         remaining = len(self.jobs)
         while remaining:
-            item = await self._get()
+            queued_at, item = await self._get()
+            behind = time.monotonic() - queued_at > behind_s
             merged: list[tuple[int, list]] = []
             while True:
                 if item is self._END:
@@ -169,9 +170,9 @@ class JobGroup:
                         last[1].append(payload)
                     else:
                         merged.append((index, [payload]))
-                if self.queue.empty() or not remaining:
+                if not behind or self.queue.empty() or not remaining:
                     break
-                item = self.queue.get_nowait()
+                _, item = self.queue.get_nowait()
                 self.taken += 1
             for pair in merged:
                 yield pair
