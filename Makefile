@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration serve generate clean-venv
+.PHONY: test test-unit test-integration serve generate clean-venv bench-serve
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test-integration: $(STAMP)
 
 serve: $(STAMP)  ## serve the default model on 127.0.0.1:8000
 	$(VENV)/bin/tokenflow serve
+
+LEVELS ?= 1,2,4,8,16,32,64
+bench-serve: $(STAMP)  ## serving load over HTTP on the default model: benchmarks/results/serve_load.{json,csv,png}
+	$(PY) benchmarks/serve_load.py --levels $(LEVELS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -180,14 +180,15 @@ class BatchGenerator:
         if not running and not fresh:
             return []
         # One forward over every running row, each at its own position.
-        pieces, slots = [], []
-        for r in running:
-            slots.extend(r.slots)
-            pieces.append(r.next_tokens if r.search is not None
-                          else torch.tensor([r.next_token], device=self.device))
+        slots = [s for r in running for s in r.slots]
         logits_of: dict[int, torch.Tensor] = {}
         if running:
-            logits = self.runner.decode(slots, torch.cat(pieces))
+            if any(r.search is not None for r in running):
+                tokens = torch.cat([r.next_tokens if r.search is not None
+                                    else torch.tensor([r.next_token], device=self.device) for r in running])
+            else:  # sampled rows only: their ids are host ints already, one small copy
+                tokens = torch.tensor([r.next_token for r in running], device=self.device)
+            logits = self.runner.decode(slots, tokens)
             at = 0
             for r in running:
                 logits_of[r.handle] = logits[at: at + len(r.slots)]
