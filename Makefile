@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser serve generate clean-venv bench bench-peer bench-quality
+.PHONY: test test-unit test-integration test-browser serve generate clean-venv bench bench-peer bench-quality bench-serve
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-peer: $(STAMP)  ## ours vs llama.cpp (same GGUF) vs transformers generate(
 
 bench-quality: $(STAMP)  ## greedy agreement and perplexity of each weight format vs float32
 	$(PY) benchmarks/quality.py
+
+LEVELS ?= 1,2,4,8,16,32,64
+bench-serve: $(STAMP)  ## serving load over HTTP on the default model: benchmarks/results/serve_load.{json,csv,png}
+	$(PY) benchmarks/serve_load.py --levels $(LEVELS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,8 @@
 """The engine: model loading, the hand-written generation loop, streaming events."""
 
+from .batch import BatchGenerator
 from .engine import Engine
 from .events import TokenEvent, TopLogprob
 from .loading import ModelLoadError
 
-__all__ = ["Engine", "ModelLoadError", "TokenEvent", "TopLogprob"]
+__all__ = ["BatchGenerator", "Engine", "ModelLoadError", "TokenEvent", "TopLogprob"]

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 
-from decoding import BatchSampler, BeamSearch, ParamError, SamplingParams, resolve
-from decoding.selectors import make_generator
+from decoding import ParamError, SamplingParams
 
-from .detok import TextStream
-from .events import TokenEvent, top_logprobs
+from .batch import BatchGenerator
+from .events import TokenEvent
 from .fastmodel import FastLlama, supports
 from .loading import ModelLoadError, load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
 from .quant import QUANTS, has_q4_1
@@ -131,104 +130,51 @@ class Engine:
         return ids
 
     # -- the loop -----------------------------------------------------------
+    def batch(self, prefill_budget: int | None = None) -> BatchGenerator:
+        """A ``BatchGenerator`` over this engine's runner: many generations, one
+        forward per step (what the server's scheduler drives)."""
+        return BatchGenerator(self, prefill_budget)
+
     def stream(self, prompt: Prompt | list[dict], params: SamplingParams | None = None,
                chat: bool = False) -> Iterator[TokenEvent]:
         """Yield a ``TokenEvent`` per generated token, each the moment it exists."""
         params = params or SamplingParams()
         ids = self.encode(prompt, chat)
         self.check_length(ids, params)
-        if resolve(params.strategy).selector == "beam":
-            yield from self._stream_beam(ids, params)
-            return
         if params.n != 1:
-            raise ParamError("n", "Engine.stream() yields one sequence; n > 1 is not implemented here yet")
-        gen = make_generator(params.seed, self.device)
-        sampler = BatchSampler([params], [gen], self.device, prompt_ids=[ids], eos_token_ids=self.eos_token_ids)
-        stop_ids = self.stop_ids(params)
-        text = TextStream(self.tokenizer, params.stop)
-        slots = self.runner.acquire(1)
-        try:
-            logits = self.runner.prefill(slots[0], ids)
-            for index in range(params.max_new_tokens):
-                out = sampler(logits)
-                # The one device-to-host read of the step: chosen id and its logprob.
-                tok, lp = torch.stack((out.token_ids.double(), out.logprobs.double()), 1)[0].tolist()
-                tok = int(tok)
-                sampler.accept([tok])
-                top = top_logprobs(out, params.logprobs, self.tokenizer)
-                delta = text.push(tok)
-                finish = _finish_reason(tok, stop_ids, text, index + 1 >= params.max_new_tokens)
-                if finish:
-                    delta += text.flush()
-                yield TokenEvent(tok, delta, lp, index, finish, top)
-                if finish:
-                    return
-                logits = self.runner.decode(slots, out.token_ids)
-        finally:
-            self.runner.release(slots)
+            raise ParamError("n", "Engine.stream() yields one sequence; use Engine.stream_n() for n > 1")
+        for _, ev in self._run(ids, [params]):
+            yield ev
 
-    def _stream_beam(self, ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
-        """Beam search that streams honestly: a token is emitted once every live
-        beam and every finished hypothesis still in the running agree on it."""
-        nb = params.num_beams
-        stop_ids = self.stop_ids(params)
-        search = BeamSearch(nb, params.max_new_tokens, sorted(stop_ids), params.length_penalty,
-                            params.early_stopping, self.device)
-        text = TextStream(self.tokenizer, params.stop)
-        slots = self.runner.acquire(nb)  # beam i lives in slots[i]
-        try:
-            yield from self._beam_loop(ids, search, text, stop_ids, slots)
-        finally:
-            self.runner.release(slots)
+    def stream_n(self, prompt: Prompt | list[dict], params: SamplingParams | None = None,
+                 chat: bool = False) -> Iterator[tuple[int, TokenEvent]]:
+        """``params.n`` sequences of one prompt as ``(choice index, TokenEvent)``, the
+        choices interleaved as they are made (one batched forward per step). The prompt
+        is prefilled once; choice ``i`` samples with seed ``seed + i`` (as the server does)."""
+        params = params or SamplingParams()
+        ids = self.encode(prompt, chat)
+        self.check_length(ids, params)
+        choices = [params.replace(n=1, seed=None if params.seed is None else params.seed + i)
+                   for i in range(params.n)]
+        yield from self._run(ids, choices)
 
-    def _beam_loop(self, ids: list[int], search: BeamSearch, text: TextStream, stop_ids: set[int],
-                   slots: list[int]) -> Iterator[TokenEvent]:
-        nb = len(slots)
-        logits = self.runner.prefill(slots[0], ids)
-        self.runner.copy_slots([slots[0]] * (nb - 1), slots[1:])
-        slot_t = torch.tensor(slots, device=self.device)
-        logits = logits.expand(nb, -1)
-        emitted = 0
-        while True:
-            parents, tokens = search.step(logits.log_softmax(dim=-1))
-            if search.done:
-                break
-            settled, lps = search.settled()
-            for tok, lp in zip(settled[emitted:], lps[emitted:]):
-                delta = text.push(tok)
-                if text.stopped:
-                    yield TokenEvent(tok, delta, lp, emitted, "stop")
-                    return
-                yield TokenEvent(tok, delta, lp, emitted)
-                emitted += 1
-            # Every beam holds the same number of tokens; parents stay on the device.
-            self.runner.copy_slots(slot_t[parents], slots, length=self.runner.length(slots[0]))
-            logits = self.runner.decode(slots, tokens)
-        final, lps, _ = search.best()
-        if emitted >= len(final):  # cannot happen: the final hypothesis extends the settled prefix
-            raise RuntimeError("beam search emitted more tokens than its best hypothesis")
-        for i in range(emitted, len(final)):
-            tok, last = final[i], i == len(final) - 1
-            delta = text.push(tok)
-            finish = _finish_reason(tok, stop_ids, text, last) if (last or text.stopped) else None
-            if finish:
-                delta += text.flush()
-            yield TokenEvent(tok, delta, lps[i], i, finish)
-            if finish:
-                return
+    def _run(self, ids: list[int], choices: list[SamplingParams]) -> Iterator[tuple[int, TokenEvent]]:
+        # One request on its own batch: the same step the scheduler runs for many.
+        batch = self.batch()
+        handles = batch.add_group(ids, choices)
+        index = {h: i for i, h in enumerate(handles)}
+        try:
+            while batch.active:
+                for handle, ev in batch.step():
+                    yield index[handle], ev
+        finally:
+            for h in handles:
+                batch.cancel(h)
 
     def generate_text(self, prompt: Prompt | list[dict], params: SamplingParams | None = None,
                       chat: bool = False) -> str:
         """The whole answer as one string (joins the stream)."""
         return "".join(ev.text for ev in self.stream(prompt, params, chat))
-
-
-def _finish_reason(tok: int, stop_ids: set[int], text: TextStream, at_limit: bool) -> str | None:
-    if tok in stop_ids or text.stopped:
-        return "stop"
-    if at_limit:
-        return "length"
-    return None
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -67,6 +67,11 @@ class _Slots:
                     self._free.append(s)
             self._free.sort()
 
+    @property
+    def free_count(self) -> int:
+        """Slots free now (the batch scheduler admits a request only when its rows fit)."""
+        return len(self._free)
+
     def length(self, slot: int) -> int:
         """Tokens held in ``slot`` (the position the next token gets)."""
         return self.lengths[slot]

@@ -63,8 +63,11 @@ async def _load(app: FastAPI, engine) -> None:
             from generator import Engine
 
             log.info("loading model %s", settings.model or "(default)")
-            engine = await asyncio.to_thread(Engine.load, settings.model, settings.device, settings.dtype)
-        scheduler = Scheduler(engine, settings.max_waiting, settings.max_active, observer=state.metrics.observe)
+            # One KV-cache slot per batch row (beams and n > 1 take several).
+            engine = await asyncio.to_thread(Engine.load, settings.model, settings.device, settings.dtype,
+                                             num_slots=settings.max_active)
+        scheduler = Scheduler(engine, settings.max_waiting, settings.max_active, observer=state.metrics.observe,
+                              stall_timeout_s=settings.stall_timeout_s, max_outbox=settings.max_outbox)
         scheduler.start()
         state.engine = engine
         state.scheduler = scheduler

@@ -25,6 +25,8 @@ def add_commands(sub) -> None:
     """Add ``serve`` to the ``tokenflow`` subcommands."""
     from generator.cli import add_model_flags
 
+    from .settings import Settings
+
     p = sub.add_parser("serve", help="serve the model over HTTP (OpenAI-compatible SSE)",
                        description="Serve the model over HTTP: OpenAI-compatible /v1 routes, /api/stream for "
                                    "EventSource, /health, /metrics.")
@@ -33,8 +35,19 @@ def add_commands(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get("TOKENFLOW_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $TOKENFLOW_API_KEY)")
     p.add_argument("--model-name", default="tokenflow", help="the model id clients send and /v1/models lists")
-    p.add_argument("--max-waiting", type=_bounded_int(1), default=64, help="queued requests before answering 429")
-    p.add_argument("--max-active", type=_bounded_int(1), default=8, help="generations advanced in turn by the worker")
+    env = Settings()  # defaults, read from TOKENFLOW_* environment variables
+    p.add_argument("--max-waiting", type=_bounded_int(1), default=env.max_waiting,
+                   help="queued requests before answering 429 (env TOKENFLOW_MAX_WAITING, default 64)")
+    p.add_argument("--max-batch", "--max-active", dest="max_active", type=_bounded_int(1), default=env.max_active,
+                   help="rows (KV-cache slots) advanced together in one forward per step; beams and n > 1 take "
+                        "several (env TOKENFLOW_MAX_BATCH, default 16)")
+    p.add_argument("--max-prompt-tokens", type=_bounded_int(1), default=env.max_prompt_tokens,
+                   help="longest prompt accepted (env TOKENFLOW_MAX_PROMPT; default: the context)")
+    p.add_argument("--max-total-tokens", type=_bounded_int(2), default=env.max_total_tokens,
+                   help="prompt + max_tokens limit per request (env TOKENFLOW_MAX_TOTAL; default: the context)")
+    p.add_argument("--stall-timeout", type=float, default=env.stall_timeout_s,
+                   help="seconds a client may stop reading its stream before it is dropped and its row freed "
+                        "(env TOKENFLOW_STALL_TIMEOUT, default 30)")
     p.add_argument("--resume-grace", type=float, default=30.0,
                    help="seconds an /api/stream generation stays resumable after its reader left")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -50,7 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings(host=args.host, port=args.port, model=args.model, device=args.device, dtype=args.dtype,
                         model_name=args.model_name, api_key=args.api_key or None, max_waiting=args.max_waiting,
-                        max_active=args.max_active, resume_grace_s=args.resume_grace)
+                        max_active=args.max_active, resume_grace_s=args.resume_grace,
+                        max_prompt_tokens=args.max_prompt_tokens, max_total_tokens=args.max_total_tokens,
+                        stall_timeout_s=args.stall_timeout)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
     return 0

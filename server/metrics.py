@@ -21,6 +21,8 @@ class Metrics:
         self.active_streams = Gauge("tokenflow_active_streams", "SSE responses open now", registry=r)
         self.queue_depth = Gauge("tokenflow_queue_depth", "generations waiting for the worker", registry=r)
         self.running = Gauge("tokenflow_running_generations", "generations the worker is advancing", registry=r)
+        self.batch_size = Gauge("tokenflow_batch_size", "KV-cache rows in the worker's last batched step",
+                                registry=r)
         self.tokens = Counter("tokenflow_tokens_generated", "tokens generated", ["strategy"], registry=r)
         self.ttft = Histogram("tokenflow_time_to_first_token_seconds",
                               "submit to first token, queueing and prefill included", ["strategy"],
@@ -47,4 +49,5 @@ class Metrics:
         if scheduler is not None:
             self.queue_depth.set(scheduler.queue_depth)
             self.running.set(scheduler.active_count)
+            self.batch_size.set(scheduler.batch_size if scheduler.active_count else 0)
         return generate_latest(self.registry)

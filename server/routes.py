@@ -61,12 +61,23 @@ def _check_model(state, req: _Request) -> None:
                             f"{state.settings.model_name!r}", param="model", code="model_not_found")
 
 
+def _context(state) -> int:
+    """Tokens a request may hold in all (prompt + output): the model's context, or less
+    when the server sets ``max_total_tokens``."""
+    limit = state.settings.max_total_tokens
+    return min(state.engine.context_length, limit) if limit else state.engine.context_length
+
+
 def _encode(state, prompt, chat: bool, field: str) -> list[int]:
     try:
         ids = state.engine.encode(prompt, chat=chat)
     except ParamError as exc:
         raise APIError(400, f"{field}: {exc.message}", param=field, code="invalid_value") from None
-    context = state.engine.context_length
+    limit = state.settings.max_prompt_tokens
+    if limit and len(ids) > limit:
+        raise APIError(400, f"{field}: the prompt is {len(ids)} tokens; this server takes at most {limit}",
+                       param=field, code="prompt_too_long")
+    context = _context(state)
     if len(ids) >= context:
         raise APIError(400, f"{field}: the prompt is {len(ids)} tokens; the model's context is {context} tokens",
                        param=field, code="context_length_exceeded")
@@ -75,13 +86,13 @@ def _encode(state, prompt, chat: bool, field: str) -> list[int]:
 
 def _params(state, req: _Request, ids: list[int]) -> list[SamplingParams]:
     """One SamplingParams per choice; the default max_tokens fits what the context has left."""
-    room = state.engine.context_length - len(ids)
+    room = _context(state) - len(ids)
     default = min(state.settings.default_max_tokens, room)
     params = [req.to_sampling_params(choice=i, default_max_tokens=default) for i in range(req.n)]
     if params[0].max_new_tokens > room:
         name = req._max_tokens_name()
         raise APIError(400, f"{name}: prompt ({len(ids)} tokens) + {name} ({params[0].max_new_tokens}) exceeds "
-                            f"the model's context of {state.engine.context_length} tokens",
+                            f"the context of {_context(state)} tokens",
                        param=name, code="context_length_exceeded")
     return params
 
@@ -164,13 +175,16 @@ def _stream_chat(state, group, req, cid, created, model, prompt_tokens, top_n, t
                      "finish_reason": None} for i in range(req.n)])
         completion_tokens = 0
         try:
-            async for i, ev in group:
-                completion_tokens += 1
-                logprobs = {"content": [fmt.chat_logprob(ev, top_n, token_text)]} if req.logprobs else None
-                yield make([{"index": i, "delta": {"content": ev.text}, "logprobs": logprobs,
-                             "finish_reason": None}])
-                if ev.finish_reason:
-                    yield make([{"index": i, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason}])
+            # A client that reads slower than tokens come gets the backlog as one merged chunk.
+            async for i, evs in group.batches():
+                completion_tokens += len(evs)
+                logprobs = ({"content": [fmt.chat_logprob(ev, top_n, token_text) for ev in evs]}
+                            if req.logprobs else None)
+                yield make([{"index": i, "delta": {"content": "".join(ev.text for ev in evs)},
+                             "logprobs": logprobs, "finish_reason": None}])
+                if evs[-1].finish_reason:
+                    yield make([{"index": i, "delta": {}, "logprobs": None,
+                                 "finish_reason": evs[-1].finish_reason}])
         except GenerationError as exc:
             yield error_event(exc)
             return
@@ -219,12 +233,15 @@ def _stream_completion(state, group, req, cid, created, model, prompt_tokens, to
 
         completion_tokens = 0
         try:
-            async for i, ev in group:
-                completion_tokens += 1
-                logprobs = trackers[i].entry(ev) if want_logprobs else None
-                yield make([{"index": i, "text": ev.text, "logprobs": logprobs, "finish_reason": None}])
-                if ev.finish_reason:
-                    yield make([{"index": i, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}])
+            async for i, evs in group.batches():  # merged backlog for a slow reader, as above
+                completion_tokens += len(evs)
+                logprobs = (fmt.CompletionLogprobs.merge([trackers[i].entry(ev) for ev in evs])
+                            if want_logprobs else None)
+                yield make([{"index": i, "text": "".join(ev.text for ev in evs), "logprobs": logprobs,
+                             "finish_reason": None}])
+                if evs[-1].finish_reason:
+                    yield make([{"index": i, "text": "", "logprobs": None,
+                                 "finish_reason": evs[-1].finish_reason}])
         except GenerationError as exc:
             yield error_event(exc)
             return
@@ -319,10 +336,10 @@ async def api_stream(request: Request):
             raise APIError(400, "prompt: required", param="prompt", code="missing_field")
         params = params_from_query(request.query_params, state.settings.default_max_tokens)
         ids = _encode(state, prompt, chat=_truthy(request.query_params.get("chat")), field="prompt")
-        if len(ids) + params.max_new_tokens > state.engine.context_length:
+        if len(ids) + params.max_new_tokens > _context(state):
             raise APIError(400, f"max_new_tokens: prompt ({len(ids)} tokens) + max_new_tokens "
                                 f"({params.max_new_tokens}) exceeds the context of "
-                                f"{state.engine.context_length}", param="max_new_tokens",
+                                f"{_context(state)}", param="max_new_tokens",
                            code="context_length_exceeded")
         stream = store.create(_submit(state, ids, [params]), params.strategy)
         after = -1

@@ -1,17 +1,16 @@
-"""The worker that owns the model: one thread, a bounded waiting queue, and
-generations advanced one token at a time, in turn.
+"""The worker that owns the model: one thread, a bounded waiting queue, and one
+batched step that advances every active generation together (continuous batching).
 
 The event loop never runs the blocking loop. It calls ``Scheduler.submit()``
 and reads the returned ``JobGroup`` asynchronously; the worker thread pushes
 each ``TokenEvent`` onto the group's ``asyncio.Queue`` (through
-``loop.call_soon_threadsafe``) the moment the engine yields it. A cancel flag
-is checked between steps, so a cancelled job does no further forward pass.
+``loop.call_soon_threadsafe``) the moment the batch produces it.
 
-Continuous batching (issue 7) replaces ``Scheduler.step()``: today it advances
-each active job's own ``engine.stream()`` generator by one token; a batched
-version runs one forward over all active rows and returns the same
-``(job, event)`` pairs. Routes, streaming and metrics only see ``submit()``,
-``JobGroup`` and ``Job``, so they do not change.
+Between two steps the worker admits waiting requests into the batch (as long
+as the runner has free KV-cache slots and fewer than ``max_active`` jobs run),
+drops cancelled ones and clients that stopped reading, and frees their slots;
+so a new request joins a running batch without waiting for it to drain.
+Routes, streaming and metrics only see ``submit()``, ``JobGroup`` and ``Job``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from decoding import SamplingParams
@@ -62,7 +60,7 @@ class Job:
     tokens: int = 0
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     cancelled: threading.Event = field(default_factory=threading.Event)
-    stream: Iterator | None = None  # the engine generator, owned by the worker
+    handle: int | None = None  # its row in the worker's BatchGenerator
 
     @property
     def done(self) -> bool:
@@ -84,6 +82,11 @@ class JobGroup:
         self.queue: asyncio.Queue = asyncio.Queue()  # unbounded: the worker must never block on a client
         self.jobs: list[Job] = []
         self._open = 0
+        # Outbox bookkeeping, for telling a slow reader from a stalled one (worker reads it).
+        self.sent = 0  # items the worker queued
+        self.taken = 0  # items the reader took
+        self.reader_waiting = False  # the reader is parked on an empty queue: not stalled
+        self.last_read = time.monotonic()
 
     def cancel(self) -> None:
         """Stop every job of the group; the worker drops them before its next step."""
@@ -96,10 +99,35 @@ class JobGroup:
 
     # Called from the worker thread only.
     def _put(self, item) -> None:
+        self.sent += 1
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (time.monotonic(), item))
         except RuntimeError:  # the loop is closed: the server is shutting down
             pass
+
+    @property
+    def pending(self) -> int:
+        """Items queued for the reader and not taken yet."""
+        return self.sent - self.taken
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the reader has owed items without coming back for them (0: it is keeping up)."""
+        if self.reader_waiting or self.pending <= 0:
+            return 0.0
+        return now - self.last_read
+
+    async def _get(self):
+        if self.queue.empty():
+            self.reader_waiting = True
+            try:
+                item = await self.queue.get()
+            finally:
+                self.reader_waiting = False
+        else:
+            item = self.queue.get_nowait()
+        self.taken += 1
+        self.last_read = time.monotonic()
+        return item
 
     def __aiter__(self):
         return self._iterate()
@@ -107,7 +135,7 @@ class JobGroup:
     async def _iterate(self):
         remaining = len(self.jobs)
         while remaining:
-            item = await self.queue.get()
+            _, item = await self._get()
             if item is self._END:
                 remaining -= 1
                 continue
@@ -116,25 +144,67 @@ class JobGroup:
                 raise GenerationError(payload)
             yield index, payload
 
+    async def batches(self, behind_s: float = 0.05, limit: int = 256):
+        """Like iterating the group, but yields ``(choice index, [TokenEvent, ...])``.
+
+        A reader that keeps up gets one event per list. One that has fallen behind (the
+        item it takes waited more than ``behind_s``: a slow connection) gets everything
+        already waiting for a choice as one list (at most ``limit``), so it sends one
+        larger SSE event instead of many small ones piling up."""
+        remaining = len(self.jobs)
+        while remaining:
+            queued_at, item = await self._get()
+            behind = time.monotonic() - queued_at > behind_s
+            merged: list[tuple[int, list]] = []
+            while True:
+                if item is self._END:
+                    remaining -= 1
+                else:
+                    index, payload = item
+                    if isinstance(payload, BaseException):
+                        for pair in merged:
+                            yield pair
+                        raise GenerationError(payload)
+                    last = next((pair for pair in reversed(merged) if pair[0] == index), None)
+                    if last is not None and len(last[1]) < limit:
+                        last[1].append(payload)
+                    else:
+                        merged.append((index, [payload]))
+                if not behind or self.queue.empty() or not remaining:
+                    break
+                _, item = self.queue.get_nowait()
+                self.taken += 1
+            for pair in merged:
+                yield pair
+
 
 class Scheduler:
-    """Owns the engine in one worker thread; feeds many streams.
+    """Owns the engine in one worker thread; feeds many streams from one batch.
 
     ``submit()`` queues a request's jobs (``SchedulerFull`` when more than
-    ``max_waiting`` would wait); the worker admits up to ``max_active`` jobs
-    and calls ``step()`` over them until they finish or are cancelled.
-    ``observer`` (optional) is called from the worker as
-    ``observer(job, event_or_None)``: per token, and once with ``None`` when a
-    job ends (metrics hook).
+    ``max_waiting`` would wait); the worker admits whole requests into the
+    engine's ``BatchGenerator`` while fewer than ``max_active`` jobs run and the
+    KV cache has slots for them, and calls ``step()`` until they finish, are
+    cancelled, or their client stops reading for ``stall_timeout_s`` (or owes
+    more than ``max_outbox`` unread events). ``observer`` (optional) is called
+    from the worker as ``observer(job, event_or_None)``: per token, and once
+    with ``None`` when a job ends (metrics hook).
     """
 
-    def __init__(self, engine, max_waiting: int = 64, max_active: int = 8, observer=None):
+    def __init__(self, engine, max_waiting: int = 64, max_active: int = 8, observer=None,
+                 stall_timeout_s: float = 30.0, max_outbox: int = 4096):
         self.engine = engine
         self.max_waiting = max_waiting
         self.max_active = max_active
         self.observer = observer
+        self.stall_timeout_s = stall_timeout_s
+        self.max_outbox = max_outbox
         self.waiting: collections.deque[Job] = collections.deque()
         self.active: list[Job] = []
+        self.batch = None  # the engine's BatchGenerator, made in the worker
+        self._jobs: dict[int, Job] = {}  # batch handle -> job
+        self.batch_size = 0  # KV-cache rows in the last step (metrics)
+        self.steps = 0
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -179,6 +249,7 @@ class Scheduler:
 
     # -- worker side --------------------------------------------------------
     def _run(self) -> None:
+        self.batch = self.engine.batch()
         while True:
             with self._wake:
                 while not self._stopping and not self.waiting and not self.active:
@@ -186,45 +257,87 @@ class Scheduler:
                 if self._stopping:
                     jobs = list(self.waiting) + self.active
                     self.waiting.clear()
-                    self.active = []
                     for job in jobs:
                         self._end(job, "cancelled")
+                    self.active = []
                     return
-                while self.waiting and len(self.active) < self.max_active:
-                    self.active.append(self.waiting.popleft())
-            # Drop cancelled jobs before spending a forward pass on them.
-            for job in [j for j in self.active if j.cancelled.is_set()]:
-                self._end(job, "cancelled")
-            self.active = [j for j in self.active if not j.done]
+                admitted = self._admit()
+            for group_jobs in admitted:
+                self._join(group_jobs)
+            self._drop_gone()
             if not self.active:
                 continue
-            for job, result in self.step(self.active):
+            try:
+                results = self.step(self.active)
+            except Exception as exc:  # noqa: BLE001 - a failed step fails every job in it, not the server
+                results = [(job, exc) for job in self.active]
+            for job, result in results:
                 self._deliver(job, result)
             self.active = [j for j in self.active if not j.done]
 
-    def step(self, jobs: list[Job]) -> list[tuple[Job, object]]:
-        """Advance every job by one token: ``(job, TokenEvent | Exception)`` pairs.
+    def _admit(self) -> list[list[Job]]:
+        """Whole requests from the head of the queue that fit now (lock held)."""
+        admitted = []
+        free = getattr(self.engine.runner, "free_count", None)
+        while self.waiting:
+            group = self.waiting[0].group
+            jobs = [j for j in group.jobs if not j.done]
+            need = self.batch.slots_needed(jobs[0].params, len(jobs)) if jobs else 0
+            if self.active and (len(self.active) + len(jobs) > self.max_active
+                                or (free is not None and need > free)):
+                break  # first come, first served: the head waits for room
+            for _ in group.jobs:
+                if self.waiting and self.waiting[0].group is group:
+                    self.waiting.popleft()
+            if free is not None:
+                free -= need
+            self.active.extend(jobs)
+            admitted.append(jobs)
+        return admitted
 
-        This is the one method a batched engine step replaces. Each job here
-        drives its own ``engine.stream()`` generator; the first ``next()`` runs
-        the prefill, each later one a single decode step.
-        """
-        out = []
+    def _join(self, jobs: list[Job]) -> None:
+        """Put one request's jobs into the batch (prefilled by the next steps)."""
+        if not jobs:
+            return
+        now = time.perf_counter()
         for job in jobs:
+            job.started_at = now
+        try:
+            handles = self.batch.add_group(jobs[0].prompt_ids, [j.params for j in jobs])
+        except Exception as exc:  # noqa: BLE001 - e.g. no free slot after all: an error event, not a crash
+            for job in jobs:
+                self._deliver(job, exc)
+            return
+        for job, handle in zip(jobs, handles):
+            job.handle = handle
+            self._jobs[handle] = job
+
+    def _drop_gone(self) -> None:
+        """End cancelled jobs and those whose client stopped reading; their rows leave now."""
+        now = time.monotonic()
+        for job in self.active:
+            if job.done:
+                continue
+            group = job.group
             if job.cancelled.is_set():
-                continue  # checked again here: a cancel can land between two jobs' steps
-            if job.stream is None:
-                job.started_at = time.perf_counter()
-                job.stream = self.engine.stream(job.prompt_ids, job.params)
-            try:
-                out.append((job, next(job.stream)))
-            except StopIteration:
-                out.append((job, RuntimeError("the engine stream ended without a finish reason")))
-            except Exception as exc:  # noqa: BLE001 - reported to the client as an SSE error event
-                out.append((job, exc))
-        return out
+                self._end(job, "cancelled")
+            elif group.pending > self.max_outbox or group.stalled_for(now) > self.stall_timeout_s:
+                log.warning("generation %s dropped: its client stopped reading (%d events unread)",
+                            job.id, group.pending)
+                group.cancel()
+                self._end(job, "cancelled")
+        self.active = [j for j in self.active if not j.done]
+
+    def step(self, jobs: list[Job]) -> list[tuple[Job, object]]:
+        """One batched step over every active job: ``(job, TokenEvent | Exception)`` pairs."""
+        pairs = self.batch.step()
+        self.steps += 1
+        self.batch_size = self.batch.last_batch_size
+        return [(self._jobs[h], ev) for h, ev in pairs if h in self._jobs]
 
     def _deliver(self, job: Job, result: object) -> None:
+        if job.done:
+            return
         if isinstance(result, Exception):
             log.error("generation %s failed: %s: %s", job.id, type(result).__name__, result)
             job.group._put((job.index, result))
@@ -245,9 +358,11 @@ class Scheduler:
         if job.done:
             return
         job.finish_reason = reason
-        if job.stream is not None:
-            job.stream.close()  # releases the generator (and its KV cache) now
-            job.stream = None
+        if job.handle is not None:
+            self._jobs.pop(job.handle, None)
+            if self.batch is not None:
+                self.batch.cancel(job.handle)  # frees its KV-cache slots now (no-op once finished)
+            job.handle = None
         job.group._put(JobGroup._END)
         if self.observer is not None:
             self.observer(job, None)

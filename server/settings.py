@@ -11,6 +11,11 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
 @dataclass
 class Settings:
     """Everything the app needs to know that is not a request.
@@ -26,8 +31,13 @@ class Settings:
     dtype: str = "auto"
     model_name: str = "tokenflow"  # the id that /v1/models lists and requests name
     api_key: str | None = field(default_factory=lambda: os.environ.get("TOKENFLOW_API_KEY") or None)
-    max_waiting: int = 64  # requests queued beyond the active ones; more gets 429
-    max_active: int = 8  # generations the worker advances in turn, one token each
+    # Limits (flags of `tokenflow serve`, or these environment variables).
+    max_waiting: int = field(default_factory=lambda: _env_int("TOKENFLOW_MAX_WAITING", 64))  # more gets 429
+    max_active: int = field(default_factory=lambda: _env_int("TOKENFLOW_MAX_BATCH", 16))  # rows per batched step
+    max_prompt_tokens: int | None = field(default_factory=lambda: _env_int("TOKENFLOW_MAX_PROMPT", 0) or None)
+    max_total_tokens: int | None = field(default_factory=lambda: _env_int("TOKENFLOW_MAX_TOTAL", 0) or None)
+    stall_timeout_s: float = field(default_factory=lambda: _env_float("TOKENFLOW_STALL_TIMEOUT", 30.0))
+    max_outbox: int = field(default_factory=lambda: _env_int("TOKENFLOW_MAX_OUTBOX", 4096))  # unread events
     retry_after_s: int = 1  # what a 429 tells the client to wait
     resume_grace_s: float = field(default_factory=lambda: _env_float("TOKENFLOW_RESUME_GRACE", 30.0))
     keepalive_s: float = 15.0  # idle time before an SSE ": ping" comment

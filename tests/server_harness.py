@@ -66,6 +66,37 @@ class StepEngine:
                 time.sleep(self.delay_s)
             yield ev
 
+    def batch(self, prefill_budget=None):
+        """The batch the server's scheduler drives, with the same counting, delay and failure."""
+        return _StepBatch(self, self._engine.batch(prefill_budget))
+
+
+class _StepBatch:
+    """A ``BatchGenerator`` whose steps count tokens, sleep and fail like ``StepEngine.stream``."""
+
+    def __init__(self, owner: StepEngine, batch):
+        self._owner = owner
+        self._batch = batch
+        self._emitted: dict[int, int] = {}
+
+    def __getattr__(self, name):
+        return getattr(self._batch, name)
+
+    def step(self):
+        owner, out = self._owner, []
+        for handle, ev in self._batch.step():
+            n = self._emitted.get(handle, 0)
+            self._emitted[handle] = n + 1
+            if owner.fail_after is not None and n >= owner.fail_after:
+                self._batch.cancel(handle)
+                out.append((handle, RuntimeError("simulated device failure")))
+                continue
+            owner.steps += 1
+            out.append((handle, ev))
+        if owner.delay_s:
+            time.sleep(owner.delay_s)
+        return out
+
 
 def sse_events(lines) -> list[dict]:
     """Parse SSE lines into ``{"event", "id", "data", "retry"}`` dicts (comments as ``{"comment"}``)."""

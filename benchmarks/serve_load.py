@@ -1,0 +1,210 @@
+"""Serving load over HTTP: N concurrent streaming clients per concurrency level.
+
+    .venv/bin/python benchmarks/serve_load.py [--levels 1,2,4,8,16,32,64] [--max-tokens 64]
+        [--requests-per-client 2] [--url http://127.0.0.1:8000] [-- serve flags...]
+
+Without ``--url`` it starts ``tokenflow serve`` on a free port (default model,
+``--max-batch`` = the largest level unless given after ``--``) and stops it at
+the end. Every client streams ``/v1/completions`` (greedy, ``ignore_eos``, a
+fixed prompt set) and timestamps each SSE chunk. Per level it reports aggregate
+tokens/s (all tokens of the level over its wall time), time to first token
+p50/p95, inter-token latency p50/p95 and errors, and writes JSON, CSV and a PNG
+under ``benchmarks/results/``. Numbers on a shared machine are noisy: compare
+levels of one run, not runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+PROMPTS = [
+    "Explain why the sky is blue.",
+    "Write a short poem about a river.",
+    "List three uses of a paperclip.",
+    "What is the capital of France, and why is it famous?",
+    "Describe how a bicycle works.",
+    "Give me a recipe for pancakes.",
+    "Why do cats purr?",
+    "Summarize the plot of a detective story in two sentences.",
+]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
+
+
+async def one_request(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> dict:
+    """Stream one completion; the arrival time of every chunk that carries tokens."""
+    body = {"model": "tokenflow", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    arrivals, tokens = [], 0
+    try:
+        async with client.stream("POST", url + "/v1/completions", json=body) as res:
+            if res.status_code != 200:
+                await res.aread()
+                return {"error": f"HTTP {res.status_code}"}
+            async for line in res.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                if "error" in data:
+                    return {"error": data["error"].get("message", "error")}
+                if data.get("usage"):
+                    tokens = data["usage"]["completion_tokens"]
+                elif data["choices"] and data["choices"][0].get("text"):
+                    arrivals.append(time.perf_counter())
+    except httpx.HTTPError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    end = time.perf_counter()
+    if not arrivals:
+        return {"error": "no tokens"}
+    return {"ttft": arrivals[0] - start, "itl": [b - a for a, b in zip(arrivals, arrivals[1:])],
+            "tokens": tokens, "start": start, "end": end}
+
+
+async def run_level(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
+    """``concurrency`` clients, each sending ``per_client`` requests one after another."""
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+        async def client_loop(c: int) -> list[dict]:
+            out = []
+            for r in range(per_client):
+                prompt = PROMPTS[(c * per_client + r) % len(PROMPTS)]
+                out.append(await one_request(client, url, prompt, max_tokens))
+            return out
+
+        t0 = time.perf_counter()
+        results = [r for rs in await asyncio.gather(*(client_loop(c) for c in range(concurrency))) for r in rs]
+        wall = time.perf_counter() - t0
+    ok = [r for r in results if "error" not in r]
+    itl = [g for r in ok for g in r["itl"]]
+    ttft = [r["ttft"] for r in ok]
+    tokens = sum(r["tokens"] for r in ok)
+    ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
+    return {"concurrency": concurrency, "requests": len(results), "errors": len(results) - len(ok),
+            "tokens": tokens, "wall_s": round(wall, 3), "tok_per_s": round(tokens / wall, 2),
+            "ttft_p50_ms": ms(percentile(ttft, 50)), "ttft_p95_ms": ms(percentile(ttft, 95)),
+            "itl_p50_ms": ms(percentile(itl, 50)), "itl_p95_ms": ms(percentile(itl, 95)),
+            "error_samples": sorted({r["error"] for r in results if "error" in r})[:3]}
+
+
+def start_server(serve_args: list[str], max_batch: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if not any(a.startswith(("--max-batch", "--max-active")) for a in serve_args):
+        serve_args = [*serve_args, "--max-batch", str(max_batch)]
+    cmd = [sys.executable, "-m", "generator.cli", "serve", "--port", str(port), "--log-level", "warning",
+           *serve_args]
+    proc = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise SystemExit("the server did not become ready in 600 s")
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["concurrency"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].plot(xs, [r["tok_per_s"] for r in rows], "o-")
+    axes[0].set(title="aggregate tokens/s", xlabel="concurrent streams", xscale="log", xticks=xs, xticklabels=xs)
+    for key, label in (("ttft_p50_ms", "p50"), ("ttft_p95_ms", "p95")):
+        axes[1].plot(xs, [r[key] for r in rows], "o-", label=label)
+    axes[1].set(title="time to first token (ms)", xlabel="concurrent streams", xscale="log", xticks=xs,
+                xticklabels=xs)
+    for key, label in (("itl_p50_ms", "p50"), ("itl_p95_ms", "p95")):
+        axes[2].plot(xs, [r[key] for r in rows], "o-", label=label)
+    axes[2].set(title="inter-token latency (ms)", xlabel="concurrent streams", xscale="log", xticks=xs,
+                xticklabels=xs)
+    for ax in axes[1:]:
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", help="an already running server (default: start one)")
+    ap.add_argument("--levels", default="1,2,4,8,16,32,64", help="concurrency levels, comma separated")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--out", default="serve_load", help="file name stem under benchmarks/results/")
+    ap.add_argument("serve_args", nargs="*", help="after --: flags for tokenflow serve (e.g. --model)")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    proc = None
+    url = args.url
+    if url is None:
+        proc, url = start_server(args.serve_args, max(levels))
+    try:
+        health = httpx.get(url + "/health", timeout=10).json()
+        # Warm-up: the compiled decode step builds its batch-size-1 graph, then the dynamic one.
+        asyncio.run(run_level(url, 1, 1, 4))
+        asyncio.run(run_level(url, 3, 1, 4))
+        rows = []
+        print(f"{'streams':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} {'itl p50':>8} {'itl p95':>8} "
+              f"{'errors':>6}", flush=True)
+        for level in levels:
+            row = asyncio.run(run_level(url, level, args.requests_per_client, args.max_tokens))
+            rows.append(row)
+            print(f"{level:>7} {row['tok_per_s']:>8} {row['ttft_p50_ms']!s:>9} {row['ttft_p95_ms']!s:>9} "
+                  f"{row['itl_p50_ms']!s:>8} {row['itl_p95_ms']!s:>8} {row['errors']:>6}", flush=True)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {"url": args.url or "started by the benchmark", "server": health, "max_tokens": args.max_tokens,
+            "requests_per_client": args.requests_per_client, "machine": platform.platform(),
+            "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    stem = RESULTS / args.out
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "levels": rows}, indent=2))
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "error_samples"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    if rows[0]["tok_per_s"]:
+        for r in rows:
+            r["speedup"] = round(r["tok_per_s"] / rows[0]["tok_per_s"], 2)
+        print("aggregate tok/s vs the first level: " + ", ".join(f"{r['concurrency']}: {r['speedup']}x"
+                                                                  for r in rows))
+    plot(rows, stem.with_suffix(".png"), f"tokenflow serve load ({health.get('device')}, {health.get('dtype')}, "
+                                         f"max_tokens={args.max_tokens})")
+    print(f"wrote {stem}.json, .csv, .png")
+
+
+if __name__ == "__main__":
+    main()

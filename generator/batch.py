@@ -1,0 +1,294 @@
+"""Many generations, one model: rows over the runner's slots, advanced together.
+
+``BatchGenerator`` owns the rows of one batch. Each request lives in its own
+KV-cache slot(s) at its own position (the runner's per-row positions), so rows
+of different lengths need no padding and a row can join or leave between any
+two steps:
+
+    batch = BatchGenerator(engine)
+    h = batch.add(prompt_ids, params)            # queued; prefilled by step()
+    for handle, event in batch.step(): ...       # one token (or more, beams) per row
+    batch.cancel(h)                              # frees its slots at once
+
+A step is: at most one prefill chunk budget for waiting rows (a long prompt
+does not stall the running ones), ONE ``runner.decode`` over every running
+row, ONE ``BatchSampler`` call over the sampled rows, ONE device-to-host read
+of their ids and logprobs. Beam requests are rows of the same decode (their
+``num_beams`` slots); ``n`` > 1 is ``add_group``: one prefill, the slot
+copied to ``n`` rows, each with its own seeded generator.
+
+Each sampled row's ``RowState`` (history, generator, mirostat state) outlives
+the ``BatchSampler``, which is rebuilt only when rows join or leave; so a
+row's tokens under a seed do not depend on the other rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from decoding import BatchSampler, BeamSearch, ParamError, SamplingParams, resolve
+from decoding.sampler import RowState
+from decoding.selectors import make_generator
+
+from .detok import TextStream
+from .events import TokenEvent, top_logprobs
+
+
+def finish_reason(tok: int, stop_ids: set[int], text: TextStream, at_limit: bool) -> str | None:
+    """Why a row ends after ``tok``: ``"stop"`` (stop id or stop string), ``"length"`` or ``None``."""
+    if tok in stop_ids or text.stopped:
+        return "stop"
+    if at_limit:
+        return "length"
+    return None
+
+
+@dataclass(eq=False)
+class _Row:
+    """One generation: a sampled sequence (one slot) or a beam search (``num_beams`` slots)."""
+
+    handle: int
+    params: SamplingParams
+    slots: list[int]
+    text: TextStream
+    stop_ids: set[int]
+    state: RowState | None = None  # sampled rows
+    search: BeamSearch | None = None  # beam rows
+    slot_t: torch.Tensor | None = None  # beam rows: their slots on the device
+    next_tokens: torch.Tensor | None = None  # beam rows: what the next decode feeds, on the device
+    next_token: int | None = None  # sampled rows: the last chosen id (host int)
+    emitted: int = 0  # events yielded so far
+    ready: bool = False  # prefilled: takes part in decode steps
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Prefill:
+    """A prompt being written into its first row's slot, chunk by chunk; the rows
+    it serves (``n`` > 1 siblings, the beams) get a copy of that slot when it is done."""
+
+    ids: list[int]
+    rows: list[_Row]
+    written: int = 0
+    targets: list[int] = field(default_factory=list)  # every slot that needs the prompt
+
+    @property
+    def slot(self) -> int:
+        return self.targets[0]
+
+
+class BatchGenerator:
+    """The rows of one batch over an engine's runner (see the module docstring).
+
+    ``prefill_budget``: prompt tokens prefilled per step while other rows are
+    running (default: the runner's prefill chunk); with nothing running, a
+    prompt is prefilled whole.
+    """
+
+    def __init__(self, engine, prefill_budget: int | None = None):
+        self.engine = engine
+        self.runner = engine.runner
+        self.device = engine.device
+        self.tokenizer = engine.tokenizer
+        self.prefill_budget = int(prefill_budget or getattr(self.runner, "prefill_chunk", 256))
+        self._handles = itertools.count()
+        self.rows: dict[int, _Row] = {}  # insertion order is batch order
+        self._prefills: list[_Prefill] = []
+        self._sampler: BatchSampler | None = None
+        self._sampler_rows: list[_Row] = []
+        self.last_batch_size = 0  # rows in the last decode (metrics)
+
+    # -- membership ---------------------------------------------------------
+    @property
+    def active(self) -> int:
+        """Rows not yet finished (waiting for prefill or running)."""
+        return len(self.rows)
+
+    def slots_needed(self, params: SamplingParams, n: int = 1) -> int:
+        """KV-cache slots a request takes: ``num_beams`` for beam search, else ``n``."""
+        return params.num_beams if resolve(params.strategy).selector == "beam" else n
+
+    def add(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
+        """Queue one generation; it is prefilled by the next ``step()`` calls. Returns its handle."""
+        return self.add_group(prompt_ids, [params])[0]
+
+    def add_group(self, prompt_ids: Sequence[int], params: list[SamplingParams]) -> list[int]:
+        """``len(params)`` generations of one prompt (``n`` > 1): prefilled once, the slot
+        copied to every row; row ``i`` samples with ``params[i]`` (its own seed)."""
+        ids = list(prompt_ids)
+        if not ids:
+            raise ParamError("prompt", "the prompt is empty")
+        for p in params:
+            self.engine.check_length(ids, p)
+        beam = [resolve(p.strategy).selector == "beam" for p in params]
+        if any(beam) and len(params) > 1:
+            raise ParamError("n", "beam search yields one sequence; use n=1 with num_beams")
+        need = self.slots_needed(params[0]) if beam[0] else len(params)
+        slots = self.runner.acquire(need)  # raises SlotsExhausted when the batch is full
+        rows: list[_Row] = []
+        for i, p in enumerate(params):
+            row_slots = slots if beam[0] else [slots[i]]
+            row = _Row(next(self._handles), p, row_slots, TextStream(self.tokenizer, p.stop),
+                       self.engine.stop_ids(p))
+            if beam[0]:
+                row.search = BeamSearch(p.num_beams, p.max_new_tokens, sorted(row.stop_ids), p.length_penalty,
+                                        p.early_stopping, self.device)
+                row.slot_t = torch.tensor(row_slots, device=self.device)
+            else:
+                row.state = RowState(p, make_generator(p.seed, self.device), ids, self.device)
+            self.rows[row.handle] = row
+            rows.append(row)
+        self._prefills.append(_Prefill(ids, rows, targets=list(slots)))
+        return [r.handle for r in rows]
+
+    def cancel(self, handle: int) -> None:
+        """Drop a row now and give its slots back (a no-op for an unknown or finished handle)."""
+        row = self.rows.pop(handle, None)
+        if row is None:
+            return
+        row.done = True
+        for pf in self._prefills:
+            if row in pf.rows:
+                pf.rows.remove(row)
+                if not pf.rows:  # nobody needs this prompt any more
+                    self._prefills.remove(pf)
+                    self.runner.release(pf.targets)
+                    return
+                if pf.slot in row.slots:
+                    # The prompt is being written into this row's slot: keep that one until the
+                    # copy to its siblings is made; release the rest now.
+                    self.runner.release([s for s in row.slots if s != pf.slot])
+                    return
+                break
+        self.runner.release(row.slots)
+
+    def _finish(self, row: _Row) -> None:
+        row.done = True
+        self.rows.pop(row.handle, None)
+        self.runner.release(row.slots)
+
+    # -- the step -----------------------------------------------------------
+    def step(self) -> list[tuple[int, TokenEvent]]:
+        """Advance every row by one token: ``(handle, TokenEvent)`` pairs, in batch order.
+        A beam row may yield several events at once (its settled tokens)."""
+        running = [r for r in self.rows.values() if r.ready]
+        fresh = self._prefill_some(budget=self.prefill_budget if running else None)
+        if not running and not fresh:
+            return []
+        # One forward over every running row, each at its own position.
+        slots = [s for r in running for s in r.slots]
+        logits_of: dict[int, torch.Tensor] = {}
+        if running:
+            if any(r.search is not None for r in running):
+                tokens = torch.cat([r.next_tokens if r.search is not None
+                                    else torch.tensor([r.next_token], device=self.device) for r in running])
+            else:  # sampled rows only: their ids are host ints already, one small copy
+                tokens = torch.tensor([r.next_token for r in running], device=self.device)
+            logits = self.runner.decode(slots, tokens)
+            at = 0
+            for r in running:
+                logits_of[r.handle] = logits[at: at + len(r.slots)]
+                at += len(r.slots)
+        for r, first in fresh:
+            logits_of[r.handle] = first.expand(len(r.slots), -1)
+            r.ready = True
+        self.last_batch_size = len(slots) + sum(len(r.slots) for r, _ in fresh)
+        rows = running + [r for r, _ in fresh]
+        events: list[tuple[int, TokenEvent]] = []
+        sampled = [r for r in rows if r.state is not None]
+        if sampled:
+            events += self._sample_step(sampled, logits_of)
+        for r in rows:
+            if r.search is not None:
+                events += [(r.handle, ev) for ev in self._beam_step(r, logits_of[r.handle])]
+        return events
+
+    def _prefill_some(self, budget: int | None) -> list[tuple[_Row, torch.Tensor]]:
+        """Write waiting prompts, at most ``budget`` tokens (``None``: all of them);
+        return the rows whose prompt is complete, with the last position's logits."""
+        fresh = []
+        while self._prefills and (budget is None or budget > 0):
+            pf = self._prefills[0]
+            take = len(pf.ids) - pf.written if budget is None else min(budget, len(pf.ids) - pf.written)
+            logits = self.runner.prefill(pf.slot, pf.ids[pf.written: pf.written + take], start=pf.written)
+            pf.written += take
+            if budget is not None:
+                budget -= take
+            if pf.written < len(pf.ids):
+                break
+            self._prefills.pop(0)
+            live = {s for r in pf.rows for s in r.slots}
+            if len(pf.targets) > 1:
+                copies = [s for s in pf.targets[1:] if s in live]
+                if copies:
+                    self.runner.copy_slots([pf.slot] * len(copies), copies)
+            if pf.slot not in live:  # its row was cancelled while the prompt was written
+                self.runner.release([pf.slot])
+            fresh += [(r, logits) for r in pf.rows]
+        return fresh
+
+    def _sample_step(self, rows: list[_Row], logits_of: dict[int, torch.Tensor]) -> list[tuple[int, TokenEvent]]:
+        if self._sampler is None or self._sampler_rows != rows:
+            # Rows joined or left: a new sampler over the same row states (history, generators).
+            self._sampler = BatchSampler.from_rows([r.state for r in rows], self.device,
+                                                   self.engine.eos_token_ids)
+            self._sampler_rows = rows
+        logits = torch.cat([logits_of[r.handle] for r in rows])
+        out = self._sampler(logits)
+        # The one device-to-host read of the step: every row's chosen id and its logprob.
+        host = torch.stack((out.token_ids.double(), out.logprobs.double()), 1).tolist()
+        ids = [int(t) for t, _ in host]
+        self._sampler.accept(ids)
+        events = []
+        for i, (r, tok, (_, lp)) in enumerate(zip(rows, ids, host)):
+            top = top_logprobs(out, r.params.logprobs, self.tokenizer, row=i)
+            delta = r.text.push(tok)
+            finish = finish_reason(tok, r.stop_ids, r.text, r.emitted + 1 >= r.params.max_new_tokens)
+            if finish:
+                delta += r.text.flush()
+            events.append((r.handle, TokenEvent(tok, delta, lp, r.emitted, finish, top)))
+            r.emitted += 1
+            r.next_token = tok
+            if finish:
+                self._finish(r)
+        return events
+
+    def _beam_step(self, r: _Row, logits: torch.Tensor) -> list[TokenEvent]:
+        """One beam-search step; emits the tokens every hypothesis agrees on (a token is
+        shown once no later step can change it), and the rest when the search ends."""
+        search = r.search
+        parents, tokens = search.step(logits.log_softmax(dim=-1))
+        events = []
+        if not search.done:
+            settled, lps = search.settled()
+            for tok, lp in zip(settled[r.emitted:], lps[r.emitted:]):
+                delta = r.text.push(tok)
+                stopped = r.text.stopped
+                events.append(TokenEvent(tok, delta, lp, r.emitted, "stop" if stopped else None))
+                r.emitted += 1
+                if stopped:
+                    self._finish(r)
+                    return events
+            # Every beam holds the same number of tokens; parents stay on the device.
+            self.runner.copy_slots(r.slot_t[parents], r.slots, length=self.runner.length(r.slots[0]))
+            r.next_tokens = tokens
+            return events
+        final, lps, _ = search.best()
+        if r.emitted >= len(final):  # cannot happen: the final hypothesis extends the settled prefix
+            raise RuntimeError("beam search emitted more tokens than its best hypothesis")
+        for i in range(r.emitted, len(final)):
+            tok, last = final[i], i == len(final) - 1
+            delta = r.text.push(tok)
+            finish = finish_reason(tok, r.stop_ids, r.text, last) if (last or r.text.stopped) else None
+            if finish:
+                delta += r.text.flush()
+            events.append(TokenEvent(tok, delta, lps[i], i, finish))
+            if finish:
+                break
+        r.emitted = len(final)
+        self._finish(r)
+        return events
