@@ -35,7 +35,8 @@ def test_each_strategy_generates_from_the_cli(cli_on_default_engine, capsys, nam
 
 def test_cli_subprocess_with_llama_cpp_chain_and_dry(default_engine):
     args = ["generate", "List three colours.", "--chat", "--strategy", "llama_cpp", "--dry-multiplier", "0.8",
-            "--xtc-probability", "0.5", "--seed", "3", "--max-new-tokens", "8"]
+            "--xtc-probability", "0.5", "--seed", "3", "--max-new-tokens", "8",
+            "--dtype", "float32"]  # the reference weights, as default_engine
     first = subprocess.run([sys.executable, "-m", "generator.cli", *args], capture_output=True, text=True,
                            timeout=300)
     assert first.returncode == 0, first.stderr
