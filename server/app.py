@@ -65,6 +65,7 @@ async def _load(app: FastAPI, engine) -> None:
             log.info("loading model %s", settings.model or "(default)")
             # One KV-cache slot per batch row (beams and n > 1 take several).
             engine = await asyncio.to_thread(Engine.load, settings.model, settings.device, settings.dtype,
+                                             quant=settings.quant, compile=settings.compile,
                                              num_slots=settings.max_active)
         scheduler = Scheduler(engine, settings.max_waiting, settings.max_active, observer=state.metrics.observe,
                               stall_timeout_s=settings.stall_timeout_s, max_outbox=settings.max_outbox)

@@ -65,7 +65,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         model_name=args.model_name, api_key=args.api_key or None, max_waiting=args.max_waiting,
                         max_active=args.max_active, resume_grace_s=args.resume_grace,
                         max_prompt_tokens=args.max_prompt_tokens, max_total_tokens=args.max_total_tokens,
-                        stall_timeout_s=args.stall_timeout)
+                        stall_timeout_s=args.stall_timeout, compile=getattr(args, "compile", None),
+                        quant=getattr(args, "quant", "auto"))
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
     return 0

@@ -29,6 +29,8 @@ class Settings:
     model: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    quant: str = "auto"  # weight-only quantization (see Engine.load)
+    compile: bool | None = None  # the compiled decode step; None: the TOKENFLOW_COMPILE switch
     model_name: str = "tokenflow"  # the id that /v1/models lists and requests name
     api_key: str | None = field(default_factory=lambda: os.environ.get("TOKENFLOW_API_KEY") or None)
     # Limits (flags of `tokenflow serve`, or these environment variables).
