@@ -99,8 +99,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quant", default="auto", choices=["auto", "none", "int8", "int4"],
                        help="weight-only quantization; auto: int4 from the GGUF's Q4_1 blocks on CPU "
                             "when --dtype is auto and the source is such a GGUF, else none")
-    group.add_argument("--no-compile", dest="compile", action="store_const", const=False, default=None,
-                       help="run the decode step eagerly (also: TOKENFLOW_COMPILE=0)")
+    group.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
+                       help="compile the one-token decode step with torch.compile (also: TOKENFLOW_COMPILE=1); "
+                            "faster steps after a compile of several seconds per batch shape")
+    group.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+                       help="run the decode step eagerly (the default)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,10 +33,14 @@ class SlotsExhausted(RuntimeError):
 
 
 def compile_enabled(flag: bool | None) -> bool:
-    """``flag`` if given, else the ``TOKENFLOW_COMPILE`` switch (on unless ``0``/``false``/``no``)."""
+    """``flag`` if given, else the ``TOKENFLOW_COMPILE`` switch (off unless ``1``/``true``/``yes``).
+
+    Off by default: compiling costs seconds for every new batch size and cache bucket,
+    more than it saves in a short CLI run or a server whose batch size changes each step.
+    """
     if flag is not None:
         return bool(flag)
-    return os.environ.get("TOKENFLOW_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return os.environ.get("TOKENFLOW_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 class _Slots:
