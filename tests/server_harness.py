@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import pytest
 import uvicorn
 
 
@@ -143,3 +144,30 @@ def iter_sse(response):
 
 def data_json(event: dict):
     return json.loads(event["data"])
+
+
+@pytest.fixture
+def serve():
+    """Start servers on demand (``serve(engine, **settings)``); stop them all at the end."""
+    from server import Settings, create_app
+
+    started = []
+
+    def start(engine, **settings):
+        server = LiveServer(create_app(Settings(**settings), engine=engine))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def wait_until(predicate, timeout=10.0, interval=0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True

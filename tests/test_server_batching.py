@@ -14,32 +14,9 @@ from decoding import SamplingParams
 from generator import TokenEvent
 from server import Settings, create_app
 from server.scheduler import JobGroup, Scheduler
-from server_harness import LiveServer, StepEngine, data_json, iter_sse
+from server_harness import LiveServer, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401
 
 CHAT = {"messages": [{"role": "user", "content": "Once upon a time"}], "ignore_eos": True}
-
-
-@pytest.fixture
-def serve():
-    started = []
-
-    def start(engine, **settings):
-        server = LiveServer(create_app(Settings(**settings), engine=engine))
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def wait_until(predicate, timeout=10.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 def test_a_request_joins_a_running_batch_and_gets_tokens_before_it_finishes(serve, tiny_engine):
