@@ -133,6 +133,17 @@ async def _cancel_on_disconnect(request: Request, group: JobGroup) -> None:
             return
 
 
+def _start(request: Request, req: _Request, prompt, chat: bool, field: str):
+    """The common start of an OpenAI route: check readiness and model, encode the
+    prompt (``prompt()`` is called only then), queue the choices.
+    Returns ``(state, ids, group, created, model_name, token_text)``."""
+    state = ready_state(request)
+    _check_model(state, req)
+    ids = _encode(state, prompt(), chat=chat, field=field)
+    group = _submit(state, ids, _params(state, req, ids))
+    return state, ids, group, int(time.time()), state.settings.model_name, fmt.TokenText(state.engine.tokenizer)
+
+
 # -- OpenAI routes ---------------------------------------------------------------------
 @v1.get("/models")
 async def list_models(request: Request):
@@ -143,15 +154,9 @@ async def list_models(request: Request):
 
 @v1.post("/chat/completions")
 async def chat_completions(req: ChatCompletionRequest, request: Request):
-    state = ready_state(request)
-    _check_model(state, req)
-    ids = _encode(state, req.chat_messages(), chat=True, field="messages")
-    params = _params(state, req, ids)
-    group = _submit(state, ids, params)
+    state, ids, group, created, model, token_text = _start(request, req, req.chat_messages, True, "messages")
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    created, model = int(time.time()), state.settings.model_name
     top_n = req.top_logprobs or 0
-    token_text = fmt.TokenText(state.engine.tokenizer)
     if req.stream:
         return _stream_chat(state, group, req, cid, created, model, len(ids), top_n, token_text)
     events = await _collect(group, req.n, request)
@@ -197,16 +202,10 @@ def _stream_chat(state, group, req, cid, created, model, prompt_tokens, top_n, t
 
 @v1.post("/completions")
 async def completions(req: CompletionRequest, request: Request):
-    state = ready_state(request)
-    _check_model(state, req)
-    ids = _encode(state, req.prompt_value(), chat=False, field="prompt")
-    params = _params(state, req, ids)
-    group = _submit(state, ids, params)
+    state, ids, group, created, model, token_text = _start(request, req, req.prompt_value, False, "prompt")
     cid = f"cmpl-{uuid.uuid4().hex[:24]}"
-    created, model = int(time.time()), state.settings.model_name
     top_n = req.logprobs or 0
     want_logprobs = req.logprobs is not None
-    token_text = fmt.TokenText(state.engine.tokenizer)
     if req.stream:
         return _stream_completion(state, group, req, cid, created, model, len(ids), top_n, want_logprobs,
                                   token_text)
