@@ -170,26 +170,36 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
 
 
 def _stream_chat(state, group, req, cid, created, model, prompt_tokens, top_n, token_text):
-    kind, with_usage = "chat.completion.chunk", req.include_usage
+    def delta(i, evs):
+        logprobs = ({"content": [fmt.chat_logprob(ev, top_n, token_text) for ev in evs]}
+                    if req.logprobs else None)
+        return {"index": i, "delta": {"content": "".join(ev.text for ev in evs)}, "logprobs": logprobs}
+
+    first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+             for i in range(req.n)]
+    return _openai_stream(state, group, req, "chat.completion.chunk", cid, created, model, prompt_tokens,
+                          first, delta, {"delta": {}})
+
+
+def _openai_stream(state, group, req, kind, cid, created, model, prompt_tokens, first, delta, closing):
+    """The SSE body both OpenAI routes share: ``first`` chunks, one chunk per batch of
+    events (``delta(i, evs)``), a ``closing`` chunk with the finish reason, usage, [DONE]."""
+    with_usage = req.include_usage
 
     async def chunks():
         def make(choices, usage=None):
             return ServerSentEvent(data=fmt.chunk(kind, cid, created, model, choices, with_usage, usage))
 
-        yield make([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                     "finish_reason": None} for i in range(req.n)])
+        if first:
+            yield make(first)
         completion_tokens = 0
         try:
             # A client that reads slower than tokens come gets the backlog as one merged chunk.
             async for i, evs in group.batches():
                 completion_tokens += len(evs)
-                logprobs = ({"content": [fmt.chat_logprob(ev, top_n, token_text) for ev in evs]}
-                            if req.logprobs else None)
-                yield make([{"index": i, "delta": {"content": "".join(ev.text for ev in evs)},
-                             "logprobs": logprobs, "finish_reason": None}])
+                yield make([{**delta(i, evs), "finish_reason": None}])
                 if evs[-1].finish_reason:
-                    yield make([{"index": i, "delta": {}, "logprobs": None,
-                                 "finish_reason": evs[-1].finish_reason}])
+                    yield make([{"index": i, **closing, "logprobs": None, "finish_reason": evs[-1].finish_reason}])
         except GenerationError as exc:
             yield error_event(exc)
             return
@@ -223,32 +233,14 @@ async def completions(req: CompletionRequest, request: Request):
 
 
 def _stream_completion(state, group, req, cid, created, model, prompt_tokens, top_n, want_logprobs, token_text):
-    kind, with_usage = "text_completion", req.include_usage
     trackers = [fmt.CompletionLogprobs(top_n, token_text) for _ in range(req.n)]
 
-    async def chunks():
-        def make(choices, usage=None):
-            return ServerSentEvent(data=fmt.chunk(kind, cid, created, model, choices, with_usage, usage))
+    def delta(i, evs):
+        logprobs = fmt.CompletionLogprobs.merge([trackers[i].entry(ev) for ev in evs]) if want_logprobs else None
+        return {"index": i, "text": "".join(ev.text for ev in evs), "logprobs": logprobs}
 
-        completion_tokens = 0
-        try:
-            async for i, evs in group.batches():  # merged backlog for a slow reader, as above
-                completion_tokens += len(evs)
-                logprobs = (fmt.CompletionLogprobs.merge([trackers[i].entry(ev) for ev in evs])
-                            if want_logprobs else None)
-                yield make([{"index": i, "text": "".join(ev.text for ev in evs), "logprobs": logprobs,
-                             "finish_reason": None}])
-                if evs[-1].finish_reason:
-                    yield make([{"index": i, "text": "", "logprobs": None,
-                                 "finish_reason": evs[-1].finish_reason}])
-        except GenerationError as exc:
-            yield error_event(exc)
-            return
-        if with_usage:
-            yield make([], fmt.usage(prompt_tokens, completion_tokens))
-        yield ServerSentEvent(raw_data="[DONE]")
-
-    return event_stream(chunks(), state.settings.keepalive_s, on_close=group.cancel, metrics=state.metrics)
+    return _openai_stream(state, group, req, "text_completion", cid, created, model, prompt_tokens,
+                          [], delta, {"text": ""})
 
 
 # -- the browser's EventSource endpoint ------------------------------------------------------
