@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .routes import router, v1
-from .scheduler import Scheduler
+from .scheduler import Scheduler, WorkerHost
 from .settings import Settings
 from .streaming import StreamStore
 from .web import install_web
@@ -21,9 +21,10 @@ from .web import install_web
 log = logging.getLogger("tokenflow.server")
 
 
-def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine=None, host: WorkerHost | None = None) -> FastAPI:
     """The app. Pass ``engine`` to serve an already loaded ``generator.Engine``
-    (tests do); otherwise the lifespan loads ``settings.model`` in a thread."""
+    (tests do); otherwise the lifespan loads ``settings.model`` in a thread. The
+    scheduler's worker loop runs on ``host``'s thread if given, else on its own thread."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, engine=None) -> FastAPI:
     app.state.scheduler = None
     app.state.load_error = None
     app.state.started = int(time.time())
+    app.state.worker_host = host
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(router)
@@ -64,12 +66,15 @@ async def _load(app: FastAPI, engine) -> None:
 
             log.info("loading model %s", settings.model or "(default)")
             # One KV-cache slot per batch row (beams and n > 1 take several).
-            engine = await asyncio.to_thread(Engine.load, settings.model, settings.device, settings.dtype,
-                                             quant=settings.quant, compile=settings.compile,
-                                             num_slots=settings.max_active)
+            def load():
+                return Engine.load(settings.model, settings.device, settings.dtype, quant=settings.quant,
+                                   compile=settings.compile, num_slots=settings.max_active)
+
+            host = state.worker_host  # all torch work on one thread: see WorkerHost
+            engine = await (asyncio.wrap_future(host.submit(load)) if host is not None else asyncio.to_thread(load))
         scheduler = Scheduler(engine, settings.max_waiting, settings.max_active, observer=state.metrics.observe,
                               stall_timeout_s=settings.stall_timeout_s, max_outbox=settings.max_outbox)
-        scheduler.start()
+        scheduler.start(state.worker_host)
         state.engine = engine
         state.scheduler = scheduler
         log.info("model ready on %s", engine.device)

@@ -56,9 +56,13 @@ def add_commands(sub) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     import uvicorn
 
     from .app import create_app
+    from .scheduler import WorkerHost
     from .settings import Settings
 
     settings = Settings(host=args.host, port=args.port, model=args.model, device=args.device, dtype=args.dtype,
@@ -67,6 +71,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         max_prompt_tokens=args.max_prompt_tokens, max_total_tokens=args.max_total_tokens,
                         stall_timeout_s=args.stall_timeout, compile=getattr(args, "compile", None),
                         quant=getattr(args, "quant", "auto"))
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
-    return 0
+    # The model's loop runs on this (the main) thread and uvicorn on another: see
+    # WorkerHost for why a torch loop on a second thread decodes at about half speed.
+    host = WorkerHost()
+    app = create_app(settings, host=host)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5))
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # noqa: BLE001 - e.g. SystemExit(1) when the port is taken
+            failed.append(exc)
+        finally:
+            scheduler = app.state.scheduler
+            if scheduler is not None:  # lets the main thread's worker loop return
+                scheduler.stop()
+
+    def on_signal(signum, frame) -> None:  # what uvicorn does on its own main thread
+        if server.should_exit:
+            server.force_exit = True
+        server.should_exit = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    thread = threading.Thread(target=serve, name="uvicorn", daemon=True)
+    thread.start()
+    host.run_until(lambda: not thread.is_alive())
+    thread.join()
+    return 1 if failed or not server.started else 0

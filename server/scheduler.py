@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import itertools
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -207,12 +209,19 @@ class Scheduler:
         self.steps = 0
         self._wake = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._started = False
+        self._finished = threading.Event()
+        self.worker_thread: str | None = None  # the thread the worker loop runs on (/health shows it)
 
     # -- event-loop side ----------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="tokenflow-worker", daemon=True)
-        self._thread.start()
+    def start(self, host: "WorkerHost | None" = None) -> None:
+        """Run the worker loop on a new thread, or on ``host``'s thread (``tokenflow serve``
+        gives the process's main thread: see ``WorkerHost``)."""
+        self._started = True
+        if host is not None:
+            host.submit(self._run)
+        else:
+            threading.Thread(target=self._run, name="tokenflow-worker", daemon=True).start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel everything and join the worker."""
@@ -221,8 +230,8 @@ class Scheduler:
             for job in itertools.chain(self.waiting, self.active):
                 job.cancelled.set()
             self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._started:
+            self._finished.wait(timeout)
 
     def submit(self, requests: list[tuple[list[int], SamplingParams]],
                loop: asyncio.AbstractEventLoop | None = None) -> JobGroup:
@@ -249,6 +258,13 @@ class Scheduler:
 
     # -- worker side --------------------------------------------------------
     def _run(self) -> None:
+        self.worker_thread = threading.current_thread().name
+        try:
+            self._loop()
+        finally:
+            self._finished.set()
+
+    def _loop(self) -> None:
         self.batch = self.engine.batch()
         while True:
             with self._wake:
@@ -366,3 +382,42 @@ class Scheduler:
         job.group._put(JobGroup._END)
         if self.observer is not None:
             self.observer(job, None)
+
+
+class WorkerHost:
+    """Runs the model's work (loading it, then the scheduler's worker loop) on a thread
+    its owner gives: ``tokenflow serve`` gives the process's main thread and runs
+    uvicorn on another.
+
+    Why: PyTorch on Linux uses GNU OpenMP, which spin-waits for the next parallel op
+    only while it manages no more threads than there are CPUs. Every live thread that
+    has run a parallel op keeps its own team, so a second such thread (a worker, or the
+    pool thread that loaded the model) pushes the count past 2 cores here, and from then
+    on every small op of every thread ends in a futex sleep and wake-up. Measured here
+    (2 cores, int4, 64 tokens): the same decode loop runs at 50 tok/s when one thread
+    does all torch work and 24-28 when a second one has.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.Queue = queue.Queue()
+
+    def submit(self, fn) -> concurrent.futures.Future:
+        """Run ``fn()`` on the host's thread (call from any thread); its result or error
+        arrives in the returned future (``asyncio.wrap_future`` awaits it)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put((fn, future))
+        return future
+
+    def run_until(self, done, poll_s: float = 0.2) -> None:
+        """Run submitted calls, one after another, until ``done()`` is true between calls."""
+        while not done():
+            try:
+                fn, future = self._calls.get(timeout=poll_s)
+            except queue.Empty:
+                continue
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)

@@ -294,14 +294,30 @@ def test_tokenflow_serve_command(tiny_model_dir):
             except httpx.TransportError:
                 return proc.poll() is not None
         assert wait_until(ready, timeout=60, interval=0.2) and proc.poll() is None
+        # The model's loop runs on the process's main thread (uvicorn on another): a torch
+        # loop on a second thread decodes at about half speed here (server.scheduler.WorkerHost).
+        assert httpx.get(url + "/health").json()["worker_thread"] == "MainThread"
         client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         chunks = list(client.completions.create(model="tokenflow", prompt="Once upon", max_tokens=3, stream=True,
                                                 extra_body={"ignore_eos": True}))
         assert chunks[-1].choices[0].finish_reason == "length"
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(20)
+        code = proc.wait(20)
+    assert code == 0
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_tokenflow_serve_port_taken_exits_nonzero(tiny_model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "generator.cli", "serve", "--model", str(tiny_model_dir),
+                              "--device", "cpu", "--port", str(port), "--log-level", "warning"],
+                             capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and "address already in use" in res.stderr.lower()
 
 
 def test_serve_bad_flag_is_one_line():
