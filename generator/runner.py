@@ -130,7 +130,7 @@ class FastRunner(_Slots):
             end = pos0 + chunk.numel()
             positions = torch.arange(pos0, end, device=self.device)[None]
             kv_positions = torch.arange(end, device=self.device)
-            logits = self.model(chunk[None], slot_t, positions, kv_positions)
+            logits = self.model(chunk[None], slot_t, positions, kv_positions, first_slot=slot)
         self.lengths[slot] = start + ids.numel()
         return logits
 
@@ -142,7 +142,7 @@ class FastRunner(_Slots):
         self._check_room(slot, ids.shape[1])
         n = ids.shape[1]
         out = self.model(ids, torch.tensor([slot], device=self.device), torch.arange(n, device=self.device)[None],
-                         torch.arange(n, device=self.device), last_only=False)
+                         torch.arange(n, device=self.device), last_only=False, first_slot=slot)
         self.lengths[slot] = n
         return out[0]
 
@@ -150,23 +150,55 @@ class FastRunner(_Slots):
     def decode(self, slots: Sequence[int], token_ids: torch.Tensor) -> torch.Tensor:
         """One token for each of ``slots`` (``token_ids [B]``, on the device); each
         row goes at its own slot's next position. Returns float32 logits ``[B, V]``."""
+        slots = [int(s) for s in slots]
         positions = [self.lengths[s] for s in slots]
         if max(positions) >= self.max_len:
             raise ValueError(f"a slot is full: the cache holds {self.max_len} tokens")
-        kv_len = min(-(-(max(positions) + 1) // self.kv_bucket) * self.kv_bucket, self.max_len)
         self.forward_calls += 1
-        slot_t = torch.tensor(list(slots), device=self.device)
-        pos_t = torch.tensor(positions, device=self.device)
-        kv_positions = torch.arange(kv_len, device=self.device)
         token_ids = token_ids.view(-1)
-        if self.compiled and self.dynamic:
-            # Batch size and context length as symbols: one graph, but a slower compile.
-            for t in (token_ids, slot_t, pos_t, kv_positions):
-                torch._dynamo.maybe_mark_dynamic(t, 0)
-        logits = self._step(token_ids, slot_t, pos_t, kv_positions)
+        if self.compiled:
+            logits = self._compiled_decode(slots, positions, token_ids)
+        else:
+            logits = self._eager_decode(slots, positions, token_ids)
         for s in slots:
             self.lengths[s] += 1
         return logits
+
+    def _eager_decode(self, slots: list[int], positions: list[int], token_ids: torch.Tensor) -> torch.Tensor:
+        """Attention over exactly the longest row's prefix. When the slots lie close
+        together, the batch becomes the whole slot range ``lo..hi`` (free slots inside it
+        are padding rows at the scratch position, dropped before the head), so the model
+        reads the cache through a view instead of gathering it."""
+        dev = self.device
+        kv_positions = torch.arange(max(positions) + 1, device=dev)
+        lo, hi = min(slots), max(slots)
+        span = hi - lo + 1
+        if span > 2 * len(slots) or len(set(slots)) != len(slots):
+            return self.model.decode_step(token_ids, torch.tensor(slots, device=dev),
+                                          torch.tensor(positions, device=dev), kv_positions)
+        if slots == list(range(lo, hi + 1)):
+            return self.model.decode_step(token_ids, torch.arange(lo, hi + 1, device=dev),
+                                          torch.tensor(positions, device=dev), kv_positions, first_slot=lo)
+        at = [s - lo for s in slots]
+        full_pos = [self.max_len] * span
+        for i, p in zip(at, positions):
+            full_pos[i] = p
+        at_t = torch.tensor(at, device=dev)
+        tokens = torch.zeros(span, dtype=token_ids.dtype, device=dev).index_copy_(0, at_t, token_ids)
+        return self.model.decode_step(tokens, torch.arange(lo, hi + 1, device=dev),
+                                      torch.tensor(full_pos, device=dev), kv_positions, first_slot=lo, keep=at_t)
+
+    def _compiled_decode(self, slots: list[int], positions: list[int], token_ids: torch.Tensor) -> torch.Tensor:
+        """Static shapes for the compiled step: the cache read up to a bucket, gathered by slot."""
+        kv_len = min(-(-(max(positions) + 1) // self.kv_bucket) * self.kv_bucket, self.max_len)
+        slot_t = torch.tensor(slots, device=self.device)
+        pos_t = torch.tensor(positions, device=self.device)
+        kv_positions = torch.arange(kv_len, device=self.device)
+        if self.dynamic:
+            # Batch size and context length as symbols: one graph, but a slower compile.
+            for t in (token_ids, slot_t, pos_t, kv_positions):
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+        return self._step(token_ids, slot_t, pos_t, kv_positions)
 
     @torch.inference_mode()
     def copy_slots(self, src: SlotList, dst: SlotList, length: int | None = None) -> None:

@@ -60,6 +60,28 @@ def test_rows_at_different_positions_and_copies(tiny_hf):
     assert not torch.allclose(swapped, a)
 
 
+def test_decode_over_a_slot_range_leaves_the_slots_between_intact(tiny_hf):
+    """Rows in slots 0 and 2 decode as one slot range (slot 1 a padding row at the scratch
+    position); slot 1, half prefilled meanwhile, then continues as if nothing ran beside it.
+    Rows far apart (slots 0 and 7) take the gathering path; both equal the reference."""
+    ours, ref = _runner(tiny_hf, slots=8), HFRunner(tiny_hf, num_slots=8)
+    a_ids, b_ids, c_ids = list(range(3, 20)), list(range(40, 45)), list(range(60, 70))
+    for r in (ours, ref):
+        r.prefill(0, a_ids)
+        r.prefill(2, b_ids)
+        r.prefill(1, c_ids[:6])
+        r.prefill(7, b_ids)
+    for step in range(3):
+        toks = torch.tensor([5 + step, 9 + step])
+        torch.testing.assert_close(ours.decode([2, 0], toks), ref.decode([2, 0], toks), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours.decode([7, 0], toks), ref.decode([7, 0], toks), atol=1e-4, rtol=1e-4)
+    assert ours.length(1) == 6
+    torch.testing.assert_close(ours.prefill(1, c_ids[6:], start=6), ref.prefill(1, c_ids[6:], start=6),
+                               atol=1e-4, rtol=1e-4)
+    toks = torch.tensor([1, 2, 3])
+    torch.testing.assert_close(ours.decode([0, 1, 2], toks), ref.decode([0, 1, 2], toks), atol=1e-4, rtol=1e-4)
+
+
 def test_prefill_chunk_size_does_not_change_logits(tiny_hf):
     ids = list(range(5, 50))
     one = _runner(tiny_hf, chunk=256).prefill(0, ids)
