@@ -16,7 +16,8 @@ from generator import Engine
 from generator.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_logprob, perplexity
 
 FORMATS = {"fp32": dict(dtype="float32", quant="none"), "bf16": dict(dtype="bfloat16", quant="none"),
-           "int8": dict(dtype="auto", quant="int8"), "int4": dict(dtype="auto", quant="int4")}
+           "int8": dict(dtype="auto", quant="int8"), "int4": dict(dtype="auto", quant="int4"),
+           "int4-head8": dict(dtype="auto", quant="int4", head="int8")}
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, gguf_path: Path | None = None, name: str = "tokenflow",
                  quant: str = "none", dtype: torch.dtype | None = None, compile: bool | None = None,
-                 num_slots: int = 8, max_len: int = 2048, prefill_chunk: int = 256):
+                 num_slots: int = 8, max_len: int = 2048, prefill_chunk: int = 256, head: str = "auto"):
         """Wrap a loaded HF model. Llama models run on ``FastLlama`` (static slot cache,
         ``quant`` weights, compiled decode step); others on the ``HFRunner`` fallback."""
         if quant not in QUANTS:
@@ -43,7 +43,7 @@ class Engine:
         dtype = dtype or next(model.parameters()).dtype
         if supports(model):
             fast = FastLlama.from_hf(model, quant=quant, dtype=dtype, gguf_path=gguf_path,
-                                     num_slots=num_slots, max_len=max_len)
+                                     num_slots=num_slots, max_len=max_len, head=head)
             self.runner = FastRunner(fast, compile=compile, prefill_chunk=prefill_chunk)
         elif quant != "none":
             raise ModelLoadError(f"quant={quant!r} needs a Llama-architecture model, "
@@ -67,8 +67,9 @@ class Engine:
         (bf16 activations; int4 from the GGUF's Q4_1 blocks when the source is a
         GGUF), or ``auto``: int4 on CPU when ``dtype`` is ``auto`` and the source
         is a Llama GGUF with Q4_1 projections (the default model), else none.
-        ``compile``: compile the decode step (default: on unless ``TOKENFLOW_COMPILE=0``). ``runner_options``: ``num_slots``,
-        ``max_len``, ``prefill_chunk``."""
+        ``compile``: compile the decode step (default: off unless ``TOKENFLOW_COMPILE=1``).
+        ``runner_options``: ``num_slots``, ``max_len``, ``prefill_chunk``, ``head`` (the output
+        head's format: ``auto`` = int8 with an int format, else dense; ``int8``, ``int4``, ``none``)."""
         dev = pick_device(device)
         source, gguf = resolve_model(model)
         torch_dtype = pick_dtype(dtype, dev)
