@@ -1,6 +1,7 @@
 """Ours vs llama.cpp vs transformers, one run, same machine, same prompt, same threads.
 
-ours             tokenflow's engine (default: int4 from the GGUF's Q4_1 blocks, compiled step)
+ours             tokenflow's engine, compiled step, int4 from the GGUF's Q4_1 blocks; once per
+                 --heads format of the output head (int8 as in the GGUF, and int4)
 llama.cpp        llama-cpp-python on the very same GGUF file (optional: `make bench-peer` builds it)
 transformers     `model.generate()` greedy, float32 (the converted HF model)
 
@@ -42,9 +43,9 @@ def _median_run(runs: list[dict]) -> dict:
     return dict(best, ttft_ms=statistics.median(r["ttft_ms"] for r in runs), runs=runs)
 
 
-def bench_ours(ids: list[int], args) -> tuple[dict, list[int]]:
+def bench_ours(ids: list[int], args, head: str = "auto") -> tuple[dict, list[int]]:
     t0 = time.perf_counter()
-    engine = Engine.load(device="cpu", dtype=args.dtype, quant=args.quant, compile=not args.no_compile)
+    engine = Engine.load(device="cpu", dtype=args.dtype, quant=args.quant, compile=not args.no_compile, head=head)
     load_s = time.perf_counter() - t0
     params = SamplingParams(max_new_tokens=args.tokens, ignore_eos=True)
     t0 = time.perf_counter()
@@ -60,8 +61,11 @@ def bench_ours(ids: list[int], args) -> tuple[dict, list[int]]:
             tokens.append(ev.token_id)
         runs.append(_rates(start, stamps))
     res = _median_run(runs)
-    res.update(name=f"tokenflow {engine.quant if engine.quant != 'none' else str(engine.dtype).replace('torch.', '')}"
-               f"{'' if engine.runner.compiled else ' eager'}", load_s=load_s, warmup_s=warm_s,
+    fmt = engine.quant if engine.quant != "none" else str(engine.dtype).replace("torch.", "")
+    head_fmt = type(engine.runner.model.lm_head).__name__.replace("Linear", "").lower() \
+        if hasattr(engine.runner.model, "lm_head") else "?"
+    res.update(name=f"tokenflow {fmt}, {head_fmt} head{'' if engine.runner.compiled else ', eager'}",
+               head=head_fmt, load_s=load_s, warmup_s=warm_s,
                weight_mb=engine.runner.model.weight_bytes() / 1e6 if hasattr(engine.runner.model, "weight_bytes")
                else None)
     return res, tokens
@@ -138,6 +142,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="measured runs per contender (median reported)")
     ap.add_argument("--quant", default="auto", help="our weight format: auto (int4 on CPU), none, int8, int4")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--heads", default="auto,int4",
+                    help="our output-head formats to run, comma separated (auto: int8 as in the GGUF; int4: "
+                         "a third fewer bytes a token, see --head in the README)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--skip", action="append", default=[], choices=["llamacpp", "transformers"])
     ap.add_argument("--out", default=str(RESULTS / "peer_llamacpp.json"))
@@ -148,8 +155,11 @@ def main() -> None:
     ids = ref.encode(args.prompt, chat=True)
     gguf = ref.gguf_path
     results, token_sets = [], {}
-    ours, token_sets["ours"] = bench_ours(ids, args)
-    results.append(ours)
+    for i, head in enumerate(h for h in args.heads.split(",") if h):
+        res, toks = bench_ours(ids, args, head)
+        results.append(res)
+        token_sets["ours" if i == 0 else f"ours, {res['head']} head"] = toks
+    ours = results[0]
     if "llamacpp" not in args.skip:
         peer, token_sets["llamacpp"] = bench_llamacpp(ids, gguf, args)
         if peer:
@@ -160,11 +170,13 @@ def main() -> None:
 
     print(f"\n{len(ids)}-token chat prompt {args.prompt!r}, {args.tokens} new tokens, greedy, "
           f"{args.threads} threads, {platform.processor() or platform.machine()}")
-    print(f"{'contender':38s} {'decode tok/s':>12s} {'TTFT ms':>9s} {'vs ours':>8s}")
+    base = next((r for r in results if r["name"].startswith("llama.cpp")), ours)
+    print(f"{'contender':42s} {'decode tok/s':>12s} {'TTFT ms':>9s} {'vs ' + base['name'].split()[0]:>14s}")
     for r in results:
-        ratio = ours["decode_tok_s"] / r["decode_tok_s"]
-        r["ours_speedup"] = ratio
-        print(f"{r['name']:38s} {r['decode_tok_s']:12.1f} {r['ttft_ms']:9.0f} {ratio:7.2f}x")
+        r["vs_" + base["name"].split()[0]] = r["decode_tok_s"] / base["decode_tok_s"]
+        r["ours_speedup"] = ours["decode_tok_s"] / r["decode_tok_s"]
+        print(f"{r['name']:42s} {r['decode_tok_s']:12.1f} {r['ttft_ms']:9.0f} "
+              f"{r['decode_tok_s'] / base['decode_tok_s']:13.2f}x")
     # How long our greedy ids follow each peer's (same prompt ids, same weights for llama.cpp).
     agree = {}
     for name, toks in token_sets.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import types
 from collections.abc import Sequence
 
 import torch
@@ -41,6 +42,16 @@ def compile_enabled(flag: bool | None) -> bool:
     if flag is not None:
         return bool(flag)
     return os.environ.get("TOKENFLOW_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _own_code(method):
+    """``method`` bound to a fresh copy of its code object. Dynamo keeps compiled code per
+    code object, and the compiled step skips its guards on the model's modules, so two
+    models in one process (say, two head formats in a benchmark) must not share one."""
+    func = method.__func__
+    code = func.__code__.replace(co_name=f"{func.__name__}_{id(method.__self__):x}")
+    return types.MethodType(types.FunctionType(code, func.__globals__, code.co_name, func.__defaults__,
+                                               func.__closure__), method.__self__)
 
 
 class _Slots:
@@ -108,7 +119,7 @@ class FastRunner(_Slots):
             # One graph for every batch size and context length (dynamic dims), and no
             # guards on the weights: they never change after load (1.4 -> 0.3 ms a step).
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            self._step = torch.compile(model.fused_decode_step, fullgraph=True, dynamic=dynamic, options={
+            self._step = torch.compile(_own_code(model.fused_decode_step), fullgraph=True, dynamic=dynamic, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
     @torch.inference_mode()

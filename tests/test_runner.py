@@ -170,6 +170,21 @@ def test_compiled_step_equals_the_eager_step(tiny_hf):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_two_compiled_models_in_one_process_keep_their_own_code(tiny_hf):
+    """The compiled step skips dynamo's guards on the model's modules; a second model of
+    another layout (here an int8 head, no head weight of the same name) must still get
+    its own compiled code, not the first one's."""
+    runners = [FastRunner(FastLlama.from_hf(tiny_hf, quant="int8", head=head, num_slots=2, max_len=64),
+                          compile=True) for head in ("none", "int8")]
+    eager = [FastRunner(FastLlama.from_hf(tiny_hf, quant="int8", head=head, num_slots=2, max_len=64),
+                        compile=False) for head in ("none", "int8")]
+    for r in runners + eager:
+        r.prefill(0, list(range(3, 12)))
+    for c, e in zip(runners, eager):
+        torch.testing.assert_close(c.decode([0], torch.tensor([5])), e.decode([0], torch.tensor([5])),
+                                   atol=0.1, rtol=0)
+
+
 def test_cli_quant_and_no_compile_flags(tiny_model_dir):
     import subprocess
     import sys
