@@ -21,10 +21,8 @@ import json
 import math
 import os
 import platform
-import queue
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,87 +155,54 @@ def _sync(device: torch.device) -> None:
 
 
 def run_ours(engine, ids: list[int], params: SamplingParams) -> dict[str, Any]:
-    """One tokenflow stream, timed at each event. Like transformers' streamer (and
-    like our server), the loop runs in a worker thread and hands events to this
-    thread through a queue: both sides run under the same threading conditions,
-    which on a busy CPU change step times a lot."""
-    done = object()
-    events: queue.Queue = queue.Queue()
-    stamps: list[float] = []
-    errors: list[BaseException] = []
-
-    def produce():
-        try:
-            for ev in engine.stream(ids, params):
-                stamps.append(time.perf_counter())
-                events.put(ev)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(exc)
-        finally:
-            events.put(done)
-
+    """One tokenflow stream on this (the main) thread, timed at each event. Both sides
+    run every torch op on this one thread: a loop on a second thread decodes at about
+    half speed here (GNU OpenMP stops spin-waiting once two threads have run parallel
+    ops; see server.scheduler.WorkerHost)."""
     reset_peak_rss()
     _sync(engine.device)
+    stamps: list[float] = []
     start = time.perf_counter()
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    while events.get() is not done:
-        pass
-    thread.join()
-    if errors:
-        raise errors[0]
+    for _ in engine.stream(ids, params):
+        stamps.append(time.perf_counter())
     return {"start": start, "stamps": stamps, "prompt_tokens": len(ids), "peak_rss_mb": peak_rss_mb()}
 
 
-def run_theirs(model, tokenizer, ids: list[int], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """One ``model.generate`` run in a worker thread. Tokens are timed as its streamer
-    receives them (``TextIteratorStreamer``, read from this thread); beam search cannot
-    stream in transformers, so there every token is timed at the end."""
-    from transformers import TextIteratorStreamer
+def run_theirs(model, ids: list[int], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One ``model.generate`` run on this thread. Tokens are timed as generate() hands
+    them to its streamer (the moment a ``TextIteratorStreamer`` would receive them);
+    beam search cannot stream in transformers, so there every token is timed at the end."""
+    from transformers.generation.streamers import BaseStreamer
 
-    class TimedStreamer(TextIteratorStreamer):
-        """Notes the arrival time of every generated token, then streams text as usual."""
+    class TimedStreamer(BaseStreamer):
+        """Notes the arrival time of every generated token (the first put() is the prompt)."""
 
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
+        def __init__(self):
             self.stamps: list[float] = []
+            self.prompt_seen = False
 
         def put(self, value):
-            if not self.next_tokens_are_prompt:
-                now = time.perf_counter()
-                self.stamps.extend(now for _ in range(value.numel()))
-            super().put(value)
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            now = time.perf_counter()
+            self.stamps.extend(now for _ in range(value.numel()))
+
+        def end(self):
+            pass
 
     input_ids = torch.tensor([ids], device=model.device)
     call = dict(kwargs, input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
     reset_peak_rss()
     _sync(model.device)
     beam = kwargs.get("num_beams", 1) > 1
-    streamer = TimedStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    errors: list[BaseException] = []
-    outputs: list[torch.Tensor] = []
-
-    def target():
-        try:
-            outputs.append(model.generate(**call) if beam else model.generate(**call, streamer=streamer))
-            _sync(model.device)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(exc)
-        finally:
-            if beam or errors:
-                streamer.end()
-
+    streamer = TimedStreamer()
     start = time.perf_counter()
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    for _ in streamer:
-        pass
-    thread.join()
-    if errors:
-        raise errors[0]
+    out = model.generate(**call) if beam else model.generate(**call, streamer=streamer)
+    _sync(model.device)
     if beam:  # transformers cannot stream beam search: every token arrives at the end
         end = time.perf_counter()
-        stamps = [end] * (outputs[0].shape[1] - len(ids))
+        stamps = [end] * (out.shape[1] - len(ids))
     else:
         stamps = streamer.stamps
     return {"start": start, "stamps": stamps, "prompt_tokens": len(ids), "peak_rss_mb": peak_rss_mb(),
@@ -510,7 +475,7 @@ def measure(engine, peer, prompt_ids, params, kwargs, repeats, spec, progress, t
     run_ours(engine, prompt_ids[0], warm)
     progress.advance(task)
     if kwargs is not None:
-        run_theirs(peer, engine.tokenizer, prompt_ids[0], {**kwargs, "max_new_tokens": warm.max_new_tokens})
+        run_theirs(peer, prompt_ids[0], {**kwargs, "max_new_tokens": warm.max_new_tokens})
     progress.advance(task)
     ours, theirs = [], []
     for rep in range(repeats):
@@ -519,7 +484,7 @@ def measure(engine, peer, prompt_ids, params, kwargs, repeats, spec, progress, t
             ours.append(run_ours(engine, ids, params))
             progress.advance(task)
             if kwargs is not None:
-                theirs.append(run_theirs(peer, engine.tokenizer, ids, kwargs))
+                theirs.append(run_theirs(peer, ids, kwargs))
             progress.advance(task)
     return ours, theirs
 
