@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="Explain streaming in one paragraph.")
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="auto", help="auto (int4 on CPU for the default model), float32, ...")
     args = parser.parse_args(argv)
 
     import openai
@@ -39,17 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     from generator import Engine
 
     from .app import create_app
+    from .scheduler import WorkerHost
     from .settings import Settings
 
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), engine=engine), host="127.0.0.1", port=0,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": args.prompt}]
     params = SamplingParams(strategy="greedy", max_new_tokens=args.max_tokens, ignore_eos=True)
 
@@ -59,7 +52,18 @@ def main(argv: list[str] | None = None) -> int:
             stamps.append(time.perf_counter())
         return _stats(start, stamps)
 
-    def over_http():
+    results: dict[str, list[tuple[float, float]]] = {"in process": [], "HTTP (openai client)": []}
+    in_process()  # warm-up: first-call allocations
+    results["in process"] = [in_process() for _ in range(args.runs)]
+
+    # Then as `tokenflow serve` runs it: the model's loop on this (main) thread, uvicorn
+    # and the client on others (see WorkerHost for why).
+    host = WorkerHost()
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), engine=engine, host=host), host="127.0.0.1",
+                                           port=0, log_level="warning"))
+    failures: list[BaseException] = []
+
+    def over_http(client):
         start, stamps = time.perf_counter(), []
         for chunk in client.chat.completions.create(model="tokenflow", messages=messages, max_tokens=args.max_tokens,
                                                     temperature=0, stream=True, extra_body={"ignore_eos": True}):
@@ -67,13 +71,33 @@ def main(argv: list[str] | None = None) -> int:
                 stamps.append(time.perf_counter())
         return _stats(start, stamps)
 
-    in_process(), over_http()  # warm-up: first-call allocations, connection setup
-    results: dict[str, list[tuple[float, float]]] = {"in process": [], "HTTP (openai client)": []}
-    for _ in range(args.runs):
-        results["in process"].append(in_process())
-        results["HTTP (openai client)"].append(over_http())
-    server.should_exit = True
-    thread.join(10)
+    def client_side():
+        try:
+            while not server.started:
+                time.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+            over_http(client)  # warm-up: connection setup
+            results["HTTP (openai client)"] = [over_http(client) for _ in range(args.runs)]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            server.should_exit = True
+
+    def serve():
+        try:
+            server.run()
+        finally:
+            if server_app.state.scheduler is not None:
+                server_app.state.scheduler.stop()
+
+    server_app = server.config.app
+    threads = [threading.Thread(target=serve, daemon=True), threading.Thread(target=client_side, daemon=True)]
+    for t in threads:
+        t.start()
+    host.run_until(lambda: not threads[0].is_alive())
+    if failures:
+        raise failures[0]
     print(f"device={engine.device} dtype={str(engine.dtype).replace('torch.', '')} tokens={args.max_tokens} "
           f"runs={args.runs} (medians)")
     for name, rows in results.items():
