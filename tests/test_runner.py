@@ -195,3 +195,23 @@ def test_cli_quant_and_no_compile_flags(tiny_model_dir):
     assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr
     bad = subprocess.run(base + ["--quant", "int3"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "quant" in bad.stderr and "Traceback" not in bad.stderr
+    head = subprocess.run(base + ["--quant", "int4", "--head", "int4"], capture_output=True, text=True, timeout=120)
+    assert head.returncode == 0 and head.stdout.strip(), head.stderr
+    bad_head = subprocess.run(base + ["--head", "int2"], capture_output=True, text=True, timeout=120)
+    assert bad_head.returncode == 2 and "--head" in bad_head.stderr and "Traceback" not in bad_head.stderr
+
+
+@pytest.mark.parametrize("quant,head,kinds", [
+    ("int4", "auto", {"Int4Linear": 8, "Int8Linear": 1}),   # the GGUF's layout: 8-bit head
+    ("int4", "int4", {"Int4Linear": 9}),
+    ("int8", "none", {"Int8Linear": 8, "DenseLinear": 1}),
+    ("none", "auto", {"DenseLinear": 9}),
+])
+def test_head_format_is_chosen_apart_from_the_body(tiny_hf, quant, head, kinds):
+    model = FastLlama.from_hf(tiny_hf, quant=quant, head=head, num_slots=1, max_len=32)
+    assert linear_kinds(model) == kinds
+    runner = FastRunner(model, compile=False)
+    logits = runner.prefill(0, list(range(3, 10)))
+    assert logits.shape == (1, VOCAB) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="head"):
+        FastLlama.from_hf(tiny_hf, quant=quant, head="int3", num_slots=1, max_len=32)

@@ -170,3 +170,40 @@ def test_a_reader_that_falls_behind_gets_merged_events():
         assert group.pending == 0
 
     asyncio.run(scenario())
+
+
+# -- the worker loop on a thread its owner gives (tokenflow serve: the main thread) -------
+def test_worker_host_runs_the_scheduler_on_the_callers_thread(tiny_engine):
+    """``WorkerHost`` runs submitted calls (results and errors to their futures) on the
+    thread that calls ``run_until``; the scheduler's loop runs there until ``stop()``."""
+    from server.scheduler import WorkerHost
+
+    host = WorkerHost()
+    name = host.submit(lambda: threading.current_thread().name)  # queued, not run yet
+    assert not name.done()
+    failing = host.submit(lambda: 1 / 0)
+    loop, loop_thread = _run_loop_in_thread()
+    scheduler = Scheduler(tiny_engine, max_waiting=4, max_active=2)
+    scheduler.start(host)
+    ids = tiny_engine.encode("Once upon a time")
+    results = {}
+
+    def client():  # another thread submits, reads, then stops the scheduler
+        group = scheduler.submit([(ids, SamplingParams(max_new_tokens=5, ignore_eos=True))], loop=loop)
+
+        async def read_all():
+            return [ev async for _, ev in group]
+
+        results["events"] = asyncio.run_coroutine_threadsafe(read_all(), loop).result(timeout=60)
+        scheduler.stop()
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    host.run_until(lambda: scheduler._finished.is_set(), poll_s=0.05)
+    t.join(10)
+    loop.call_soon_threadsafe(loop.stop)
+    loop_thread.join(5)
+    assert scheduler.worker_thread == name.result(timeout=1) == threading.current_thread().name
+    assert [ev.index for ev in results["events"]] == [0, 1, 2, 3, 4]
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=1)
