@@ -17,7 +17,8 @@ from generator.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_log
 
 FORMATS = {"fp32": dict(dtype="float32", quant="none"), "bf16": dict(dtype="bfloat16", quant="none"),
            "int8": dict(dtype="auto", quant="int8"), "int4": dict(dtype="auto", quant="int4"),
-           "int4-head4": dict(dtype="auto", quant="int4", head="int4")}
+           "int4-head4": dict(dtype="auto", quant="int4", head="int4"),
+           "int4-dense-prefill": dict(dtype="auto", quant="int4", dense_prefill=True)}
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ class Engine:
 
     def __init__(self, model, tokenizer, gguf_path: Path | None = None, name: str = "tokenflow",
                  quant: str = "none", dtype: torch.dtype | None = None, compile: bool | None = None,
-                 num_slots: int = 8, max_len: int = 2048, prefill_chunk: int = 256, head: str = "auto"):
+                 num_slots: int = 8, max_len: int = 2048, prefill_chunk: int = 256, head: str = "auto",
+                 dense_prefill: bool = False):
         """Wrap a loaded HF model. Llama models run on ``FastLlama`` (static slot cache,
         ``quant`` weights, compiled decode step); others on the ``HFRunner`` fallback."""
         if quant not in QUANTS:
@@ -43,7 +44,8 @@ class Engine:
         dtype = dtype or next(model.parameters()).dtype
         if supports(model):
             fast = FastLlama.from_hf(model, quant=quant, dtype=dtype, gguf_path=gguf_path,
-                                     num_slots=num_slots, max_len=max_len, head=head)
+                                     num_slots=num_slots, max_len=max_len, head=head,
+                                     dense_prefill=dense_prefill)
             self.runner = FastRunner(fast, compile=compile, prefill_chunk=prefill_chunk)
         elif quant != "none":
             raise ModelLoadError(f"quant={quant!r} needs a Llama-architecture model, "
@@ -69,7 +71,9 @@ class Engine:
         is a Llama GGUF with Q4_1 projections (the default model), else none.
         ``compile``: compile the decode step (default: off unless ``TOKENFLOW_COMPILE=1``).
         ``runner_options``: ``num_slots``, ``max_len``, ``prefill_chunk``, ``head`` (the output
-        head's format: ``auto`` = int8 with an int format, else dense; ``int8``, ``int4``, ``none``)."""
+        head's format: ``auto`` = int8 with an int format, else dense; ``int8``, ``int4``, ``none``),
+        ``dense_prefill`` (off by default: quantized layers keep a bf16 copy of their weights
+        for prompt chunks, about 2x faster prefill at the cost of a second rounding)."""
         dev = pick_device(device)
         source, gguf = resolve_model(model)
         torch_dtype = pick_dtype(dtype, dev)

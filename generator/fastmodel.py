@@ -80,11 +80,16 @@ class FastLlama(nn.Module):
     @classmethod
     def from_hf(cls, model, quant: str = "none", dtype: torch.dtype = torch.float32,
                 gguf_path: Path | None = None, num_slots: int = 8, max_len: int = 2048,
-                head: str = "auto") -> "FastLlama":
+                head: str = "auto", dense_prefill: bool = False) -> "FastLlama":
         """Take the weights of an HF ``LlamaForCausalLM``; with ``quant="int4"`` and a
         GGUF whose projections are Q4_1, the int4 codes come from the GGUF's blocks.
         ``head``: the output head's format, ``none`` (dense), ``int8``, ``int4``, or ``auto``:
-        int8 for both int formats (the GGUF keeps it in 8 bits, Q8_0), dense otherwise."""
+        int8 for both int formats (the GGUF keeps it in 8 bits, Q8_0), dense otherwise.
+        ``dense_prefill``: quantized layers also keep a bf16 copy of the weights their
+        kernel computes with, used for prompt chunks of ``quant.DENSE_MIN_ROWS`` tokens
+        or more (prefill about 2x faster; +214 MB for the default model). Off by
+        default: rounding the dequantized weights to bf16 is a second rounding, and
+        greedy agreement with float32 drops (see the README)."""
         cfg = model.config
         sd = {k: v.detach() for k, v in model.state_dict().items()}
         gguf = None
@@ -118,6 +123,11 @@ class FastLlama(nn.Module):
         if head not in QUANTS:
             raise ValueError(f"unknown head format {head!r}; choose from auto, {', '.join(QUANTS)}")
         lm_head = make_linear(head_w, head, dtype)
+        if dense_prefill:
+            for layer in layers:
+                for lin in (layer.qkv, layer.o, layer.gate_up, layer.down):
+                    if isinstance(lin, (Int4Linear, Int8Linear)):
+                        lin.keep_dense()
         return cls(cfg, embed, layers, sd["model.norm.weight"], lm_head, dtype, num_slots, max_len)
 
     # -- the forward --------------------------------------------------------
@@ -240,7 +250,7 @@ class FastLlama(nn.Module):
         total = 0
         for mod in list(self.layers) + [self.lm_head]:
             for name, buf in mod.named_buffers():
-                if not name.endswith("_cache"):
+                if not name.endswith("_cache") and name.split(".")[-1] != "dense":
                     total += buf.numel() * buf.element_size()
         return total
 

@@ -67,7 +67,8 @@ async def _load(app: FastAPI, engine) -> None:
             log.info("loading model %s", settings.model or "(default)")
             # One KV-cache slot per batch row (beams and n > 1 take several).
             def load():
-                return Engine.load(settings.model, settings.device, settings.dtype, quant=settings.quant, head=settings.head,
+                return Engine.load(settings.model, settings.device, settings.dtype, quant=settings.quant,
+                                   head=settings.head, dense_prefill=settings.dense_prefill,
                                    compile=settings.compile, num_slots=settings.max_active)
 
             host = state.worker_host  # all torch work on one thread: see WorkerHost

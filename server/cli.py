@@ -70,7 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         max_active=args.max_active, resume_grace_s=args.resume_grace,
                         max_prompt_tokens=args.max_prompt_tokens, max_total_tokens=args.max_total_tokens,
                         stall_timeout_s=args.stall_timeout, compile=getattr(args, "compile", None),
-                        quant=getattr(args, "quant", "auto"), head=getattr(args, "head", "auto"))
+                        quant=getattr(args, "quant", "auto"), head=getattr(args, "head", "auto"),
+                        dense_prefill=getattr(args, "dense_prefill", False))
     # The model's loop runs on this (the main) thread and uvicorn on another: see
     # WorkerHost for why a torch loop on a second thread decodes at about half speed.
     host = WorkerHost()

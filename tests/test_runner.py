@@ -195,10 +195,38 @@ def test_cli_quant_and_no_compile_flags(tiny_model_dir):
     assert ok.returncode == 0 and ok.stdout.strip(), ok.stderr
     bad = subprocess.run(base + ["--quant", "int3"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "quant" in bad.stderr and "Traceback" not in bad.stderr
-    head = subprocess.run(base + ["--quant", "int4", "--head", "int4"], capture_output=True, text=True, timeout=120)
+    head = subprocess.run(base + ["--quant", "int4", "--head", "int4", "--dense-prefill"], capture_output=True,
+                          text=True, timeout=120)
     assert head.returncode == 0 and head.stdout.strip(), head.stderr
     bad_head = subprocess.run(base + ["--head", "int2"], capture_output=True, text=True, timeout=120)
     assert bad_head.returncode == 2 and "--head" in bad_head.stderr and "Traceback" not in bad_head.stderr
+
+
+@pytest.mark.parametrize("quant", ["int4", "int8"])
+def test_dense_prefill_copy_is_used_for_long_chunks_only(tiny_hf, quant):
+    """With ``dense_prefill`` a quantized linear multiplies inputs of 32+ rows by a bf16
+    copy of exactly its kernel's weight; shorter inputs (decode steps) still take the
+    packed kernel, bit for bit."""
+    from generator.quant import DENSE_MIN_ROWS
+
+    packed = FastLlama.from_hf(tiny_hf, quant=quant, num_slots=1, max_len=64)
+    dense = FastLlama.from_hf(tiny_hf, quant=quant, num_slots=1, max_len=64, dense_prefill=True)
+    lin_p, lin_d = packed.layers[0].gate_up, dense.layers[0].gate_up
+    assert getattr(lin_p, "dense", None) is None
+    torch.testing.assert_close(lin_d.dense.float(), lin_d.dequantized(), atol=0, rtol=2 ** -8)
+    short = torch.randn(DENSE_MIN_ROWS - 1, lin_p.dequantized().shape[1]).bfloat16()
+    long = torch.randn(DENSE_MIN_ROWS, short.shape[1]).bfloat16()
+    with torch.inference_mode():
+        assert torch.equal(lin_d(short), lin_p(short))
+        ref = long.float() @ lin_p.dequantized().T
+        for y in (lin_d(long), lin_p(long)):
+            torch.testing.assert_close(y.float(), ref, atol=0.05, rtol=0.05)
+    # The whole model: a 40-token prompt's logits stay close; decode bytes are unchanged.
+    ids = list(range(3, 43))
+    a = FastRunner(packed, compile=False).prefill(0, ids)
+    b = FastRunner(dense, compile=False).prefill(0, ids)
+    assert torch.nn.functional.cosine_similarity(a, b).item() > 0.999
+    assert dense.weight_bytes() == packed.weight_bytes()
 
 
 @pytest.mark.parametrize("quant,head,kinds", [
