@@ -100,5 +100,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     thread = threading.Thread(target=serve, name="uvicorn", daemon=True)
     thread.start()
     host.run_until(lambda: not thread.is_alive())
-    thread.join()
+    while thread.is_alive():  # short joins, so signal handlers keep running on this thread
+        thread.join(0.25)
     return 1 if failed or not server.started else 0

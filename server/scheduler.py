@@ -269,7 +269,10 @@ class Scheduler:
         while True:
             with self._wake:
                 while not self._stopping and not self.waiting and not self.active:
-                    self._wake.wait()
+                    # Never block without a timeout: on the main thread, a signal that the
+                    # kernel delivers to another thread only runs its Python handler when
+                    # this thread wakes (SIGINT could otherwise wait for a request forever).
+                    self._wake.wait(0.25)
                 if self._stopping:
                     jobs = list(self.waiting) + self.active
                     self.waiting.clear()
