@@ -209,26 +209,36 @@ class BatchGenerator:
 
     def _prefill_some(self, budget: int | None) -> list[tuple[_Row, torch.Tensor]]:
         """Write waiting prompts, at most ``budget`` tokens (``None``: all of them);
-        return the rows whose prompt is complete, with the last position's logits."""
+        return the rows whose prompt is complete, with the last position's logits.
+        Each round writes the next chunk of every waiting prompt that fits, all in one
+        forward (``runner.prefill_many``), so a burst of requests is one forward, not one each."""
         fresh = []
         while self._prefills and (budget is None or budget > 0):
-            pf = self._prefills[0]
-            take = len(pf.ids) - pf.written if budget is None else min(budget, len(pf.ids) - pf.written)
-            logits = self.runner.prefill(pf.slot, pf.ids[pf.written: pf.written + take], start=pf.written)
-            pf.written += take
-            if budget is not None:
-                budget -= take
-            if pf.written < len(pf.ids):
-                break
-            self._prefills.pop(0)
-            live = {s for r in pf.rows for s in r.slots}
-            if len(pf.targets) > 1:
-                copies = [s for s in pf.targets[1:] if s in live]
-                if copies:
-                    self.runner.copy_slots([pf.slot] * len(copies), copies)
-            if pf.slot not in live:  # its row was cancelled while the prompt was written
-                self.runner.release([pf.slot])
-            fresh += [(r, logits) for r in pf.rows]
+            group: list[tuple[_Prefill, int]] = []
+            for pf in self._prefills:
+                take = len(pf.ids) - pf.written  # the runner splits it into prefill_chunk pieces
+                if budget is not None:
+                    if budget <= 0:
+                        break
+                    take = min(take, budget)
+                    budget -= take
+                group.append((pf, take))
+            logits = self.runner.prefill_many([pf.slot for pf, _ in group],
+                                              [pf.ids[pf.written: pf.written + take] for pf, take in group],
+                                              [pf.written for pf, _ in group])
+            for i, (pf, take) in enumerate(group):
+                pf.written += take
+                if pf.written < len(pf.ids):
+                    continue
+                self._prefills.remove(pf)
+                live = {s for r in pf.rows for s in r.slots}
+                if len(pf.targets) > 1:
+                    copies = [s for s in pf.targets[1:] if s in live]
+                    if copies:
+                        self.runner.copy_slots([pf.slot] * len(copies), copies)
+                if pf.slot not in live:  # its row was cancelled while the prompt was written
+                    self.runner.release([pf.slot])
+                fresh += [(r, logits[i: i + 1]) for r in pf.rows]
         return fresh
 
     def _sample_step(self, rows: list[_Row], logits_of: dict[int, torch.Tensor]) -> list[tuple[int, TokenEvent]]:

@@ -145,7 +145,8 @@ class FastLlama(nn.Module):
 
     def forward(self, token_ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
                 kv_positions: torch.Tensor, last_only: bool = True, first_slot: int | None = None,
-                keep: torch.Tensor | None = None, reduce_attention: bool = False) -> torch.Tensor:
+                keep: torch.Tensor | None = None, reduce_attention: bool = False,
+                last_at: torch.Tensor | None = None) -> torch.Tensor:
         """Run ``token_ids [B, T]`` of cache rows ``slots [B]`` at ``positions [B, T]``;
         write their keys/values into the cache and attend over cache positions
         ``kv_positions`` (``arange(kv_len)``, every row's visible prefix). Returns
@@ -154,7 +155,9 @@ class FastLlama(nn.Module):
         ``first_slot``: the rows are slots ``first_slot .. first_slot + B - 1`` in that
         order (attention reads a view of the cache instead of gathering it). A padding
         row (a free slot inside that range) sits at position ``max_len``, the scratch
-        cell, and ``keep`` (row indices) drops it before the output head.
+        cell, and ``keep`` (row indices) drops it before the output head. ``last_at``
+        ``[B]``: logits of each row's own position ``last_at[r]`` only (rows of a
+        multi-prompt prefill end at different places; padding sits at the scratch cell).
 
         ``reduce_attention``: attention as products and sums instead of two matmuls, for
         the compiled one-token step only (the compiler fuses them into its own loops,
@@ -198,7 +201,9 @@ class FastLlama(nn.Module):
             h = self._norm(x, layer.mlp_norm)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(torch.nn.functional.silu(gate) * up)
-        if last_only:
+        if last_at is not None:
+            x = x[torch.arange(b, device=x.device), last_at]
+        elif last_only:
             x = x[:, -1]
         if keep is not None:
             x = x[keep]

@@ -91,6 +91,12 @@ class _Slots:
         """Tokens held in ``slot`` (the position the next token gets)."""
         return self.lengths[slot]
 
+    def prefill_many(self, slots: Sequence[int], id_lists: Sequence[Sequence[int]],
+                     starts: Sequence[int]) -> torch.Tensor:
+        """``prefill(slots[i], id_lists[i], starts[i])`` for every i; the last position's
+        logits of each, ``[n, V]``. This generic form runs them one after another."""
+        return torch.cat([self.prefill(s, ids, start=st) for s, ids, st in zip(slots, id_lists, starts)])
+
     def _check_room(self, slot: int, extra: int) -> None:
         if self.lengths[slot] + extra > self.max_len:
             raise ValueError(f"slot {slot} would hold {self.lengths[slot] + extra} tokens, "
@@ -144,6 +150,46 @@ class FastRunner(_Slots):
             logits = self.model(chunk[None], slot_t, positions, kv_positions, first_slot=slot)
         self.lengths[slot] = start + ids.numel()
         return logits
+
+    @torch.inference_mode()
+    def prefill_many(self, slots: Sequence[int], id_lists: Sequence[Sequence[int]],
+                     starts: Sequence[int]) -> torch.Tensor:
+        """Several prompts (or chunks of them) in ONE forward, a row each: shorter rows
+        padded with tokens at the scratch position, each row's logits taken at its own
+        last token. A burst of short prompts then costs one forward (and, with
+        ``dense_prefill``, one large bf16 GEMM per weight) instead of one each."""
+        slots, starts = [int(s) for s in slots], [int(s) for s in starts]
+        id_lists = [[int(t) for t in ids] for ids in id_lists]
+        if len(slots) == 1:
+            return self.prefill(slots[0], id_lists[0], start=starts[0])
+        if len(set(slots)) != len(slots):
+            raise ValueError("prefill_many needs distinct slots")
+        for s, ids, st in zip(slots, id_lists, starts):
+            if st > self.lengths[s]:
+                raise ValueError(f"prefill start {st} is past slot {s}'s length {self.lengths[s]}")
+            self.lengths[s] = st
+            self._check_room(s, len(ids))
+        self.forward_calls += 1
+        out: list[torch.Tensor | None] = [None] * len(slots)
+        # Column windows of at most prefill_chunk tokens: every row still going takes part.
+        for c0 in range(0, max(len(ids) for ids in id_lists), self.prefill_chunk):
+            rows = [i for i, ids in enumerate(id_lists) if len(ids) > c0]
+            parts = [id_lists[i][c0: c0 + self.prefill_chunk] for i in rows]
+            width = max(len(p) for p in parts)
+            tokens = torch.zeros(len(rows), width, dtype=torch.long)
+            positions = torch.full((len(rows), width), self.max_len, dtype=torch.long)  # padding: scratch
+            for r, (i, part) in enumerate(zip(rows, parts)):
+                tokens[r, : len(part)] = torch.tensor(part, dtype=torch.long)
+                positions[r, : len(part)] = torch.arange(starts[i] + c0, starts[i] + c0 + len(part))
+            end = max(starts[i] + c0 + len(part) for i, part in zip(rows, parts))
+            logits = self.model(tokens.to(self.device), torch.tensor([slots[i] for i in rows], device=self.device),
+                                positions.to(self.device), torch.arange(end, device=self.device),
+                                last_at=torch.tensor([len(p) - 1 for p in parts], device=self.device))
+            for r, i in enumerate(rows):
+                out[i] = logits[r: r + 1]
+        for s, ids, st in zip(slots, id_lists, starts):
+            self.lengths[s] = st + len(ids)
+        return torch.cat(out)
 
     @torch.inference_mode()
     def all_logits(self, slot: int, ids: Sequence[int]) -> torch.Tensor:

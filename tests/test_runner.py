@@ -82,6 +82,24 @@ def test_decode_over_a_slot_range_leaves_the_slots_between_intact(tiny_hf):
     torch.testing.assert_close(ours.decode([0, 1, 2], toks), ref.decode([0, 1, 2], toks), atol=1e-4, rtol=1e-4)
 
 
+def test_prefill_many_equals_one_prefill_each(tiny_hf):
+    """Several prompts in one forward (padded rows, one continuing at start > 0, chunked
+    in column windows) give each row the logits and cache of its own prefill."""
+    ours = _runner(tiny_hf, chunk=5, slots=4)
+    ref = HFRunner(tiny_hf, num_slots=4)
+    a, b, c = list(range(3, 16)), list(range(40, 43)), list(range(60, 70))
+    for r in (ours, ref):
+        r.prefill(2, c[:4])
+    many = ours.prefill_many([0, 1, 2], [a, b, c[4:]], [0, 0, 4])
+    each = torch.cat([ref.prefill(0, a), ref.prefill(1, b), ref.prefill(2, c[4:], start=4)])
+    torch.testing.assert_close(many, each, atol=1e-4, rtol=1e-4)
+    assert [ours.length(s) for s in (0, 1, 2)] == [13, 3, 10]
+    toks = torch.tensor([5, 6, 7])
+    torch.testing.assert_close(ours.decode([0, 1, 2], toks), ref.decode([0, 1, 2], toks), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="distinct"):
+        ours.prefill_many([3, 3], [a, b], [0, 0])
+
+
 def test_prefill_chunk_size_does_not_change_logits(tiny_hf):
     ids = list(range(5, 50))
     one = _runner(tiny_hf, chunk=256).prefill(0, ids)
