@@ -169,6 +169,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt = prompt.rstrip("\n")
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype, quant=args.quant, compile=args.compile,
                          head=args.head, dense_prefill=args.dense_prefill)
+    if getattr(engine.runner, "compiled", False):
+        engine.runner.compile_notice = lambda text: print(f"[compile] {text}", file=sys.stderr, flush=True)
     recorder = _open_recorder(args, engine, prompt, params)
     start = time.perf_counter()
     stamps: list[float] = []

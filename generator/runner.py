@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import time
 import types
 from collections.abc import Sequence
 
@@ -120,6 +121,10 @@ class FastRunner(_Slots):
         if self.prefill_chunk < 1:
             raise ValueError("prefill_chunk must be >= 1")
         self.compiled = compile_enabled(compile)
+        # Called as notice(text) before and after each new compiled shape (the CLI prints
+        # it on stderr: a first compile takes tens of seconds, a cached one a few).
+        self.compile_notice = None
+        self._shapes_seen: set[tuple[int, int]] = set()
         self._step = model.decode_step
         if self.compiled:
             # Static shapes by default (a graph per batch size and cache bucket; dynamic=True
@@ -256,7 +261,17 @@ class FastRunner(_Slots):
             # Batch size and context length as symbols: one graph, but a slower compile.
             for t in (token_ids, slot_t, pos_t, kv_positions):
                 torch._dynamo.maybe_mark_dynamic(t, 0)
-        return self._step(token_ids, slot_t, pos_t, kv_positions)
+        shape = (len(slots), kv_len)
+        if shape in self._shapes_seen or self.compile_notice is None:
+            self._shapes_seen.add(shape)
+            return self._step(token_ids, slot_t, pos_t, kv_positions)
+        self._shapes_seen.add(shape)
+        self.compile_notice(f"compiling the decode step for {shape[0]} row(s), {kv_len} cache positions "
+                            "(tens of seconds the first time, a few once cached on disk)")
+        t0 = time.perf_counter()
+        logits = self._step(token_ids, slot_t, pos_t, kv_positions)
+        self.compile_notice(f"compiled in {time.perf_counter() - t0:.1f} s")
+        return logits
 
     @torch.inference_mode()
     def copy_slots(self, src: SlotList, dst: SlotList, length: int | None = None) -> None:

@@ -179,6 +179,8 @@ def test_compiled_step_equals_the_eager_step(tiny_hf):
     """The compiled decode step: same logits as eager, for batch 1 and a ragged batch 2."""
     eager, compiled = _runner(tiny_hf), _runner(tiny_hf, compile=True)
     assert compiled.compiled and not eager.compiled
+    notes: list[str] = []
+    compiled.compile_notice = notes.append
     for r in (eager, compiled):
         r.prefill(0, list(range(3, 16)))
         r.prefill(1, list(range(20, 26)))
@@ -186,6 +188,9 @@ def test_compiled_step_equals_the_eager_step(tiny_hf):
         a = compiled.decode(slots, torch.tensor(toks))
         b = eager.decode(slots, torch.tensor(toks))
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # One notice before and one after each new shape (1 row, then 2 rows), none for a seen one.
+    assert len(notes) == 4 and "1 row(s)" in notes[0] and "2 row(s)" in notes[2], notes
+    assert notes[1].startswith("compiled in") and notes[3].startswith("compiled in")
 
 
 def test_two_compiled_models_in_one_process_keep_their_own_code(tiny_hf):
