@@ -253,9 +253,14 @@ class BatchGenerator:
         host = torch.stack((out.token_ids.double(), out.logprobs.double()), 1).tolist()
         ids = [int(t) for t, _ in host]
         self._sampler.accept(ids)
+        top_ids = top_lps = None
+        if out.top_ids is not None and any(r.params.logprobs > 0 for r in rows):
+            # A second read, only when some request asked for alternatives: all rows at once.
+            top_ids, top_lps = out.top_ids.tolist(), out.top_logprobs.tolist()
         events = []
         for i, (r, tok, (_, lp)) in enumerate(zip(rows, ids, host)):
-            top = top_logprobs(out, r.params.logprobs, self.tokenizer, row=i)
+            top = () if top_ids is None or r.params.logprobs <= 0 else \
+                top_logprobs(top_ids[i], top_lps[i], r.params.logprobs, self.tokenizer)
             delta = r.text.push(tok)
             finish = finish_reason(tok, r.stop_ids, r.text, r.emitted + 1 >= r.params.max_new_tokens)
             if finish:

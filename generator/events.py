@@ -38,11 +38,9 @@ class TokenEvent:
     top_logprobs: tuple[TopLogprob, ...] = ()
 
 
-def top_logprobs(out, n: int, tokenizer, row: int = 0) -> tuple[TopLogprob, ...]:
-    """Row ``row``'s ``n`` most likely tokens from a ``decoding.StepOutput``: a second
-    device read, made only when a request asked for ``logprobs``. Each alternative's
-    text is that token decoded alone (what OpenAI reports as ``token``)."""
-    if n <= 0 or out.top_ids is None:
-        return ()
-    ids, lps = out.top_ids[row, :n].tolist(), out.top_logprobs[row, :n].tolist()
-    return tuple(TopLogprob(t, tokenizer.decode([t]), lp) for t, lp in zip(ids, lps))
+def top_logprobs(ids: list[int], lps: list[float], n: int, tokenizer) -> tuple[TopLogprob, ...]:
+    """The first ``n`` of a row's most likely tokens, from host lists (the batch reads
+    every row's top ids and logprobs in one go, only when some request asked for
+    ``logprobs``). Each alternative's text is that token decoded alone (what OpenAI
+    reports as ``token``)."""
+    return tuple(TopLogprob(t, tokenizer.decode([t]), lp) for t, lp in zip(ids[:n], lps[:n]))
