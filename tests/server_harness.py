@@ -11,6 +11,9 @@ import httpx
 import pytest
 import uvicorn
 
+# A chat request body the server tests build on (add max_tokens, stream, ...).
+CHAT = {"messages": [{"role": "user", "content": "Once upon a time"}], "ignore_eos": True}
+
 
 class LiveServer:
     """``create_app(...)`` served by uvicorn on a free port of 127.0.0.1, in a thread."""

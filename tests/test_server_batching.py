@@ -12,11 +12,8 @@ import pytest
 
 from decoding import SamplingParams
 from generator import TokenEvent
-from server import Settings, create_app
 from server.scheduler import JobGroup, Scheduler
-from server_harness import LiveServer, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401
-
-CHAT = {"messages": [{"role": "user", "content": "Once upon a time"}], "ignore_eos": True}
+from server_harness import CHAT, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401 (serve: a fixture)
 
 
 def test_a_request_joins_a_running_batch_and_gets_tokens_before_it_finishes(serve, tiny_engine):

@@ -17,9 +17,7 @@ import openai
 import pytest
 
 from server import Settings, create_app
-from server_harness import LiveServer, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401
-
-CHAT = {"messages": [{"role": "user", "content": "Once upon a time"}], "ignore_eos": True}
+from server_harness import CHAT, LiveServer, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401
 
 
 # -- OpenAI streams over httpx ------------------------------------------------------------
