@@ -57,12 +57,10 @@ def add_commands(sub) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
-    import threading
 
     import uvicorn
 
     from .app import create_app
-    from .scheduler import WorkerHost
     from .settings import Settings
 
     settings = Settings(host=args.host, port=args.port, model=args.model, device=args.device, dtype=args.dtype,
@@ -72,23 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         stall_timeout_s=args.stall_timeout, compile=getattr(args, "compile", None),
                         quant=getattr(args, "quant", "auto"), head=getattr(args, "head", "auto"),
                         dense_prefill=getattr(args, "dense_prefill", False))
-    # The model's loop runs on this (the main) thread and uvicorn on another: see
-    # WorkerHost for why a torch loop on a second thread decodes at about half speed.
-    host = WorkerHost()
-    app = create_app(settings, host=host)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+    server = uvicorn.Server(uvicorn.Config(None, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=5))
-    failed: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            server.run()
-        except BaseException as exc:  # noqa: BLE001 - e.g. SystemExit(1) when the port is taken
-            failed.append(exc)
-        finally:
-            scheduler = app.state.scheduler
-            if scheduler is not None:  # lets the main thread's worker loop return
-                scheduler.stop()
 
     def on_signal(signum, frame) -> None:  # what uvicorn does on its own main thread
         if server.should_exit:
@@ -97,9 +80,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    failed = serve_with_worker_here(server, lambda host: create_app(settings, host=host))
+    return 1 if failed or not server.started else 0
+
+
+def serve_with_worker_here(server, make_app) -> list[BaseException]:
+    """Run ``server`` (a ``uvicorn.Server``) on a new thread and the app's model work
+    (loading, then the scheduler's loop) on this one, until uvicorn stops; see
+    ``WorkerHost`` for why a torch loop on a second thread decodes at about half speed.
+    ``make_app(host)`` builds the app. Returns what uvicorn raised (e.g. SystemExit(1)
+    when the port is taken)."""
+    import threading
+
+    from .scheduler import WorkerHost
+
+    host = WorkerHost()
+    app = server.config.app = make_app(host)
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            failed.append(exc)
+        finally:
+            if app.state.scheduler is not None:  # lets this thread's worker loop return
+                app.state.scheduler.stop()
+
     thread = threading.Thread(target=serve, name="uvicorn", daemon=True)
     thread.start()
     host.run_until(lambda: not thread.is_alive())
     while thread.is_alive():  # short joins, so signal handlers keep running on this thread
         thread.join(0.25)
-    return 1 if failed or not server.started else 0
+    return failed

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from generator import Engine
 
     from .app import create_app
-    from .scheduler import WorkerHost
+    from .cli import serve_with_worker_here
     from .settings import Settings
 
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
@@ -57,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     results["in process"] = [in_process() for _ in range(args.runs)]
 
     # Then as `tokenflow serve` runs it: the model's loop on this (main) thread, uvicorn
-    # and the client on others (see WorkerHost for why).
-    host = WorkerHost()
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(), engine=engine, host=host), host="127.0.0.1",
-                                           port=0, log_level="warning"))
+    # and the client on others.
+    server = uvicorn.Server(uvicorn.Config(None, host="127.0.0.1", port=0, log_level="warning"))
     failures: list[BaseException] = []
 
     def over_http(client):
@@ -84,18 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.should_exit = True
 
-    def serve():
-        try:
-            server.run()
-        finally:
-            if server_app.state.scheduler is not None:
-                server_app.state.scheduler.stop()
-
-    server_app = server.config.app
-    threads = [threading.Thread(target=serve, daemon=True), threading.Thread(target=client_side, daemon=True)]
-    for t in threads:
-        t.start()
-    host.run_until(lambda: not threads[0].is_alive())
+    threading.Thread(target=client_side, daemon=True).start()
+    failures += serve_with_worker_here(server, lambda host: create_app(Settings(), engine=engine, host=host))
     if failures:
         raise failures[0]
     print(f"device={engine.device} dtype={str(engine.dtype).replace('torch.', '')} tokens={args.max_tokens} "
