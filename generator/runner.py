@@ -239,17 +239,17 @@ class FastRunner(_Slots):
         if span > 2 * len(slots) or len(set(slots)) != len(slots):
             return self.model.decode_step(token_ids, torch.tensor(slots, device=dev),
                                           torch.tensor(positions, device=dev), kv_positions)
-        if slots == list(range(lo, hi + 1)):
-            return self.model.decode_step(token_ids, torch.arange(lo, hi + 1, device=dev),
-                                          torch.tensor(positions, device=dev), kv_positions, first_slot=lo)
         at = [s - lo for s in slots]
         full_pos = [self.max_len] * span
         for i, p in zip(at, positions):
             full_pos[i] = p
-        at_t = torch.tensor(at, device=dev)
-        tokens = torch.zeros(span, dtype=token_ids.dtype, device=dev).index_copy_(0, at_t, token_ids)
+        if at == list(range(span)):  # the slots are the range, in order: no padding rows
+            tokens, keep = token_ids, None
+        else:
+            keep = torch.tensor(at, device=dev)
+            tokens = torch.zeros(span, dtype=token_ids.dtype, device=dev).index_copy_(0, keep, token_ids)
         return self.model.decode_step(tokens, torch.arange(lo, hi + 1, device=dev),
-                                      torch.tensor(full_pos, device=dev), kv_positions, first_slot=lo, keep=at_t)
+                                      torch.tensor(full_pos, device=dev), kv_positions, first_slot=lo, keep=keep)
 
     def _compiled_decode(self, slots: list[int], positions: list[int], token_ids: torch.Tensor) -> torch.Tensor:
         """Static shapes for the compiled step: the cache read up to a bucket, gathered by slot."""
@@ -262,10 +262,10 @@ class FastRunner(_Slots):
             for t in (token_ids, slot_t, pos_t, kv_positions):
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         shape = (len(slots), kv_len)
-        if shape in self._shapes_seen or self.compile_notice is None:
-            self._shapes_seen.add(shape)
-            return self._step(token_ids, slot_t, pos_t, kv_positions)
+        new_shape = shape not in self._shapes_seen
         self._shapes_seen.add(shape)
+        if not new_shape or self.compile_notice is None:
+            return self._step(token_ids, slot_t, pos_t, kv_positions)
         self.compile_notice(f"compiling the decode step for {shape[0]} row(s), {kv_len} cache positions "
                             "(tens of seconds the first time, a few once cached on disk)")
         t0 = time.perf_counter()
