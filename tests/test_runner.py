@@ -65,6 +65,9 @@ def test_decode_over_a_slot_range_leaves_the_slots_between_intact(tiny_hf):
     position); slot 1, half prefilled meanwhile, then continues as if nothing ran beside it.
     Rows far apart (slots 0 and 7) take the gathering path; both equal the reference."""
     ours, ref = _runner(tiny_hf, slots=8), HFRunner(tiny_hf, num_slots=8)
+    reads = []  # which way each decode read the cache: first_slot (a view) or None (a gather)
+    real_decode_step = ours.model.decode_step
+    ours.model.decode_step = lambda *a, **kw: reads.append(kw.get("first_slot")) or real_decode_step(*a, **kw)
     a_ids, b_ids, c_ids = list(range(3, 20)), list(range(40, 45)), list(range(60, 70))
     for r in (ours, ref):
         r.prefill(0, a_ids)
@@ -80,6 +83,7 @@ def test_decode_over_a_slot_range_leaves_the_slots_between_intact(tiny_hf):
                                atol=1e-4, rtol=1e-4)
     toks = torch.tensor([1, 2, 3])
     torch.testing.assert_close(ours.decode([0, 1, 2], toks), ref.decode([0, 1, 2], toks), atol=1e-4, rtol=1e-4)
+    assert reads == [0, None] * 3 + [0]  # [2, 0] and [0, 1, 2] through a view, [7, 0] gathered
 
 
 def test_prefill_many_equals_one_prefill_each(tiny_hf):
@@ -241,6 +245,7 @@ def test_dense_prefill_copy_is_used_for_long_chunks_only(tiny_hf, quant):
     long = torch.randn(DENSE_MIN_ROWS, short.shape[1]).bfloat16()
     with torch.inference_mode():
         assert torch.equal(lin_d(short), lin_p(short))
+        assert torch.equal(lin_d(long), torch.nn.functional.linear(long, lin_d.dense))  # the copy, used
         ref = long.float() @ lin_p.dequantized().T
         for y in (lin_d(long), lin_p(long)):
             torch.testing.assert_close(y.float(), ref, atol=0.05, rtol=0.05)
