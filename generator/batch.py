@@ -11,7 +11,8 @@ two steps:
     batch.cancel(h)                              # frees its slots at once
 
 A step is: at most one prefill chunk budget for waiting rows (a long prompt
-does not stall the running ones), ONE ``runner.decode`` over every running
+does not stall the running ones), the waiting prompts that fit written in one
+forward (``runner.prefill_many``), ONE ``runner.decode`` over every running
 row, ONE ``BatchSampler`` call over the sampled rows, ONE device-to-host read
 of their ids and logprobs. Beam requests are rows of the same decode (their
 ``num_beams`` slots); ``n`` > 1 is ``add_group``: one prefill, the slot
