@@ -22,9 +22,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .quant import QUANTS, DenseLinear, GGUFQ4Source, Int4Linear, Int8Linear, make_linear
+from .quant import HEAD_DENSE_MIN_ROWS, QUANTS, DenseLinear, GGUFQ4Source, Int4Linear, Int8Linear, make_linear
 
 SUPPORTED_MODEL_TYPES = ("llama",)
+# From this many rows on, a one-token step computes attention as float32 matmuls instead of
+# SDPA (measured crossover: 2-4 rows favour SDPA, 16 rows 46 vs 49-52 ms a step).
+BATCH_ATTENTION_ROWS = 8
 
 
 def supports(model) -> bool:
@@ -127,6 +130,10 @@ class FastLlama(nn.Module):
         if head not in QUANTS:
             raise ValueError(f"unknown head format {head!r}; choose from auto, {', '.join(QUANTS)}")
         lm_head = make_linear(head_w, head, dtype)
+        if isinstance(lm_head, Int8Linear) and lm_head.codes is None:
+            # Without our int8 kernel, batches of HEAD_DENSE_MIN_ROWS+ rows multiply by a bf16
+            # copy of the same weights (+2 bytes a weight; PyTorch's kernel is compute-bound there).
+            lm_head.keep_dense(min_rows=HEAD_DENSE_MIN_ROWS)
         if dense_prefill:
             for layer in layers:
                 for lin in (layer.qkv, layer.o, layer.gate_up, layer.down):
@@ -188,13 +195,17 @@ class FastLlama(nn.Module):
             layer.v_cache[rows, :, positions] = v
             keys = layer.k_cache[read, :, :kv_len]  # (B, kv_heads, kv, D): a view when read is a slice
             values = layer.v_cache[read, :, :kv_len]
-            if t == 1 and not reduce_attention:
-                # One eager op instead of six for a one-token step (17.6 vs 19.6 ms a step,
-                # measured); a prompt chunk keeps the explicit form (SDPA's masked path was
-                # slower for it here, 113 vs 69 ms to the first token).
+            if t == 1 and not reduce_attention and b < BATCH_ATTENTION_ROWS:
+                # One eager op instead of a dozen for a one-token step of few rows.
                 attn = torch.nn.functional.scaled_dot_product_attention(
                     q.transpose(1, 2), keys, values, attn_mask=visible[:, None], scale=scaling, enable_gqa=True)
                 attn = attn.transpose(1, 2).reshape(b, t, nh * hd)
+            elif t == 1 and not reduce_attention:
+                # Many rows: the two small matmuls in float32 (the cache upcast on the fly)
+                # beat SDPA's flash kernel, which splits tiny work into many blocks (16 rows
+                # x 64 positions: 130 vs 635 us a layer), and are no less exact (flash also
+                # keeps scores in float32).
+                attn = self._attention(q.float(), keys.float(), values.float(), mask, False).to(x.dtype)
             else:
                 attn = self._attention(q, keys, values, mask, reduce_attention)
             x = x + layer.o(attn)
@@ -256,7 +267,9 @@ class FastLlama(nn.Module):
         total = 0
         for mod in list(self.layers) + [self.lm_head]:
             for name, buf in mod.named_buffers():
-                if not name.endswith("_cache") and name.split(".")[-1] != "dense":
+                # Skip the cache, the dense copies and the second packing of int4 weights
+                # (a step reads one of the two packings).
+                if not name.endswith("_cache") and name.split(".")[-1] not in ("dense", "codes", "sz"):
                     total += buf.numel() * buf.element_size()
         return total
 

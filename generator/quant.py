@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import cpukernel
+
 GROUP = 32  # Q4_1 block size and the int4 kernel's group size
 QUANTS = ("none", "int8", "int4")
 # From this many rows on (a prompt chunk), a quantized linear with a dense copy
@@ -31,20 +33,35 @@ QUANTS = ("none", "int8", "int4")
 # int4 2.8 ms, bf16 1.1 ms). One-token steps (and batches up to 31 rows) keep reading
 # the 4-bit weights, which is what bounds them.
 DENSE_MIN_ROWS = 32
+# Without cpukernel's kernels, PyTorch's int8 kernel takes 11 ms for the output head
+# (49152 x 576) at 16 rows, a bf16 GEMM 5.8 ms (3.0 vs 4.1 ms at 4 rows); so then an int8
+# head keeps a bf16 copy for batches of 8+ rows. (cpukernel's int8 kernel: 2.7 ms.)
+HEAD_DENSE_MIN_ROWS = 8
 
 
 class _DenseForLongInputs(nn.Module):
     """A quantized linear that can keep a bf16 copy of exactly the weight its kernel
-    computes with, for inputs of ``DENSE_MIN_ROWS`` rows or more (prefill)."""
+    computes with, for inputs of many rows (prefill; the output head of a large batch),
+    where the weight-only kernels are compute-bound."""
 
     dense: torch.Tensor | None
+    dense_min_rows: int = DENSE_MIN_ROWS
 
-    def keep_dense(self) -> None:
-        """Store the bf16 copy (2 bytes a weight, beside the packed ones)."""
+    def keep_dense(self, min_rows: int = DENSE_MIN_ROWS) -> None:
+        """Store the bf16 copy (2 bytes a weight, beside the packed ones), used for
+        inputs of ``min_rows`` rows or more."""
         self.register_buffer("dense", self.dequantized().to(torch.bfloat16).contiguous(), persistent=False)
+        self.dense_min_rows = int(min_rows)
 
     def _dense_rows(self, x: torch.Tensor) -> bool:
-        return getattr(self, "dense", None) is not None and x.numel() >= DENSE_MIN_ROWS * x.shape[-1]
+        return getattr(self, "dense", None) is not None and x.numel() >= self.dense_min_rows * x.shape[-1]
+
+
+def _our_kernel(linear: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a forward takes ``cpukernel``'s kernel: the weights are packed for it, the
+    input is bf16 on the CPU, and no compiler is tracing (a ctypes call cannot be traced)."""
+    return (linear.codes is not None and x.dtype == torch.bfloat16 and x.device.type == "cpu"
+            and not torch.compiler.is_compiling())
 
 
 class DenseLinear(nn.Module):
@@ -71,12 +88,20 @@ class Int8Linear(_DenseForLongInputs):
         q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("qweight", q.contiguous())
         self.register_buffer("scales", scale.to(torch.bfloat16))
+        # Our kernel's layout of the same codes (cpukernel.py), used by eager forwards.
+        n, k = q.shape
+        codes = cpukernel.pack_int8(q) if cpukernel.available() and n % 32 == 0 and k % 2 == 0 else None
+        self.register_buffer("codes", codes, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._dense_rows(x):
             return torch.nn.functional.linear(x, self.dense)
         shape = x.shape
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.qweight, self.scales)
+        x2 = x.reshape(-1, shape[-1])
+        if _our_kernel(self, x):
+            y = cpukernel.int8_mm(x2.contiguous(), self.codes, self.scales)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
         return y.view(*shape[:-1], -1)
 
     def dequantized(self) -> torch.Tensor:
@@ -99,13 +124,24 @@ class Int4Linear(_DenseForLongInputs):
         # The kernel wants [K // 32, N, 2]: (scale, zero) per group and output channel.
         sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
         self.register_buffer("scales_zeros", sz.to(torch.bfloat16).contiguous())
+        # The same weights in our kernel's layout (cpukernel.py), which eager forwards use:
+        # faster than PyTorch's at every batch size here. PyTorch's packing stays for the
+        # compiled step (the compiler cannot trace a ctypes call) and for ``dequantized``.
+        codes_k = sz_k = None
+        if cpukernel.available() and n % 32 == 0:
+            codes_k, sz_k = cpukernel.pack(codes, scale, zero)
+        self.register_buffer("codes", codes_k, persistent=False)
+        self.register_buffer("sz", sz_k, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._dense_rows(x):
             return torch.nn.functional.linear(x, self.dense)
         shape = x.shape
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]), self.packed, GROUP,
-                                                       self.scales_zeros)
+        x2 = x.reshape(-1, shape[-1])
+        if _our_kernel(self, x):
+            y = cpukernel.int4_mm(x2.contiguous(), self.codes, self.sz)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, GROUP, self.scales_zeros)
         return y.view(*shape[:-1], -1)
 
     def dequantized(self) -> torch.Tensor:

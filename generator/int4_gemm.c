@@ -1,0 +1,203 @@
+/* tokenflow: int4 weight-only matmul, AVX-512 with bf16 dot products (AVX512_BF16).
+ *
+ * y[M, N] (bf16) = x[M, K] (bf16) @ W.T, W[N, K] stored as 4-bit codes q in groups of
+ * 32 along K with a scale s and a zero point z per (group, channel): w = (q - 8) * s + z,
+ * the weights of PyTorch's _weight_int4pack_mm_for_cpu (and of a GGUF's Q4_1 blocks).
+ *
+ *   sum_k x_k w_k = sum_g ( s_g * sum_{k in g} x_k (q_k - 8) + z_g * sum_{k in g} x_k )
+ *
+ * (q - 8) is a small integer, exact in bf16, so vdpbf16ps multiplies x by the codes
+ * exactly (32 products an instruction, float32 sums) and the scale and zero point are
+ * applied once per group: the same weights, no extra rounding, but the sums run in
+ * another order than PyTorch's kernel (float32 either way; outputs differ by at most
+ * about one bf16 unit). PyTorch's kernel dequantizes every weight to float32 once per
+ * tile of 4 rows and then does one FMA per weight and row; here one expansion of the
+ * codes serves a tile of up to 8 rows, and each instruction does twice the work.
+ * Measured on this 2-core AVX-512 machine (cold caches): 3072x576 at 1 row 40 vs 56 us,
+ * at 16 rows 183 vs 352 us.
+ *
+ * Layout (cpukernel.pack): channels in blocks of 32. codes[b][p] is 32 bytes for the
+ * input pair p = (2p, 2p + 1): byte j of half h is channel 32b + 16h + j, low nibble
+ * input 2p, high nibble input 2p + 1. sz[b][g] is 64 bf16: the 32 scales, then the 32
+ * zero points of group g (inputs 32g .. 32g + 31) for the block's channels.
+ *
+ * Threads: OpenMP over channel blocks (a block's row tiles on one thread, so its codes
+ * stay in cache). The library links libgomp by its soname, which resolves to the copy
+ * PyTorch already loaded: one thread team for both.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GROUP 32
+
+static inline __m512 bf16x16_to_ps(const uint16_t *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* float32 -> bf16, round to nearest even (as PyTorch's conversion; NaN stays NaN). */
+static inline __m256i ps_to_bf16x16(__m512 v) {
+    __m512i i = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(i, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(i, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(i, _mm512_set1_epi32(0x00400000)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+
+#ifdef __AVX512BF16__
+#define DP_TILE 8
+#define DEFINE_DP_TILE(MT)                                                                   \
+static void dp_tile_##MT(const uint32_t *xp, const float *xs, int64_t K, int64_t N,          \
+                         const uint8_t *codes, const uint16_t *sz, int64_t b, int64_t r0,    \
+                         uint16_t *y) {                                                      \
+    /* bf16 bit patterns of -8 .. 7, indexed by the code q */                              \
+    const uint16_t LUT[32] = {0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80, \
+                              0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0, \
+                              0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};               \
+    const __m512i lut = _mm512_loadu_si512(LUT);                                             \
+    const __m512i lo4 = _mm512_set1_epi32(0x0000000F), hi4 = _mm512_set1_epi32(0x000F0000);  \
+    __m512 acc0[MT], acc1[MT];                                                               \
+    for (int r = 0; r < MT; r++) { acc0[r] = _mm512_setzero_ps(); acc1[r] = _mm512_setzero_ps(); } \
+    const int64_t P = K / 2, NG = K / GROUP;                                                 \
+    const uint8_t *cb = codes + b * P * 32;                                                  \
+    const uint16_t *sb = sz + b * NG * 64;                                                   \
+    for (int64_t g = 0; g < NG; g++) {                                                       \
+        __m512 p0[MT], p1[MT];                                                               \
+        for (int r = 0; r < MT; r++) { p0[r] = _mm512_setzero_ps(); p1[r] = _mm512_setzero_ps(); } \
+        for (int64_t p = g * (GROUP / 2); p < (g + 1) * (GROUP / 2); p++) {                  \
+            __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(cb + p * 32)));      \
+            __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(cb + p * 32 + 16))); \
+            v0 = _mm512_or_si512(_mm512_and_si512(v0, lo4), _mm512_and_si512(_mm512_slli_epi32(v0, 12), hi4)); \
+            v1 = _mm512_or_si512(_mm512_and_si512(v1, lo4), _mm512_and_si512(_mm512_slli_epi32(v1, 12), hi4)); \
+            const __m512bh w0 = (__m512bh)_mm512_permutexvar_epi16(v0, lut);                 \
+            const __m512bh w1 = (__m512bh)_mm512_permutexvar_epi16(v1, lut);                 \
+            for (int r = 0; r < MT; r++) {                                                   \
+                const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp[(r0 + r) * P + p]);  \
+                p0[r] = _mm512_dpbf16_ps(p0[r], xv, w0);                                     \
+                p1[r] = _mm512_dpbf16_ps(p1[r], xv, w1);                                     \
+            }                                                                                \
+        }                                                                                    \
+        const __m512 s0 = bf16x16_to_ps(sb + g * 64), s1 = bf16x16_to_ps(sb + g * 64 + 16);  \
+        const __m512 z0 = bf16x16_to_ps(sb + g * 64 + 32), z1 = bf16x16_to_ps(sb + g * 64 + 48); \
+        for (int r = 0; r < MT; r++) {                                                       \
+            const __m512 xsum = _mm512_set1_ps(xs[(r0 + r) * NG + g]);                       \
+            acc0[r] = _mm512_fmadd_ps(p0[r], s0, _mm512_fmadd_ps(xsum, z0, acc0[r]));        \
+            acc1[r] = _mm512_fmadd_ps(p1[r], s1, _mm512_fmadd_ps(xsum, z1, acc1[r]));        \
+        }                                                                                    \
+    }                                                                                        \
+    for (int r = 0; r < MT; r++) {                                                           \
+        uint16_t *yr = y + (r0 + r) * N + b * 32;                                            \
+        _mm256_storeu_si256((__m256i *)yr, ps_to_bf16x16(acc0[r]));                          \
+        _mm256_storeu_si256((__m256i *)(yr + 16), ps_to_bf16x16(acc1[r]));                   \
+    }                                                                                        \
+}
+
+DEFINE_DP_TILE(1)
+DEFINE_DP_TILE(2)
+DEFINE_DP_TILE(3)
+DEFINE_DP_TILE(4)
+DEFINE_DP_TILE(5)
+DEFINE_DP_TILE(6)
+DEFINE_DP_TILE(7)
+DEFINE_DP_TILE(8)
+
+typedef void (*dp_tile_fn)(const uint32_t *, const float *, int64_t, int64_t, const uint8_t *,
+                           const uint16_t *, int64_t, int64_t, uint16_t *);
+static const dp_tile_fn DP_TILES[DP_TILE + 1] = {0, dp_tile_1, dp_tile_2, dp_tile_3, dp_tile_4,
+                                                 dp_tile_5, dp_tile_6, dp_tile_7, dp_tile_8};
+
+/* x: bf16 [M, K]; codes, sz: as above; y: bf16 [M, N]. N % 32 == 0, K % 32 == 0. */
+int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+                  const uint16_t *sz, uint16_t *y) {
+    if (M <= 0 || N % 32 || K % GROUP) return -1;
+    const int64_t NG = K / GROUP;
+    float *xs = (float *)malloc(sizeof(float) * M * NG);
+    if (!xs) return -2;
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t g = 0; g < NG; g++) {
+            float sum = 0.f;
+            for (int64_t k = g * GROUP; k < (g + 1) * GROUP; k++) {
+                uint32_t bits = (uint32_t)x[r * K + k] << 16;
+                float v;
+                memcpy(&v, &bits, 4);
+                sum += v;
+            }
+            xs[r * NG + g] = sum;
+        }
+    const int64_t tiles = (M + DP_TILE - 1) / DP_TILE;
+    const int64_t blocks = N / 32;
+#pragma omp parallel for schedule(static)
+    for (int64_t job = 0; job < blocks * tiles; job++) {
+        const int64_t b = job / tiles, t = job % tiles;
+        const int64_t r0 = t * M / tiles, r1 = (t + 1) * M / tiles;
+        DP_TILES[r1 - r0]((const uint32_t *)x, xs, K, N, codes, sz, b, r0, y);
+    }
+    free(xs);
+    return 0;
+}
+/* ---- int8, one scale per output channel (the output head) --------------------------
+ * y[m, n] = s_n * sum_k x_k q_nk with q in -127..127, exact in bf16. Layout
+ * (cpukernel.pack_int8): codes8[b][p] is 64 bytes for input pair p: half h (32 bytes)
+ * holds channels 32b + 16h + j as the int8 pair (input 2p, input 2p + 1) at bytes 2j, 2j + 1.
+ */
+static inline __m512bh int8x32_to_bf16(const int8_t *p) {
+    __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+    __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
+    return _mm512_cvtne2ps_pbh(hi, lo);  /* exact: small integers */
+}
+
+#define DEFINE_I8_TILE(MT)                                                                   \
+static void i8_tile_##MT(const uint32_t *xp, int64_t K, int64_t N, const int8_t *codes,      \
+                         const uint16_t *scales, int64_t b, int64_t r0, uint16_t *y) {       \
+    __m512 acc0[MT], acc1[MT];                                                               \
+    for (int r = 0; r < MT; r++) { acc0[r] = _mm512_setzero_ps(); acc1[r] = _mm512_setzero_ps(); } \
+    const int64_t P = K / 2;                                                                 \
+    const int8_t *cb = codes + b * P * 64;                                                   \
+    for (int64_t p = 0; p < P; p++) {                                                        \
+        const __m512bh w0 = int8x32_to_bf16(cb + p * 64), w1 = int8x32_to_bf16(cb + p * 64 + 32); \
+        for (int r = 0; r < MT; r++) {                                                       \
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xp[(r0 + r) * P + p]);      \
+            acc0[r] = _mm512_dpbf16_ps(acc0[r], xv, w0);                                     \
+            acc1[r] = _mm512_dpbf16_ps(acc1[r], xv, w1);                                     \
+        }                                                                                    \
+    }                                                                                        \
+    const __m512 s0 = bf16x16_to_ps(scales + b * 32), s1 = bf16x16_to_ps(scales + b * 32 + 16); \
+    for (int r = 0; r < MT; r++) {                                                           \
+        uint16_t *yr = y + (r0 + r) * N + b * 32;                                            \
+        _mm256_storeu_si256((__m256i *)yr, ps_to_bf16x16(_mm512_mul_ps(acc0[r], s0)));       \
+        _mm256_storeu_si256((__m256i *)(yr + 16), ps_to_bf16x16(_mm512_mul_ps(acc1[r], s1))); \
+    }                                                                                        \
+}
+
+DEFINE_I8_TILE(1)
+DEFINE_I8_TILE(2)
+DEFINE_I8_TILE(3)
+DEFINE_I8_TILE(4)
+DEFINE_I8_TILE(5)
+DEFINE_I8_TILE(6)
+DEFINE_I8_TILE(7)
+DEFINE_I8_TILE(8)
+
+typedef void (*i8_tile_fn)(const uint32_t *, int64_t, int64_t, const int8_t *, const uint16_t *,
+                           int64_t, int64_t, uint16_t *);
+static const i8_tile_fn I8_TILES[DP_TILE + 1] = {0, i8_tile_1, i8_tile_2, i8_tile_3, i8_tile_4,
+                                                 i8_tile_5, i8_tile_6, i8_tile_7, i8_tile_8};
+
+/* x: bf16 [M, K]; codes as above; scales: bf16 [N]; y: bf16 [M, N]. N % 32 == 0, K even. */
+int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
+               const uint16_t *scales, uint16_t *y) {
+    if (M <= 0 || N % 32 || K % 2) return -1;
+    const int64_t tiles = (M + DP_TILE - 1) / DP_TILE;
+    const int64_t blocks = N / 32;
+#pragma omp parallel for schedule(static)
+    for (int64_t job = 0; job < blocks * tiles; job++) {
+        const int64_t b = job / tiles, t = job % tiles;
+        const int64_t r0 = t * M / tiles, r1 = (t + 1) * M / tiles;
+        I8_TILES[r1 - r0]((const uint32_t *)x, K, N, codes, scales, b, r0, y);
+    }
+    return 0;
+}
+#endif

@@ -1,0 +1,122 @@
+"""Our int4/int8 CPU kernels (generator/int4_gemm.c) against PyTorch's own weight-only
+kernels (the reference: the same weights and scales) and a float32 matmul, at row counts
+on and across the kernel's tile edges; and the linears and the model using them."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from generator import cpukernel
+from generator.fastmodel import FastLlama
+from generator.quant import GROUP, Int4Linear, Int8Linear
+from generator.runner import FastRunner
+
+from conftest import build_tiny_model
+
+needs_kernel = pytest.mark.skipif(not cpukernel.available(), reason="no AVX512_BF16 CPU or no C compiler")
+ROWS = [1, 3, 8, 9, 16]
+
+
+def _bf16_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    # Sums in another order, each rounded once to bf16: within a couple of bf16 units.
+    scale = expected.float().abs().max().item()
+    torch.testing.assert_close(actual.float(), expected.float(), atol=scale * 2 ** -7, rtol=2 ** -7)
+
+
+def _int4_weight(n: int, k: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
+    scale = torch.rand(n, k // GROUP, generator=g) * 0.02 + 1e-3
+    zero = torch.randn(n, k // GROUP, generator=g) * 0.05
+    return codes, scale, zero
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", ROWS)
+def test_int4_kernel_matches_pytorch_kernel(m):
+    n, k = 96, 128
+    codes, scale, zero = _int4_weight(n, k)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).bfloat16()
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
+    sz = torch.stack((scale, zero), dim=-1).transpose(0, 1).bfloat16().contiguous()
+    ref = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, sz)
+    ours = cpukernel.int4_mm(x, *cpukernel.pack(codes, scale, zero))
+    assert ours.shape == (m, n) and ours.dtype == torch.bfloat16
+    _bf16_close(ours, ref)
+    # And the float32 truth of the same (bf16-rounded) scales and zero points.
+    s, z = scale.bfloat16().float(), zero.bfloat16().float()
+    w = ((codes.float() - 8).view(n, k // GROUP, GROUP) * s[..., None] + z[..., None]).view(n, k)
+    _bf16_close(ours, x.float() @ w.T)
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", ROWS)
+def test_int8_kernel_matches_pytorch_kernel(m):
+    n, k = 64, 96
+    g = torch.Generator().manual_seed(1)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    scales = (torch.rand(n, generator=g) * 0.01 + 1e-3).bfloat16()
+    x = torch.randn(m, k, generator=g).bfloat16()
+    ref = torch.ops.aten._weight_int8pack_mm(x, q, scales)
+    ours = cpukernel.int8_mm(x, cpukernel.pack_int8(q), scales)
+    _bf16_close(ours, ref)
+    _bf16_close(ours, x.float() @ (q.float() * scales.float()[:, None]).T)
+
+
+def test_pack_rejects_shapes_the_kernel_cannot_tile():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        cpukernel.pack(*_int4_weight(48, 64))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        cpukernel.pack_int8(torch.zeros(40, 64, dtype=torch.int8))
+
+
+@needs_kernel
+def test_linears_use_the_kernel_in_eager_and_pytorchs_otherwise():
+    lin4 = Int4Linear(*_int4_weight(64, 64))
+    lin8 = Int8Linear(torch.randn(64, 64))
+    x = torch.randn(5, 64).bfloat16()
+    for lin, ref in ((lin4, lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, lin4.packed, GROUP,
+                                                                             lin4.scales_zeros)),
+                     (lin8, lambda: torch.ops.aten._weight_int8pack_mm(x, lin8.qweight, lin8.scales))):
+        assert lin.codes is not None
+        y = lin(x)
+        expected = (cpukernel.int4_mm(x, lin.codes, lin.sz) if lin is lin4
+                    else cpukernel.int8_mm(x, lin.codes, lin.scales))
+        assert torch.equal(y, expected)  # the kernel's own output, not PyTorch's
+        _bf16_close(y, ref())
+
+
+def test_switch_turns_the_kernel_off():
+    env = dict(os.environ, TOKENFLOW_INT4_KERNEL="aten")
+    out = subprocess.run([sys.executable, "-c", "from generator import cpukernel; print(cpukernel.available())"],
+                         env=env, capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__))))
+    assert out.stdout.strip() == "False"
+
+
+@needs_kernel
+@pytest.mark.parametrize("quant", ["int4", "int8"])
+def test_model_on_our_kernels_matches_pytorchs_kernels(quant):
+    """The whole tiny model: prefill and a batched decode step on our kernels give the
+    logits of PyTorch's kernels up to float rounding, and the same greedy tokens."""
+    tiny = build_tiny_model(320)
+    ours = FastLlama.from_hf(tiny, quant=quant, num_slots=4, max_len=64)
+    ref = FastLlama.from_hf(tiny, quant=quant, num_slots=4, max_len=64)
+    for mod in ref.modules():
+        if isinstance(mod, (Int4Linear, Int8Linear)):
+            mod.codes = None  # PyTorch's kernels
+    assert any(isinstance(m, (Int4Linear, Int8Linear)) and m.codes is not None for m in ours.modules())
+    a, b = FastRunner(ours, compile=False), FastRunner(ref, compile=False)
+    prompts = [[5, 9, 14, 200, 31], [7, 7, 8], [100, 3, 54, 2, 9, 11, 250], [1]]
+    for slot, ids in enumerate(prompts):
+        la, lb = a.prefill(slot, ids), b.prefill(slot, ids)
+        assert torch.nn.functional.cosine_similarity(la, lb).item() > 0.9999
+    tokens = torch.tensor([3, 4, 5, 6])
+    for _ in range(3):
+        la, lb = a.decode([0, 1, 2, 3], tokens), b.decode([0, 1, 2, 3], tokens)
+        assert torch.nn.functional.cosine_similarity(la, lb).min().item() > 0.9999
+        tokens = lb.argmax(-1)
+        assert torch.equal(la.argmax(-1), tokens)
