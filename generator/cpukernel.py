@@ -43,20 +43,28 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _cpu_has_avx512_bf16() -> bool:
+def _cpu_flags() -> set[str]:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    words = set(flags.split())
-    return {"avx512f", "avx512bw", "avx512_bf16"} <= words
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _cpu_has_avx512_bf16() -> bool:
+    return {"avx512f", "avx512bw", "avx512_bf16"} <= _cpu_flags()
 
 
 def _build() -> Path:
     """Compile ``int4_gemm.c`` once per source version and CPU flags; return the .so."""
     source = SOURCE.read_bytes()
     flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-    tag = hashlib.sha256(source + " ".join(flags).encode() + torch.__version__.encode()).hexdigest()[:16]
+    # -march=native: the build is for this CPU, so the CPU's flags are part of the key.
+    cpu = " ".join(sorted(_cpu_flags())).encode()
+    tag = hashlib.sha256(source + " ".join(flags).encode() + cpu + torch.__version__.encode()).hexdigest()[:16]
     out = _cache_dir() / f"int4_gemm-{tag}.so"
     if out.exists():
         return out
