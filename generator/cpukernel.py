@@ -1,4 +1,4 @@
-"""Our own CPU kernel for int4 weight-only matmuls (``int4_gemm.c``).
+"""Our own CPU kernels for int4 and int8 weight-only matmuls (``int4_gemm.c``).
 
 The same weights and arithmetic class as PyTorch's ``_weight_int4pack_mm_for_cpu``
 (float32 sums of bf16 inputs times ``(q - 8) * scale + zero``), but with bf16 dot
@@ -6,17 +6,20 @@ products over the 4-bit codes and the scale and zero point applied once per grou
 32 (see the C file). Measured here (2-core AVX-512, cold caches): 3072x576 at 1 row
 40 vs 56 us, at 16 rows 183 vs 352 us; the 49152x576 head at 1 row 518 vs 816 us.
 
-The C file is compiled on first use with the system's C compiler (``cc -O3
--march=native -fopenmp``, under a second) into ``~/.cache/tokenflow/kernels`` (or
-``$TOKENFLOW_CACHE/kernels``) and loaded with ``ctypes``. Where that is not possible (no
-compiler, no AVX512_BF16, or ``TOKENFLOW_INT4_KERNEL=aten``) ``available()`` is false and
-the int4 layers use PyTorch's kernel. The compiled decode step always uses PyTorch's
-kernel (a ``ctypes`` call cannot be traced).
+The C kernels (``int4_gemm.c``) and their operator wrappers (``int4_op.cpp``:
+``torch.ops.tokenflow.int4_mm`` / ``int8_mm``) are compiled on first use with the
+system's compilers (``cc -O3 -march=native -fopenmp`` and ``c++`` against PyTorch's
+headers, about 6 s) into ``~/.cache/tokenflow/kernels`` (or ``$TOKENFLOW_CACHE/kernels``),
+keyed by the sources, the CPU's flags and the torch version, and loaded with
+``torch.ops.load_library``. Registered ops run the same in eager code and in the compiled
+decode step. The library links libgomp by its soname, which resolves to the copy
+PyTorch already loaded: one OpenMP thread team for both. Where building is not possible
+(no compiler, no AVX512_BF16, or ``TOKENFLOW_INT4_KERNEL=aten``) ``available()`` is false
+and the int4/int8 layers use PyTorch's kernels.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
@@ -31,9 +34,10 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("int4_gemm.c")
+OP_SOURCE = Path(__file__).with_name("int4_op.cpp")
 GROUP = 32
 
-_lib = None
+_loaded = False
 _tried = False
 _lock = threading.Lock()
 
@@ -58,56 +62,70 @@ def _cpu_has_avx512_bf16() -> bool:
     return {"avx512f", "avx512bw", "avx512_bf16"} <= _cpu_flags()
 
 
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+
+
 def _build() -> Path:
-    """Compile ``int4_gemm.c`` once per source version and CPU flags; return the .so."""
-    source = SOURCE.read_bytes()
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    """Compile the kernels and their op wrappers once per source version, CPU and torch."""
+    from torch.utils import cpp_extension
+
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cc is None or cxx is None:
+        raise RuntimeError("no C/C++ compiler found")
+    c_flags = ["-O3", "-march=native", "-fopenmp", "-fPIC"]
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    cxx_flags = ["-O2", "-std=c++17", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+                 *(f"-I{p}" for p in cpp_extension.include_paths())]
     # -march=native: the build is for this CPU, so the CPU's flags are part of the key.
-    cpu = " ".join(sorted(_cpu_flags())).encode()
-    tag = hashlib.sha256(source + " ".join(flags).encode() + cpu + torch.__version__.encode()).hexdigest()[:16]
-    out = _cache_dir() / f"int4_gemm-{tag}.so"
+    key = b"".join((SOURCE.read_bytes(), OP_SOURCE.read_bytes(), " ".join(c_flags + cxx_flags).encode(),
+                    " ".join(sorted(_cpu_flags())).encode(), torch.__version__.encode()))
+    out = _cache_dir() / f"tokenflow_kernels-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if out.exists():
         return out
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler found")
     out.parent.mkdir(parents=True, exist_ok=True)
+    torch_lib = Path(torch.__file__).parent / "lib"
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp_so = Path(tmp) / out.name
-        subprocess.run([compiler, *flags, str(SOURCE), "-o", str(tmp_so)], check=True, capture_output=True,
-                       timeout=120)
-        os.replace(tmp_so, out)  # atomic: a parallel build never leaves half a file
+        kernel_o, op_o, so = Path(tmp) / "kernel.o", Path(tmp) / "op.o", Path(tmp) / out.name
+        _run([cc, *c_flags, "-c", str(SOURCE), "-o", str(kernel_o)])
+        _run([cxx, *cxx_flags, "-c", str(OP_SOURCE), "-o", str(op_o)])
+        _run([cxx, "-shared", "-fopenmp", str(op_o), str(kernel_o), f"-L{torch_lib}", "-lc10", "-ltorch_cpu",
+              "-o", str(so)])
+        os.replace(so, out)  # atomic: a parallel build never leaves half a file
     return out
 
 
 def available() -> bool:
-    """Whether the kernel is built and loaded (builds it on the first call)."""
-    global _lib, _tried
+    """Whether the kernels are built and loaded (builds them on the first call)."""
+    global _loaded, _tried
     if _tried:
-        return _lib is not None
+        return _loaded
     with _lock:
         if _tried:
-            return _lib is not None
+            return _loaded
         _tried = True
         if os.environ.get("TOKENFLOW_INT4_KERNEL", "").strip().lower() == "aten":
             return False
         if not _cpu_has_avx512_bf16():
-            log.info("int4 batch kernel: no AVX512_BF16 on this CPU; using PyTorch's kernel")
+            log.info("int4/int8 kernels: no AVX512_BF16 on this CPU; using PyTorch's kernels")
             return False
         try:
-            lib = ctypes.CDLL(str(_build()))
-            fn = lib.tf_int4_mm  # absent when the compiler saw no AVX512_BF16
-        except (OSError, AttributeError, RuntimeError, subprocess.SubprocessError) as exc:
+            torch.ops.load_library(str(_build()))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", b"") or b""
-            log.warning("int4 batch kernel unavailable (%s %s); using PyTorch's kernel", exc,
+            log.warning("int4/int8 kernels unavailable (%s %s); using PyTorch's kernels", exc,
                         detail.decode(errors="replace")[-500:])
             return False
-        for f in (fn, lib.tf_int8_mm):
-            f.restype = ctypes.c_int
-            f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                          ctypes.c_void_p, ctypes.c_void_p]
-        _lib = lib
+        # Shapes for the compiler (it traces the ops without running them).
+        torch.library.register_fake("tokenflow::int4_mm")(_fake_mm)
+        torch.library.register_fake("tokenflow::int8_mm")(_fake_mm)
+        _loaded = True
         return True
+
+
+def _fake_mm(x: torch.Tensor, codes: torch.Tensor, _scales: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], codes.shape[0] * 32)
 
 
 def pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,14 +143,8 @@ def pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[
 
 
 def int4_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
-    """``x [M, K]`` bf16 (contiguous, on the CPU) times a packed weight -> ``[M, N]`` bf16."""
-    m, k = x.shape
-    n = codes.shape[0] * 32
-    y = torch.empty(m, n, dtype=torch.bfloat16)
-    rc = _lib.tf_int4_mm(x.data_ptr(), m, k, n, codes.data_ptr(), sz.data_ptr(), y.data_ptr())
-    if rc != 0:
-        raise RuntimeError(f"int4 kernel failed ({rc}) for {m}x{k} @ {n}x{k}")
-    return y
+    """``x [M, K]`` bf16 (on the CPU) times a packed int4 weight (``pack``) -> ``[M, N]`` bf16."""
+    return torch.ops.tokenflow.int4_mm(x, codes, sz)
 
 
 def pack_int8(q: torch.Tensor) -> torch.Tensor:
@@ -145,11 +157,5 @@ def pack_int8(q: torch.Tensor) -> torch.Tensor:
 
 
 def int8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``x [M, K]`` bf16 (contiguous, CPU) times an int8 weight with bf16 ``scales [N]``."""
-    m, k = x.shape
-    n = codes.shape[0] * 32
-    y = torch.empty(m, n, dtype=torch.bfloat16)
-    rc = _lib.tf_int8_mm(x.data_ptr(), m, k, n, codes.data_ptr(), scales.data_ptr(), y.data_ptr())
-    if rc != 0:
-        raise RuntimeError(f"int8 kernel failed ({rc}) for {m}x{k} @ {n}x{k}")
-    return y
+    """``x [M, K]`` bf16 (on the CPU) times an int8 weight (``pack_int8``) with bf16 ``scales [N]``."""
+    return torch.ops.tokenflow.int8_mm(x, codes, scales)

@@ -58,10 +58,9 @@ class _DenseForLongInputs(nn.Module):
 
 
 def _our_kernel(linear: nn.Module, x: torch.Tensor) -> bool:
-    """Whether a forward takes ``cpukernel``'s kernel: the weights are packed for it, the
-    input is bf16 on the CPU, and no compiler is tracing (a ctypes call cannot be traced)."""
-    return (linear.codes is not None and x.dtype == torch.bfloat16 and x.device.type == "cpu"
-            and not torch.compiler.is_compiling())
+    """Whether a forward takes ``cpukernel``'s kernel: the weights are packed for it and
+    the input is bf16 on the CPU (eager and compiled alike)."""
+    return linear.codes is not None and x.dtype == torch.bfloat16 and x.device.type == "cpu"
 
 
 class DenseLinear(nn.Module):
@@ -88,7 +87,7 @@ class Int8Linear(_DenseForLongInputs):
         q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("qweight", q.contiguous())
         self.register_buffer("scales", scale.to(torch.bfloat16))
-        # Our kernel's layout of the same codes (cpukernel.py), used by eager forwards.
+        # Our kernel's layout of the same codes (cpukernel.py), which forwards use.
         n, k = q.shape
         codes = cpukernel.pack_int8(q) if cpukernel.available() and n % 32 == 0 and k % 2 == 0 else None
         self.register_buffer("codes", codes, persistent=False)
@@ -99,7 +98,7 @@ class Int8Linear(_DenseForLongInputs):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if _our_kernel(self, x):
-            y = cpukernel.int8_mm(x2.contiguous(), self.codes, self.scales)
+            y = cpukernel.int8_mm(x2, self.codes, self.scales)
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
         return y.view(*shape[:-1], -1)
@@ -124,9 +123,9 @@ class Int4Linear(_DenseForLongInputs):
         # The kernel wants [K // 32, N, 2]: (scale, zero) per group and output channel.
         sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
         self.register_buffer("scales_zeros", sz.to(torch.bfloat16).contiguous())
-        # The same weights in our kernel's layout (cpukernel.py), which eager forwards use:
-        # faster than PyTorch's at every batch size here. PyTorch's packing stays for the
-        # compiled step (the compiler cannot trace a ctypes call) and for ``dequantized``.
+        # The same weights in our kernel's layout (cpukernel.py), which forwards use: faster
+        # than PyTorch's at every batch size here. PyTorch's packing stays for
+        # ``dequantized`` and for machines where our kernel is not available.
         codes_k = sz_k = None
         if cpukernel.available() and n % 32 == 0:
             codes_k, sz_k = cpukernel.pack(codes, scale, zero)
@@ -139,7 +138,7 @@ class Int4Linear(_DenseForLongInputs):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if _our_kernel(self, x):
-            y = cpukernel.int4_mm(x2.contiguous(), self.codes, self.sz)
+            y = cpukernel.int4_mm(x2, self.codes, self.sz)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, GROUP, self.scales_zeros)
         return y.view(*shape[:-1], -1)

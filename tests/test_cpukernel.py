@@ -120,3 +120,24 @@ def test_model_on_our_kernels_matches_pytorchs_kernels(quant):
         assert torch.nn.functional.cosine_similarity(la, lb).min().item() > 0.9999
         tokens = lb.argmax(-1)
         assert torch.equal(la.argmax(-1), tokens)
+
+
+@needs_kernel
+def test_compiled_step_calls_our_ops():
+    """The compiled decode step runs our kernels as registered ops (not PyTorch's int4/int8
+    kernels, not a graph break) and gives the eager step's logits."""
+    tiny = build_tiny_model(320)
+    compiled = FastRunner(FastLlama.from_hf(tiny, quant="int4", num_slots=2, max_len=64), compile=True)
+    eager = FastRunner(FastLlama.from_hf(tiny, quant="int4", num_slots=2, max_len=64), compile=False)
+    for r in (compiled, eager):
+        r.prefill(0, [5, 9, 14, 200, 31])
+    compiled.decode([0], torch.tensor([7]))  # compiles
+    eager.decode([0], torch.tensor([7]))
+    with torch.profiler.profile() as prof:
+        a = compiled.decode([0], torch.tensor([8]))
+    names = {e.name for e in prof.events()}
+    assert {"tokenflow::int4_mm", "tokenflow::int8_mm"} <= names, sorted(n for n in names if "mm" in n)
+    assert not any("_weight_int4pack_mm" in n or "_weight_int8pack_mm" in n for n in names)
+    b = eager.decode([0], torch.tensor([8]))
+    torch.testing.assert_close(a, b, atol=0.05, rtol=0)
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
