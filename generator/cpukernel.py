@@ -120,6 +120,8 @@ def available() -> bool:
         # Shapes for the compiler (it traces the ops without running them).
         torch.library.register_fake("tokenflow::int4_mm")(_fake_mm)
         torch.library.register_fake("tokenflow::int8_mm")(_fake_mm)
+        torch.library.register_fake("tokenflow::decode_attention")(
+            lambda q, k_cache, v_cache, slots, lengths, scale: torch.empty_like(q))
         _loaded = True
         return True
 
@@ -159,3 +161,11 @@ def pack_int8(q: torch.Tensor) -> torch.Tensor:
 def int8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``x [M, K]`` bf16 (on the CPU) times an int8 weight (``pack_int8``) with bf16 ``scales [N]``."""
     return torch.ops.tokenflow.int8_mm(x, codes, scales)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+                     lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """One-token attention of ``q [B, heads, D]`` (bf16) over cache rows ``slots [B]``
+    of ``k_cache``/``v_cache [slots, kv_heads, len, D]``, the first ``lengths[b]``
+    positions of each: float32 scores, softmax and sums, bf16 ``[B, heads, D]``."""
+    return torch.ops.tokenflow.decode_attention(q, k_cache, v_cache, slots, lengths, scale)

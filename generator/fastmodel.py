@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import cpukernel
 from .quant import HEAD_DENSE_MIN_ROWS, QUANTS, DenseLinear, GGUFQ4Source, Int4Linear, Int8Linear, make_linear
 
 SUPPORTED_MODEL_TYPES = ("llama",)
-# From this many rows on, a one-token step computes attention as float32 matmuls instead of
-# SDPA (measured crossover: 2-4 rows favour SDPA, 16 rows 46 vs 49-52 ms a step).
+# Without our attention kernel: from this many rows on, a one-token step computes attention
+# as float32 matmuls instead of SDPA (measured crossover: 2-4 rows favour SDPA, 16 rows 46
+# vs 49-52 ms a step).
 BATCH_ATTENTION_ROWS = 8
 
 
@@ -177,13 +179,20 @@ class FastLlama(nn.Module):
         x = self.embed[token_ids]  # (B, T, H)
         cos = self.rope_cos[positions][:, :, None, :]  # (B, T, 1, D)
         sin = self.rope_sin[positions][:, :, None, :]
-        # Row r, query t sees cache positions <= positions[r, t]: causal within a
-        # chunk, the whole prefix before it, and nothing of a longer row's tail.
-        visible = kv_positions[None, None, :] <= positions[:, :, None]  # (B, T, kv)
-        mask = visible[:, None, None].expand(b, 1, group, t, kv_len).reshape(b, 1, group * t, kv_len)
         rows = slots[:, None].expand(b, t)
         read = slots if first_slot is None else slice(first_slot, first_slot + b)
         scaling = hd ** -0.5
+        # Eager one-token steps on a bf16 cache: our attention kernel (cpukernel). The compiled
+        # step keeps its fused loop (an A/B in one process: 168-172 tok/s either way).
+        our_attention = (t == 1 and not reduce_attention and self.dtype == torch.bfloat16
+                         and x.device.type == "cpu" and cpukernel.available())
+        if our_attention:
+            lengths = (positions[:, 0] + 1).clamp(max=kv_len)  # padding rows: any length works
+        else:
+            # Row r, query t sees cache positions <= positions[r, t]: causal within a
+            # chunk, the whole prefix before it, and nothing of a longer row's tail.
+            visible = kv_positions[None, None, :] <= positions[:, :, None]  # (B, T, kv)
+            mask = visible[:, None, None].expand(b, 1, group, t, kv_len).reshape(b, 1, group * t, kv_len)
         for layer in self.layers:
             h = self._norm(x, layer.attn_norm)
             qkv = layer.qkv(h)
@@ -193,21 +202,13 @@ class FastLlama(nn.Module):
             v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
             layer.k_cache[rows, :, positions] = k  # (B, T) cells <- (B, T, kv_heads, D)
             layer.v_cache[rows, :, positions] = v
-            keys = layer.k_cache[read, :, :kv_len]  # (B, kv_heads, kv, D): a view when read is a slice
-            values = layer.v_cache[read, :, :kv_len]
-            if t == 1 and not reduce_attention and b < BATCH_ATTENTION_ROWS:
-                # One eager op instead of a dozen for a one-token step of few rows.
-                attn = torch.nn.functional.scaled_dot_product_attention(
-                    q.transpose(1, 2), keys, values, attn_mask=visible[:, None], scale=scaling, enable_gqa=True)
-                attn = attn.transpose(1, 2).reshape(b, t, nh * hd)
-            elif t == 1 and not reduce_attention:
-                # Many rows: the two small matmuls in float32 (the cache upcast on the fly)
-                # beat SDPA's flash kernel, which splits tiny work into many blocks (16 rows
-                # x 64 positions: 130 vs 635 us a layer), and are no less exact (flash also
-                # keeps scores in float32).
-                attn = self._attention(q.float(), keys.float(), values.float(), mask, False).to(x.dtype)
+            if our_attention:
+                # Every row straight from its cache slot, float32 inside: 9-45 us a layer where
+                # SDPA took 53-635 and the float32 matmuls 45-130 (1-16 rows, 64 positions).
+                attn = cpukernel.decode_attention(q[:, 0], layer.k_cache, layer.v_cache, slots, lengths,
+                                                  scaling).view(b, 1, nh * hd)
             else:
-                attn = self._attention(q, keys, values, mask, reduce_attention)
+                attn = self._cached_attention(layer, q, read, kv_len, visible, mask, reduce_attention)
             x = x + layer.o(attn)
             h = self._norm(x, layer.mlp_norm)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
@@ -220,6 +221,26 @@ class FastLlama(nn.Module):
             x = x[keep]
         x = self._norm(x, self.final_norm)
         return self.lm_head(x).float()
+
+    def _cached_attention(self, layer: Layer, q: torch.Tensor, read, kv_len: int, visible: torch.Tensor,
+                          mask: torch.Tensor, reduce: bool) -> torch.Tensor:
+        """Attention of ``q [B, T, heads, D]`` over the cache rows ``read`` (a slice: a view,
+        no copy) up to ``kv_len``, with PyTorch's ops -> ``[B, T, heads * D]``."""
+        b, t, nh, hd = q.shape
+        keys = layer.k_cache[read, :, :kv_len]  # (B, kv_heads, kv, D)
+        values = layer.v_cache[read, :, :kv_len]
+        if t == 1 and not reduce and b < BATCH_ATTENTION_ROWS:
+            # One eager op instead of a dozen for a one-token step of few rows.
+            attn = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=visible[:, None], scale=hd ** -0.5, enable_gqa=True)
+            return attn.transpose(1, 2).reshape(b, t, nh * hd)
+        if t == 1 and not reduce:
+            # Many rows: the two small matmuls in float32 (the cache upcast on the fly) beat
+            # SDPA's flash kernel, which splits tiny work into many blocks (16 rows x 64
+            # positions: 130 vs 635 us a layer), and are no less exact (flash also keeps
+            # scores in float32).
+            return self._attention(q.float(), keys.float(), values.float(), mask, False).to(q.dtype)
+        return self._attention(q, keys, values, mask, reduce)
 
     def _attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                    reduce: bool) -> torch.Tensor:

@@ -25,7 +25,9 @@
  * stay in cache). The library links libgomp by its soname, which resolves to the copy
  * PyTorch already loaded: one thread team for both.
  */
+#include <float.h>
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,5 +201,61 @@ int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t 
         I8_TILES[r1 - r0]((const uint32_t *)x, K, N, codes, scales, b, r0, y);
     }
     return 0;
+}
+
+
+/* ---- one-token attention over the KV cache (the eager batched step) ----------------
+ * For row b and query head h (kv head h / group): softmax(q . K[slot, kvh, :n] * scale)
+ * . V[slot, kvh, :n] with n = lengths[b], all in float32 from bf16 inputs, output bf16:
+ * the arithmetic of the float32 matmul path it replaces, without upcasting the cache or
+ * a dozen small ops a layer. q: [B, H, D]; caches: [S, KVH, L, D]; D % 16 == 0, D <= 256.
+ */
+int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
+                        const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t KVH,
+                        int64_t L, int64_t D, float scale, uint16_t *out) {
+    if (D % 16 || D > 256 || H % KVH) return -1;
+    const int64_t G = H / KVH, DV = D / 16;
+    int bad = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : bad)
+    for (int64_t job = 0; job < B * KVH; job++) {
+        const int64_t b = job / KVH, kh = job % KVH;
+        const int64_t n = lengths[b];
+        if (n < 1 || n > L) { bad = 1; continue; }
+        const uint16_t *K = k_cache + ((slots[b] * KVH + kh) * L) * D;
+        const uint16_t *V = v_cache + ((slots[b] * KVH + kh) * L) * D;
+        float *scores = (float *)malloc(sizeof(float) * G * n);
+        if (!scores) { bad = 1; continue; }
+        for (int64_t g = 0; g < G; g++) {
+            const uint16_t *qh = q + (b * H + kh * G + g) * D;
+            __m512 qv[16];
+            for (int64_t c = 0; c < DV; c++) qv[c] = _mm512_mul_ps(bf16x16_to_ps(qh + 16 * c), _mm512_set1_ps(scale));
+            float mx = -FLT_MAX;
+            for (int64_t j = 0; j < n; j++) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int64_t c = 0; c < DV; c++) acc = _mm512_fmadd_ps(qv[c], bf16x16_to_ps(K + j * D + 16 * c), acc);
+                const float s = _mm512_reduce_add_ps(acc);
+                scores[g * n + j] = s;
+                mx = s > mx ? s : mx;
+            }
+            float sum = 0.f;
+            for (int64_t j = 0; j < n; j++) {
+                const float e = expf(scores[g * n + j] - mx);
+                scores[g * n + j] = e;
+                sum += e;
+            }
+            __m512 o[16];
+            for (int64_t c = 0; c < DV; c++) o[c] = _mm512_setzero_ps();
+            for (int64_t j = 0; j < n; j++) {
+                const __m512 p = _mm512_set1_ps(scores[g * n + j]);
+                for (int64_t c = 0; c < DV; c++) o[c] = _mm512_fmadd_ps(p, bf16x16_to_ps(V + j * D + 16 * c), o[c]);
+            }
+            const __m512 inv = _mm512_set1_ps(1.f / sum);
+            uint16_t *oh = out + (b * H + kh * G + g) * D;
+            for (int64_t c = 0; c < DV; c++)
+                _mm256_storeu_si256((__m256i *)(oh + 16 * c), ps_to_bf16x16(_mm512_mul_ps(o[c], inv)));
+        }
+        free(scores);
+    }
+    return bad ? -2 : 0;
 }
 #endif

@@ -4,12 +4,16 @@
 // custom op added about 6 us a call, 121 calls a step). Built by cpukernel.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 extern "C" int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                           const uint16_t *sz, uint16_t *y);
 extern "C" int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
                           const uint16_t *scales, uint16_t *y);
+extern "C" int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
+                                   const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t KVH,
+                                   int64_t L, int64_t D, float scale, uint16_t *out);
 
 namespace {
 
@@ -44,14 +48,38 @@ at::Tensor int8_mm(const at::Tensor &x_in, const at::Tensor &codes, const at::Te
     return y;
 }
 
+at::Tensor decode_attention(const at::Tensor &q_in, const at::Tensor &k_cache, const at::Tensor &v_cache,
+                            const at::Tensor &slots_in, const at::Tensor &lengths_in, double scale) {
+    const at::Tensor q = q_in.contiguous();
+    TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kBFloat16, "q must be [rows, heads, head_dim] bf16");
+    TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                k_cache.sizes() == v_cache.sizes() && k_cache.scalar_type() == at::kBFloat16 &&
+                v_cache.scalar_type() == at::kBFloat16, "caches must be contiguous bf16 [slots, kv_heads, len, head_dim]");
+    TORCH_CHECK(k_cache.size(3) == q.size(2), "head_dim differs between q and the cache");
+    const at::Tensor slots = slots_in.to(at::kLong).contiguous(), lengths = lengths_in.to(at::kLong).contiguous();
+    TORCH_CHECK(slots.numel() == q.size(0) && lengths.numel() == q.size(0), "one slot and one length per row");
+    TORCH_CHECK(slots.numel() == 0 || (slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < k_cache.size(0)),
+                "slot out of range");
+    at::Tensor out = at::empty_like(q);
+    const int rc = tf_decode_attention(
+        static_cast<const uint16_t *>(q.data_ptr()), static_cast<const uint16_t *>(k_cache.data_ptr()),
+        static_cast<const uint16_t *>(v_cache.data_ptr()), slots.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(),
+        q.size(0), q.size(1), k_cache.size(1), k_cache.size(2), q.size(2), static_cast<float>(scale),
+        static_cast<uint16_t *>(out.data_ptr()));
+    TORCH_CHECK(rc == 0, "attention kernel failed (", rc, "): lengths must be 1 .. cache length");
+    return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tokenflow, m) {
     m.def("int4_mm(Tensor x, Tensor codes, Tensor sz) -> Tensor");
     m.def("int8_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
+    m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor lengths, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tokenflow, CPU, m) {
     m.impl("int4_mm", &int4_mm);
     m.impl("int8_mm", &int8_mm);
+    m.impl("decode_attention", &decode_attention);
 }

@@ -116,7 +116,10 @@ def test_model_on_our_kernels_matches_pytorchs_kernels(quant):
         assert torch.nn.functional.cosine_similarity(la, lb).item() > 0.9999
     tokens = torch.tensor([3, 4, 5, 6])
     for _ in range(3):
-        la, lb = a.decode([0, 1, 2, 3], tokens), b.decode([0, 1, 2, 3], tokens)
+        with torch.profiler.profile() as prof:
+            la = a.decode([0, 1, 2, 3], tokens)
+        assert "tokenflow::decode_attention" in {e.name for e in prof.events()}  # our attention too
+        lb = b.decode([0, 1, 2, 3], tokens)
         assert torch.nn.functional.cosine_similarity(la, lb).min().item() > 0.9999
         tokens = lb.argmax(-1)
         assert torch.equal(la.argmax(-1), tokens)
@@ -141,3 +144,37 @@ def test_compiled_step_calls_our_ops():
     b = eager.decode([0], torch.tensor([8]))
     torch.testing.assert_close(a, b, atol=0.05, rtol=0)
     assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_decode_attention_matches_float32_attention(rows):
+    """One-token attention straight from cache slots (any order, each row its own length)
+    equals softmax(q K^T * scale) V computed in float32 with PyTorch, rounded to bf16."""
+    g = torch.Generator().manual_seed(rows)
+    heads, kv_heads, d, num_slots, cache_len = 6, 2, 32, 20, 50
+    k_cache = torch.randn(num_slots, kv_heads, cache_len, d, generator=g).bfloat16()
+    v_cache = torch.randn(num_slots, kv_heads, cache_len, d, generator=g).bfloat16()
+    q = torch.randn(rows, heads, d, generator=g).bfloat16()
+    slots = torch.randperm(num_slots, generator=g)[:rows]
+    lengths = torch.randint(1, cache_len + 1, (rows,), generator=g)
+    out = cpukernel.decode_attention(q, k_cache, v_cache, slots, lengths, 0.2)
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    group = heads // kv_heads
+    for r in range(rows):
+        n = int(lengths[r])
+        keys = k_cache[slots[r], :, :n].float().repeat_interleave(group, dim=0)  # (heads, n, d)
+        values = v_cache[slots[r], :, :n].float().repeat_interleave(group, dim=0)
+        probs = torch.softmax((keys @ q[r].float()[:, :, None]).squeeze(-1) * 0.2, dim=-1)
+        expected = (probs[:, None, :] @ values).squeeze(1)
+        torch.testing.assert_close(out[r].float(), expected, atol=2e-2, rtol=2 ** -7)
+
+
+@needs_kernel
+def test_decode_attention_rejects_bad_lengths():
+    k = torch.zeros(2, 1, 8, 16).bfloat16()
+    q = torch.zeros(1, 2, 16).bfloat16()
+    with pytest.raises(RuntimeError, match="lengths"):
+        cpukernel.decode_attention(q, k, k, torch.tensor([0]), torch.tensor([9]), 1.0)
+    with pytest.raises(RuntimeError, match="slot"):
+        cpukernel.decode_attention(q, k, k, torch.tensor([2]), torch.tensor([1]), 1.0)
