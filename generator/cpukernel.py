@@ -1,4 +1,4 @@
-"""Our own CPU kernels for int4 and int8 weight-only matmuls (``int4_gemm.c``).
+"""Our own CPU kernels: int4/int8 weight-only matmuls and one-token attention (``int4_gemm.c``).
 
 The same weights and arithmetic class as PyTorch's ``_weight_int4pack_mm_for_cpu``
 (float32 sums of bf16 inputs times ``(q - 8) * scale + zero``), but with bf16 dot
@@ -7,15 +7,16 @@ products over the 4-bit codes and the scale and zero point applied once per grou
 40 vs 56 us, at 16 rows 183 vs 352 us; the 49152x576 head at 1 row 518 vs 816 us.
 
 The C kernels (``int4_gemm.c``) and their operator wrappers (``int4_op.cpp``:
-``torch.ops.tokenflow.int4_mm`` / ``int8_mm``) are compiled on first use with the
-system's compilers (``cc -O3 -march=native -fopenmp`` and ``c++`` against PyTorch's
-headers, about 6 s) into ``~/.cache/tokenflow/kernels`` (or ``$TOKENFLOW_CACHE/kernels``),
-keyed by the sources, the CPU's flags and the torch version, and loaded with
-``torch.ops.load_library``. Registered ops run the same in eager code and in the compiled
-decode step. The library links libgomp by its soname, which resolves to the copy
-PyTorch already loaded: one OpenMP thread team for both. Where building is not possible
-(no compiler, no AVX512_BF16, or ``TOKENFLOW_INT4_KERNEL=aten``) ``available()`` is false
-and the int4/int8 layers use PyTorch's kernels.
+``torch.ops.tokenflow.int4_mm`` / ``int8_mm`` / ``decode_attention``) are compiled on
+first use with the system's compilers (``cc -O3 -march=native -fopenmp`` and ``c++``
+against PyTorch's headers, about 7 s) into ``kernels/`` of the cache folder
+(``~/.cache/tokenflow``, or ``$TOKENFLOW_HOME``), keyed by the sources, the CPU's flags
+and the torch version, and loaded with ``torch.ops.load_library``. Registered ops run
+the same in eager code and in the compiled decode step. The library links libgomp by
+its soname, which resolves to the copy PyTorch already loaded: one OpenMP thread team
+for both. Where building is not possible (no compiler, no AVX512_BF16, or
+``TOKENFLOW_INT4_KERNEL=aten``) ``available()`` is false and the int4/int8 layers use
+PyTorch's kernels (and attention PyTorch's ops).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ _lock = threading.Lock()
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("TOKENFLOW_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tokenflow")
-    return Path(root) / "kernels"
+    from .loading import cache_dir  # the model cache's folder ($TOKENFLOW_HOME, XDG, ~/.cache)
+
+    return cache_dir() / "kernels"
 
 
 def _cpu_flags() -> set[str]:
