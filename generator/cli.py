@@ -98,14 +98,17 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     group.add_argument("--quant", default="auto", choices=["auto", "none", "int8", "int4"],
                        help="weight-only quantization; auto: int4 from the GGUF's Q4_1 blocks on CPU "
-                            "when --dtype is auto and the source is such a GGUF, else none")
+                            "when --dtype is auto and the source is such a GGUF, else none. int4/int8 run on "
+                            "tokenflow's own AVX512_BF16 kernels where the CPU has them (built on first use, "
+                            "~7 s); TOKENFLOW_INT4_KERNEL=aten uses PyTorch's")
     group.add_argument("--head", default="auto", choices=["auto", "none", "int8", "int4"],
                        help="the output head's weights (28M of the model's 135M); auto: int8 with --quant int8/int4 "
                             "(the GGUF stores it in 8 bits), else dense. int4 reads a third fewer bytes per "
                             "token at a small quality cost (see the README's quality table)")
     group.add_argument("--dense-prefill", action="store_true",
                        help="quantized layers keep a bf16 copy of their weights for prompt chunks of 32+ tokens: "
-                            "about 2x faster prefill (+214 MB), at the cost of rounding the weights a second time")
+                            "about 2x faster prefill with PyTorch's int kernels, about the same with tokenflow's own "
+                            "(+214 MB), at the cost of rounding the weights a second time")
     group.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
                        help="compile the one-token decode step with torch.compile (also: TOKENFLOW_COMPILE=1); "
                             "faster steps after a compile of several seconds per batch shape")
