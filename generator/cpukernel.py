@@ -7,7 +7,7 @@ products over the 4-bit codes and the scale and zero point applied once per grou
 40 vs 56 us, at 16 rows 183 vs 352 us; the 49152x576 head at 1 row 518 vs 816 us.
 
 The C kernels (``int4_gemm.c``) and their operator wrappers (``int4_op.cpp``:
-``torch.ops.tokenflow.int4_mm`` / ``int8_mm`` / ``decode_attention``) are compiled on
+``torch.ops.tokenflow.int4_mm`` / ``int8_mm`` / ``decode_attention`` / ``rms_norm``) are compiled on
 first use with the system's compilers (``cc -O3 -march=native -fopenmp`` and ``c++``
 against PyTorch's headers, about 7 s) into ``kernels/`` of the cache folder
 (``~/.cache/tokenflow``, or ``$TOKENFLOW_HOME``), keyed by the sources, the CPU's flags
@@ -122,6 +122,7 @@ def available() -> bool:
         # Shapes for the compiler (it traces the ops without running them).
         torch.library.register_fake("tokenflow::int4_mm")(_fake_mm)
         torch.library.register_fake("tokenflow::int8_mm")(_fake_mm)
+        torch.library.register_fake("tokenflow::rms_norm")(lambda x, weight, eps: torch.empty_like(x))
         torch.library.register_fake("tokenflow::decode_attention")(
             lambda q, k_cache, v_cache, slots, lengths, scale: torch.empty_like(q))
         _loaded = True
@@ -171,3 +172,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     of ``k_cache``/``v_cache [slots, kv_heads, len, D]``, the first ``lengths[b]``
     positions of each: float32 scores, softmax and sums, bf16 ``[B, heads, D]``."""
     return torch.ops.tokenflow.decode_attention(q, k_cache, v_cache, slots, lengths, scale)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm on bf16 ``x [..., D]`` with a float32 ``weight [D]``, one op."""
+    return torch.ops.tokenflow.rms_norm(x, weight, eps)

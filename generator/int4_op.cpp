@@ -11,6 +11,7 @@ extern "C" int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, co
                           const uint16_t *sz, uint16_t *y);
 extern "C" int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
                           const uint16_t *scales, uint16_t *y);
+extern "C" int tf_rms_norm(const uint16_t *x, const float *w, int64_t R, int64_t D, float eps, uint16_t *y);
 extern "C" int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
                                    const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t KVH,
                                    int64_t L, int64_t D, float scale, uint16_t *out);
@@ -70,11 +71,26 @@ at::Tensor decode_attention(const at::Tensor &q_in, const at::Tensor &k_cache, c
     return out;
 }
 
+at::Tensor rms_norm(const at::Tensor &x_in, const at::Tensor &weight_in, double eps) {
+    const at::Tensor x = x_in.contiguous();
+    const at::Tensor weight = weight_in.to(at::kFloat).contiguous();
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.dim() >= 1, "x must be bf16");
+    const int64_t d = x.size(-1);
+    TORCH_CHECK(weight.numel() == d, "weight has ", weight.numel(), " values, x rows ", d);
+    at::Tensor y = at::empty_like(x);
+    const int rc = tf_rms_norm(static_cast<const uint16_t *>(x.data_ptr()), weight.data_ptr<float>(),
+                               d ? x.numel() / d : 0, d, static_cast<float>(eps),
+                               static_cast<uint16_t *>(y.data_ptr()));
+    TORCH_CHECK(rc == 0, "rms_norm kernel needs the last dimension a multiple of 16, got ", d);
+    return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tokenflow, m) {
     m.def("int4_mm(Tensor x, Tensor codes, Tensor sz) -> Tensor");
     m.def("int8_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
+    m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
     m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor lengths, float scale) -> Tensor");
 }
 
@@ -82,4 +98,5 @@ TORCH_LIBRARY_IMPL(tokenflow, CPU, m) {
     m.impl("int4_mm", &int4_mm);
     m.impl("int8_mm", &int8_mm);
     m.impl("decode_attention", &decode_attention);
+    m.impl("rms_norm", &rms_norm);
 }

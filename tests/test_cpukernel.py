@@ -178,3 +178,18 @@ def test_decode_attention_rejects_bad_lengths():
         cpukernel.decode_attention(q, k, k, torch.tensor([0]), torch.tensor([9]), 1.0)
     with pytest.raises(RuntimeError, match="slot"):
         cpukernel.decode_attention(q, k, k, torch.tensor([2]), torch.tensor([1]), 1.0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 7, 40])
+def test_rms_norm_is_bit_exact_to_the_eager_formula(rows):
+    """Our RMSNorm op equals transformers' LlamaRMSNorm arithmetic in bf16 bit for bit."""
+    g = torch.Generator().manual_seed(rows)
+    x = (torch.randn(rows, 3, 64, generator=g) * 4).bfloat16()
+    w = torch.rand(64, generator=g) * 2
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)
+    expected = (w * h.to(x.dtype)).to(x.dtype)
+    assert torch.equal(cpukernel.rms_norm(x, w, 1e-5), expected)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        cpukernel.rms_norm(torch.zeros(2, 24).bfloat16(), torch.ones(24), 1e-5)
