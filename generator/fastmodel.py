@@ -147,8 +147,8 @@ class FastLlama(nn.Module):
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.compiler.is_compiling()
                 and x.shape[-1] % 16 == 0 and cpukernel.available()):
-            # Eagerly, one op of ours instead of nine, bit for bit the same (tests); the
-            # compiler fuses the nine into one loop itself.
+            # Eagerly, one op of ours instead of nine, the same bits but for a rare 1-unit
+            # rounding of the scale (another summation order); the compiler fuses the nine itself.
             return cpukernel.rms_norm(x, weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
