@@ -51,10 +51,28 @@ static inline __m256i ps_to_bf16x16(__m512 v) {
 
 #ifdef __AVX512BF16__
 #define DP_TILE 8
+
+/* Arguments every matmul tile reads: x as bf16 pairs, per-group sums of x (int4 only),
+ * the packed weight and its scales, and the output. */
+typedef struct {
+    const uint32_t *xp;
+    const float *xs;
+    int64_t K, N;
+    const void *codes;
+    const uint16_t *scales;
+    uint16_t *y;
+} mm_args;
+
+typedef void (*tile_fn)(const mm_args *a, int64_t b, int64_t r0);
+
 #define DEFINE_DP_TILE(MT)                                                                   \
-static void dp_tile_##MT(const uint32_t *xp, const float *xs, int64_t K, int64_t N,          \
-                         const uint8_t *codes, const uint16_t *sz, int64_t b, int64_t r0,    \
-                         uint16_t *y) {                                                      \
+static void dp_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {                         \
+    const uint32_t *xp = a->xp;                                                              \
+    const float *xs = a->xs;                                                                 \
+    const int64_t K = a->K, N = a->N;                                                        \
+    const uint8_t *codes = (const uint8_t *)a->codes;                                        \
+    const uint16_t *sz = a->scales;                                                          \
+    uint16_t *y = a->y;                                                                      \
     /* bf16 bit patterns of -8 .. 7, indexed by the code q */                              \
     const uint16_t LUT[32] = {0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80, \
                               0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0, \
@@ -106,14 +124,25 @@ DEFINE_DP_TILE(6)
 DEFINE_DP_TILE(7)
 DEFINE_DP_TILE(8)
 
-typedef void (*dp_tile_fn)(const uint32_t *, const float *, int64_t, int64_t, const uint8_t *,
-                           const uint16_t *, int64_t, int64_t, uint16_t *);
-static const dp_tile_fn DP_TILES[DP_TILE + 1] = {0, dp_tile_1, dp_tile_2, dp_tile_3, dp_tile_4,
-                                                 dp_tile_5, dp_tile_6, dp_tile_7, dp_tile_8};
+/* Row tiles as even as possible (16 rows -> 8 + 8), OpenMP over channel blocks; a block's
+ * tiles run on one thread, so its codes stay in cache. */
+static void run_tiles(const mm_args *a, int64_t M, const tile_fn *tiles) {
+    const int64_t n_tiles = (M + DP_TILE - 1) / DP_TILE;
+    const int64_t blocks = a->N / 32;
+#pragma omp parallel for schedule(static)
+    for (int64_t job = 0; job < blocks * n_tiles; job++) {
+        const int64_t b = job / n_tiles, t = job % n_tiles;
+        const int64_t r0 = t * M / n_tiles, r1 = (t + 1) * M / n_tiles;
+        tiles[r1 - r0](a, b, r0);
+    }
+}
+
+static const tile_fn DP_TILES[DP_TILE + 1] = {0, dp_tile_1, dp_tile_2, dp_tile_3, dp_tile_4,
+                                              dp_tile_5, dp_tile_6, dp_tile_7, dp_tile_8};
 
 /* x: bf16 [M, K]; codes, sz: as above; y: bf16 [M, N]. N % 32 == 0, K % 32 == 0. */
 int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
-                  const uint16_t *sz, uint16_t *y) {
+               const uint16_t *sz, uint16_t *y) {
     if (M <= 0 || N % 32 || K % GROUP) return -1;
     const int64_t NG = K / GROUP;
     float *xs = (float *)malloc(sizeof(float) * M * NG);
@@ -129,17 +158,12 @@ int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t
             }
             xs[r * NG + g] = sum;
         }
-    const int64_t tiles = (M + DP_TILE - 1) / DP_TILE;
-    const int64_t blocks = N / 32;
-#pragma omp parallel for schedule(static)
-    for (int64_t job = 0; job < blocks * tiles; job++) {
-        const int64_t b = job / tiles, t = job % tiles;
-        const int64_t r0 = t * M / tiles, r1 = (t + 1) * M / tiles;
-        DP_TILES[r1 - r0]((const uint32_t *)x, xs, K, N, codes, sz, b, r0, y);
-    }
+    const mm_args a = {(const uint32_t *)x, xs, K, N, codes, sz, y};
+    run_tiles(&a, M, DP_TILES);
     free(xs);
     return 0;
 }
+
 /* ---- int8, one scale per output channel (the output head) --------------------------
  * y[m, n] = s_n * sum_k x_k q_nk with q in -127..127, exact in bf16. Layout
  * (cpukernel.pack_int8): codes8[b][p] is 64 bytes for input pair p: half h (32 bytes)
@@ -152,8 +176,12 @@ static inline __m512bh int8x32_to_bf16(const int8_t *p) {
 }
 
 #define DEFINE_I8_TILE(MT)                                                                   \
-static void i8_tile_##MT(const uint32_t *xp, int64_t K, int64_t N, const int8_t *codes,      \
-                         const uint16_t *scales, int64_t b, int64_t r0, uint16_t *y) {       \
+static void i8_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {                         \
+    const uint32_t *xp = a->xp;                                                              \
+    const int64_t K = a->K, N = a->N;                                                        \
+    const int8_t *codes = (const int8_t *)a->codes;                                          \
+    const uint16_t *scales = a->scales;                                                      \
+    uint16_t *y = a->y;                                                                      \
     __m512 acc0[MT], acc1[MT];                                                               \
     for (int r = 0; r < MT; r++) { acc0[r] = _mm512_setzero_ps(); acc1[r] = _mm512_setzero_ps(); } \
     const int64_t P = K / 2;                                                                 \
@@ -183,48 +211,41 @@ DEFINE_I8_TILE(6)
 DEFINE_I8_TILE(7)
 DEFINE_I8_TILE(8)
 
-typedef void (*i8_tile_fn)(const uint32_t *, int64_t, int64_t, const int8_t *, const uint16_t *,
-                           int64_t, int64_t, uint16_t *);
-static const i8_tile_fn I8_TILES[DP_TILE + 1] = {0, i8_tile_1, i8_tile_2, i8_tile_3, i8_tile_4,
-                                                 i8_tile_5, i8_tile_6, i8_tile_7, i8_tile_8};
+static const tile_fn I8_TILES[DP_TILE + 1] = {0, i8_tile_1, i8_tile_2, i8_tile_3, i8_tile_4,
+                                              i8_tile_5, i8_tile_6, i8_tile_7, i8_tile_8};
 
 /* x: bf16 [M, K]; codes as above; scales: bf16 [N]; y: bf16 [M, N]. N % 32 == 0, K even. */
 int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
                const uint16_t *scales, uint16_t *y) {
     if (M <= 0 || N % 32 || K % 2) return -1;
-    const int64_t tiles = (M + DP_TILE - 1) / DP_TILE;
-    const int64_t blocks = N / 32;
-#pragma omp parallel for schedule(static)
-    for (int64_t job = 0; job < blocks * tiles; job++) {
-        const int64_t b = job / tiles, t = job % tiles;
-        const int64_t r0 = t * M / tiles, r1 = (t + 1) * M / tiles;
-        I8_TILES[r1 - r0]((const uint32_t *)x, K, N, codes, scales, b, r0, y);
-    }
+    const mm_args a = {(const uint32_t *)x, NULL, K, N, codes, scales, y};
+    run_tiles(&a, M, I8_TILES);
     return 0;
 }
-
 
 /* ---- one-token attention over the KV cache (the eager batched step) ----------------
  * For row b and query head h (kv head h / group): softmax(q . K[slot, kvh, :n] * scale)
  * . V[slot, kvh, :n] with n = lengths[b], all in float32 from bf16 inputs, output bf16:
  * the arithmetic of the float32 matmul path it replaces, without upcasting the cache or
  * a dozen small ops a layer. q: [B, H, D]; caches: [S, KVH, L, D]; D % 16 == 0, D <= 256.
+ * Slots and lengths are checked here, per row, so the caller needs no host read of them.
  */
 int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
-                        const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t KVH,
-                        int64_t L, int64_t D, float scale, uint16_t *out) {
-    if (D % 16 || D > 256 || H % KVH) return -1;
+                        const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t S,
+                        int64_t KVH, int64_t L, int64_t D, float scale, uint16_t *out) {
+    if (D % 16 || D > 256 || H % KVH) return -8;
     const int64_t G = H / KVH, DV = D / 16;
     int bad = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : bad)
     for (int64_t job = 0; job < B * KVH; job++) {
         const int64_t b = job / KVH, kh = job % KVH;
         const int64_t n = lengths[b];
-        if (n < 1 || n > L) { bad = 1; continue; }
+        if (n < 1 || n > L) { bad |= 1; continue; }
+        if (slots[b] < 0 || slots[b] >= S) { bad |= 2; continue; }
         const uint16_t *K = k_cache + ((slots[b] * KVH + kh) * L) * D;
         const uint16_t *V = v_cache + ((slots[b] * KVH + kh) * L) * D;
         float *scores = (float *)malloc(sizeof(float) * G * n);
-        if (!scores) { bad = 1; continue; }
+        if (!scores) { bad |= 4; continue; }
         for (int64_t g = 0; g < G; g++) {
             const uint16_t *qh = q + (b * H + kh * G + g) * D;
             __m512 qv[16];
@@ -256,7 +277,7 @@ int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16
         }
         free(scores);
     }
-    return bad ? -2 : 0;
+    return -bad;  /* 0, or -(1: a length out of range | 2: a slot out of range | 4: no memory); -8: shapes */
 }
 /* ---- RMSNorm as transformers' LlamaRMSNorm computes it in bf16 ------------------------
  * y = bf16(w * float(bf16(x * rsqrt(mean(x^2) + eps)))) per row of D values, w float32:

@@ -1,5 +1,5 @@
-// tokenflow: the kernels of int4_gemm.c as PyTorch operators, tokenflow::int4_mm and
-// tokenflow::int8_mm. As registered C++ ops they are called from eager code and from
+// tokenflow: the kernels of int4_gemm.c as PyTorch operators, tokenflow::int4_mm,
+// int8_mm, decode_attention and rms_norm. As registered C++ ops they are called from eager code and from
 // the compiled decode step's generated code alike, at the cost of an ATen op (a Python
 // custom op added about 6 us a call, 121 calls a step). Built by cpukernel.py.
 #include <ATen/core/Tensor.h>
@@ -13,8 +13,8 @@ extern "C" int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, co
                           const uint16_t *scales, uint16_t *y);
 extern "C" int tf_rms_norm(const uint16_t *x, const float *w, int64_t R, int64_t D, float eps, uint16_t *y);
 extern "C" int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
-                                   const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t KVH,
-                                   int64_t L, int64_t D, float scale, uint16_t *out);
+                                   const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t S,
+                                   int64_t KVH, int64_t L, int64_t D, float scale, uint16_t *out);
 
 namespace {
 
@@ -59,15 +59,16 @@ at::Tensor decode_attention(const at::Tensor &q_in, const at::Tensor &k_cache, c
     TORCH_CHECK(k_cache.size(3) == q.size(2), "head_dim differs between q and the cache");
     const at::Tensor slots = slots_in.to(at::kLong).contiguous(), lengths = lengths_in.to(at::kLong).contiguous();
     TORCH_CHECK(slots.numel() == q.size(0) && lengths.numel() == q.size(0), "one slot and one length per row");
-    TORCH_CHECK(slots.numel() == 0 || (slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < k_cache.size(0)),
-                "slot out of range");
     at::Tensor out = at::empty_like(q);
     const int rc = tf_decode_attention(
         static_cast<const uint16_t *>(q.data_ptr()), static_cast<const uint16_t *>(k_cache.data_ptr()),
         static_cast<const uint16_t *>(v_cache.data_ptr()), slots.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(),
-        q.size(0), q.size(1), k_cache.size(1), k_cache.size(2), q.size(2), static_cast<float>(scale),
-        static_cast<uint16_t *>(out.data_ptr()));
-    TORCH_CHECK(rc == 0, "attention kernel failed (", rc, "): lengths must be 1 .. cache length");
+        q.size(0), q.size(1), k_cache.size(0), k_cache.size(1), k_cache.size(2), q.size(2),
+        static_cast<float>(scale), static_cast<uint16_t *>(out.data_ptr()));
+    TORCH_CHECK(rc != -8, "attention kernel: head_dim must be a multiple of 16 (at most 256), heads of kv_heads");
+    TORCH_CHECK(!(-rc & 1), "attention kernel: lengths must be 1 .. cache length");
+    TORCH_CHECK(!(-rc & 2), "attention kernel: slot out of range");
+    TORCH_CHECK(rc == 0, "attention kernel failed (", rc, ")");
     return out;
 }
 
