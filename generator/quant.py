@@ -1,14 +1,15 @@
 """Weight formats for the fast model: dense (float32/bfloat16), int8 and int4 weight-only.
 
-int4 uses PyTorch's own CPU kernel ``aten._weight_int4pack_mm_for_cpu`` (groups of
-32 along the input dimension, a scale and a zero point per group, ``w = (q - 8) *
-scale + zero``). A GGUF Q4_1 block is 32 values with a scale ``d`` and a minimum
+int4 is PyTorch's CPU format of ``aten._weight_int4pack_mm_for_cpu`` (groups of 32
+along the input dimension, a scale and a zero point per group, ``w = (q - 8) * scale +
+zero``), multiplied by our own kernel (``cpukernel.py``) where the CPU has AVX512_BF16,
+else by PyTorch's. A GGUF Q4_1 block is 32 values with a scale ``d`` and a minimum
 ``m`` (``w = d * q + m``), so the GGUF's own 4-bit codes map onto the kernel with
 ``scale = d`` and ``zero = m + 8 d``: no second rounding of the weights, only the
 rounding of ``d`` and ``zero`` to the kernel's scale dtype (bfloat16).
 
-int8 is per-output-channel symmetric (``aten._weight_int8pack_mm``), quantized
-here from the float weights.
+int8 is per-output-channel symmetric (our kernel, else ``aten._weight_int8pack_mm``),
+quantized here from the float weights.
 
 Both kernels are fast on CPU only with bfloat16 activations (float32 activations
 take a slow fallback path, about 100x slower in a probe on this machine), so the
@@ -123,9 +124,9 @@ class Int4Linear(_DenseForLongInputs):
         # The kernel wants [K // 32, N, 2]: (scale, zero) per group and output channel.
         sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
         self.register_buffer("scales_zeros", sz.to(torch.bfloat16).contiguous())
-        # The same weights in our kernel's layout (cpukernel.py), which forwards use: faster
-        # than PyTorch's at every batch size here. PyTorch's packing stays for
-        # ``dequantized`` and for machines where our kernel is not available.
+        # The same weights in our kernel's layout (cpukernel.py), which forwards use when it
+        # is available (faster than PyTorch's at every batch size here). PyTorch's packing
+        # above is then read only by ``dequantized`` (tests, the dense copies): kept twice.
         codes_k = sz_k = None
         if cpukernel.available() and n % 32 == 0:
             codes_k, sz_k = cpukernel.pack(codes, scale, zero)

@@ -195,3 +195,34 @@ def test_rms_norm_matches_the_eager_formula(rows):
     assert torch.equal(cpukernel.rms_norm(x, w, 1e-5), expected)
     with pytest.raises(RuntimeError, match="multiple of 16"):
         cpukernel.rms_norm(torch.zeros(2, 24).bfloat16(), torch.ones(24), 1e-5)
+
+
+def test_without_our_kernels_the_fallbacks_take_over(monkeypatch):
+    """With the kernels off: the int linears keep PyTorch's kernels, an int8 head multiplies
+    batches of HEAD_DENSE_MIN_ROWS+ rows by its bf16 copy (fewer rows: the int8 kernel), and
+    a batched one-token step (float32 matmul attention from 8 rows) equals each row alone."""
+    from generator.quant import HEAD_DENSE_MIN_ROWS
+
+    monkeypatch.setattr(cpukernel, "available", lambda: False)
+    model = FastLlama.from_hf(build_tiny_model(320), quant="int4", num_slots=8, max_len=64)
+    head = model.lm_head
+    assert isinstance(head, Int8Linear) and head.codes is None and head.dense is not None
+    big = torch.randn(HEAD_DENSE_MIN_ROWS, 64).bfloat16()
+    small = big[:-1]
+    assert torch.equal(head(big), torch.nn.functional.linear(big, head.dense))
+    assert torch.equal(head(small), torch.ops.aten._weight_int8pack_mm(small, head.qweight, head.scales))
+    runner = FastRunner(model, compile=False)
+    prompts = [[5 + i, 9, 14 + i] for i in range(8)]
+    for slot, ids in enumerate(prompts):
+        runner.prefill(slot, ids)
+    tokens = torch.arange(3, 11)
+    with torch.profiler.profile() as prof:
+        batched = runner.decode(list(range(8)), tokens)
+    names = {e.name for e in prof.events()}
+    assert not any(n.startswith("tokenflow::") for n in names)
+    assert "aten::_weight_int4pack_mm_for_cpu" in names
+    alone = FastRunner(FastLlama.from_hf(build_tiny_model(320), quant="int4", num_slots=1, max_len=64), compile=False)
+    for slot, ids in enumerate(prompts):
+        alone.prefill(0, ids)
+        ref = alone.decode([0], tokens[slot: slot + 1])
+        assert torch.nn.functional.cosine_similarity(batched[slot: slot + 1], ref).item() > 0.999
