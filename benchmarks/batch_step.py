@@ -68,12 +68,14 @@ def main() -> None:
     ap.add_argument("--batches", default="1,4,16")
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--head", default="auto", help="output head format (auto: int8)")
+    ap.add_argument("--activations", default="auto", help="int4 layers' activations: auto, bf16, int8")
     ap.add_argument("--prefill", default="32,128,512", help="prompt lengths to time the prefill of")
     ap.add_argument("--dense-prefill", action="store_true", help="prompt chunks through a bf16 copy of the weights")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "batch_step.json"))
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    engine = Engine.load(device="cpu", num_slots=max(batches), head=args.head, dense_prefill=args.dense_prefill)
+    engine = Engine.load(device="cpu", num_slots=max(batches), head=args.head, dense_prefill=args.dense_prefill,
+                         activations=args.activations)
     step_ms(engine, 1, 4)  # warm-up
     rows = []
     print(f"{'rows':>4} {'ms/step':>8} {'tok/s':>7} {'vs 1 row':>8}")
@@ -88,18 +90,20 @@ def main() -> None:
         print(f"{n:6d} tokens {prefill[n]:8.1f} ms {n * 1000 / prefill[n]:7.0f} tok/s")
     # The kernels behind it, weights hot in cache (so a floor, not the in-model cost).
     torch.manual_seed(0)
-    kernels = {"int4 3072x576 (gate/up)": Int4Linear.from_float(torch.randn(3072, 576) * 0.02),
+    acts = engine.activations
+    kernels = {f"int4 3072x576 (gate/up, {acts})": Int4Linear.from_float(torch.randn(3072, 576) * 0.02, acts),
                "int8 49152x576 (head)": Int8Linear(torch.randn(49152, 576) * 0.02),
-               "int4 49152x576 (--head int4)": Int4Linear.from_float(torch.randn(49152, 576) * 0.02)}
+               f"int4 49152x576 (--head int4, {acts})": Int4Linear.from_float(torch.randn(49152, 576) * 0.02, acts)}
     micro = {}
-    print(f"\n{'kernel':30s} " + " ".join(f"{f'{b} rows':>10s}" for b in batches))
+    print(f"\n{'kernel':36s} " + " ".join(f"{f'{b} rows':>10s}" for b in batches))
     for name, lin in kernels.items():
         micro[name] = {b: kernel_us(lin, b, 576, n=20 if "49152" in name else 100) for b in batches}
-        print(f"{name:30s} " + " ".join(f"{micro[name][b]:8.0f}us" for b in batches))
+        print(f"{name:36s} " + " ".join(f"{micro[name][b]:8.0f}us" for b in batches))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(machine=platform.machine(), processor=platform.processor(),
                                    threads=torch.get_num_threads(), torch=torch.__version__, head=args.head,
+                                   activations=engine.activations,
                                    dense_prefill=args.dense_prefill, steps=rows, prefill_ms=prefill, kernels_us=micro,
                                    time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), indent=2))
     print(f"wrote {out}")

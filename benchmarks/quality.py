@@ -17,14 +17,16 @@ from generator.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_log
 
 FORMATS = {"fp32": dict(dtype="float32", quant="none"), "bf16": dict(dtype="bfloat16", quant="none"),
            "int8": dict(dtype="auto", quant="int8"), "int4": dict(dtype="auto", quant="int4"),
+           "int4-bf16act": dict(dtype="auto", quant="int4", activations="bf16"),
            "int4-head4": dict(dtype="auto", quant="int4", head="int4"),
            "int4-dense-prefill": dict(dtype="auto", quant="int4", dense_prefill=True)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--formats", default="fp32,bf16,int8,int4,int4-head4",
-                    help="int4: int4 body, int8 head (as the GGUF); int4-head4: the head in int4 too (--head int4)")
+    ap.add_argument("--formats", default="fp32,bf16,int8,int4,int4-bf16act,int4-head4",
+                    help="int4: int4 body, int8 head (as the GGUF), activations auto (int8 with AVX512_VNNI); "
+                         "int4-bf16act: the same with bf16 activations; int4-head4: the head in int4 too (--head int4)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality.json"))
     args = ap.parse_args()

@@ -120,36 +120,64 @@ def available() -> bool:
                         detail.decode(errors="replace")[-500:])
             return False
         # Shapes for the compiler (it traces the ops without running them).
-        torch.library.register_fake("tokenflow::int4_mm")(_fake_mm)
-        torch.library.register_fake("tokenflow::int8_mm")(_fake_mm)
+        torch.library.register_fake("tokenflow::int4_mm")(_fake_int4_mm)
+        torch.library.register_fake("tokenflow::int4_q8_mm")(_fake_int4_mm)
+        torch.library.register_fake("tokenflow::int8_mm")(_fake_int8_mm)
         torch.library.register_fake("tokenflow::rms_norm")(lambda x, weight, eps: torch.empty_like(x))
+        torch.library.register_fake("tokenflow::silu_mul")(
+            lambda gu: gu.new_empty(*gu.shape[:-1], gu.shape[-1] // 2))
         torch.library.register_fake("tokenflow::decode_attention")(
             lambda q, k_cache, v_cache, slots, lengths, scale: torch.empty_like(q))
         _loaded = True
         return True
 
 
-def _fake_mm(x: torch.Tensor, codes: torch.Tensor, _scales: torch.Tensor) -> torch.Tensor:
+def int8_activations() -> bool:
+    """Whether ``int4_q8_mm`` (int8 activations, AVX512_VNNI) can run here."""
+    return available() and "avx512_vnni" in _cpu_flags()
+
+
+def _fake_int4_mm(x: torch.Tensor, codes: torch.Tensor, _sz: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], codes.shape[0] * 16)
+
+
+def _fake_int8_mm(x: torch.Tensor, codes: torch.Tensor, _scales: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape[0], codes.shape[0] * 32)
 
 
 def pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's layout of int4 codes ``[N, K]`` (0..15) with per-group ``scale`` and
     ``zero`` ``[N, K // 32]`` (rounded to bf16, as in PyTorch's kernel): ``(codes
-    [N/32, K/2, 32] uint8, sz [N/32, K/32, 64] bf16)``. See ``int4_gemm.c`` for the bytes."""
+    [N/16, K/4, 32] uint8, sz [N/16, K/32, 32] bf16)``. See ``int4_gemm.c`` for the bytes."""
     n, k = codes.shape
-    if n % 32 or k % GROUP:
-        raise ValueError(f"the int4 kernel needs N and K multiples of 32, got {n} x {k}")
-    c = codes.to(torch.uint8).view(n // 32, 2, 16, k // 2, 2)  # block, half, channel, pair, input
-    packed = (c[..., 0] | (c[..., 1] << 4)).permute(0, 3, 1, 2).reshape(n // 32, k // 2, 32).contiguous()
-    s = scale.to(torch.bfloat16).view(n // 32, 32, k // GROUP).transpose(1, 2)
-    z = zero.to(torch.bfloat16).view(n // 32, 32, k // GROUP).transpose(1, 2)
+    if n % 16 or k % GROUP:
+        raise ValueError(f"the int4 kernel needs N a multiple of 16 and K of {GROUP}, got {n} x {k}")
+    c = codes.to(torch.uint8).view(n // 16, 16, k // 4, 2, 2)  # block, channel, quad, pair, input
+    packed = (c[:, :, :, 0] | (c[:, :, :, 1] << 4)).permute(0, 2, 1, 3).reshape(n // 16, k // 4, 32).contiguous()
+    s = scale.to(torch.bfloat16).view(n // 16, 16, k // GROUP).transpose(1, 2)
+    z = zero.to(torch.bfloat16).view(n // 16, 16, k // GROUP).transpose(1, 2)
     return packed, torch.cat((s, z), dim=-1).contiguous()
 
 
 def int4_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
     """``x [M, K]`` bf16 (on the CPU) times a packed int4 weight (``pack``) -> ``[M, N]`` bf16."""
     return torch.ops.tokenflow.int4_mm(x, codes, sz)
+
+
+def pack_q8(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like ``pack``, for the int8-activation kernel (``int4_q8_mm``): codes ``[N/16, K/8, 64]``
+    uint8, four inputs of a channel a 32-bit lane; ``sz`` as ``pack``'s."""
+    n, k = codes.shape
+    packed, sz = pack(codes, scale, zero)  # checks the shape
+    c = codes.to(torch.uint8).view(n // 16, 16, k // 8, 2, 4)  # block, channel, octet, half, input
+    q8 = (c[:, :, :, 0] | (c[:, :, :, 1] << 4)).permute(0, 2, 1, 3).reshape(n // 16, k // 8, 64).contiguous()
+    return q8, sz
+
+
+def int4_q8_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
+    """``int4_mm`` with ``x`` rounded to int8 per row and group of 32 first (AVX512_VNNI:
+    64 products an instruction where bf16 does 32); codes from ``pack_q8``."""
+    return torch.ops.tokenflow.int4_q8_mm(x, codes, sz)
 
 
 def pack_int8(q: torch.Tensor) -> torch.Tensor:
@@ -172,6 +200,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     of ``k_cache``/``v_cache [slots, kv_heads, len, D]``, the first ``lengths[b]``
     positions of each: float32 scores, softmax and sums, bf16 ``[B, heads, D]``."""
     return torch.ops.tokenflow.decode_attention(q, k_cache, v_cache, slots, lengths, scale)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of bf16 ``gate_up = [gate | up]`` (``[..., 2I]`` -> ``[..., I]``),
+    rounded to bf16 after each op as the eager forward does, in one op."""
+    return torch.ops.tokenflow.silu_mul(gate_up)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

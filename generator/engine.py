@@ -14,7 +14,7 @@ from .batch import BatchGenerator
 from .events import TokenEvent
 from .fastmodel import FastLlama, supports
 from .loading import ModelLoadError, load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
-from .quant import QUANTS, has_q4_1
+from .quant import QUANTS, has_q4_1, resolve_activations
 from .runner import FastRunner, HFRunner, compile_enabled
 
 Prompt = str | list[int]
@@ -26,7 +26,7 @@ class Engine:
     def __init__(self, model, tokenizer, gguf_path: Path | None = None, name: str = "tokenflow",
                  quant: str = "none", dtype: torch.dtype | None = None, compile: bool | None = None,
                  num_slots: int = 8, max_len: int = 2048, prefill_chunk: int = 256, head: str = "auto",
-                 dense_prefill: bool = False):
+                 dense_prefill: bool = False, activations: str = "auto"):
         """Wrap a loaded HF model. Llama models run on ``FastLlama`` (static slot cache,
         ``quant`` weights, compiled decode step); others on the ``HFRunner`` fallback."""
         if quant not in QUANTS:
@@ -43,9 +43,14 @@ class Engine:
         max_len = min(max_len, model_ctx)
         dtype = dtype or next(model.parameters()).dtype
         if supports(model):
+            if quant == "int4":
+                try:
+                    activations = resolve_activations(activations)
+                except ValueError as exc:
+                    raise ModelLoadError(str(exc)) from None
             fast = FastLlama.from_hf(model, quant=quant, dtype=dtype, gguf_path=gguf_path,
                                      num_slots=num_slots, max_len=max_len, head=head,
-                                     dense_prefill=dense_prefill)
+                                     dense_prefill=dense_prefill, activations=activations)
             self.runner = FastRunner(fast, compile=compile, prefill_chunk=prefill_chunk)
         elif quant != "none":
             raise ModelLoadError(f"quant={quant!r} needs a Llama-architecture model, "
@@ -53,6 +58,8 @@ class Engine:
         else:
             self.runner = HFRunner(model, num_slots=num_slots, max_len=max_len)
         self.quant = quant
+        # What int4 layers multiply their codes by: "bf16" or "int8" (quant.resolve_activations).
+        self.activations = getattr(getattr(self.runner, "model", None), "activations", "bf16")
         self.device = self.runner.device
         self.dtype = self.runner.dtype  # the activations' dtype
         self.context_length = self.runner.max_len
@@ -73,7 +80,9 @@ class Engine:
         ``runner_options``: ``num_slots``, ``max_len``, ``prefill_chunk``, ``head`` (the output
         head's format: ``auto`` = int8 with an int format, else dense; ``int8``, ``int4``, ``none``),
         ``dense_prefill`` (off by default: quantized layers keep a bf16 copy of their weights
-        for prompt chunks, about 2x faster prefill at the cost of a second rounding)."""
+        for prompt chunks, about 2x faster prefill at the cost of a second rounding),
+        ``activations`` (int4 layers: ``auto`` = int8 where the CPU has AVX512_VNNI, else
+        bf16; ``$TOKENFLOW_ACTIVATIONS`` overrides auto; see ``quant.resolve_activations``)."""
         dev = pick_device(device)
         source, gguf = resolve_model(model)
         torch_dtype = pick_dtype(dtype, dev)

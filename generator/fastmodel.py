@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from . import cpukernel
-from .quant import HEAD_DENSE_MIN_ROWS, QUANTS, DenseLinear, GGUFQ4Source, Int4Linear, Int8Linear, make_linear
+from .quant import (HEAD_DENSE_MIN_ROWS, QUANTS, DenseLinear, GGUFQ4Source, Int4Linear, Int8Linear, make_linear,
+                    resolve_activations)
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 # Without our attention kernel: from this many rows on, a one-token step computes attention
@@ -61,6 +62,7 @@ class FastLlama(nn.Module):
                  lm_head: nn.Module, dtype: torch.dtype, num_slots: int, max_len: int):
         super().__init__()
         self.dtype = dtype
+        self.activations = "bf16"  # what the int4 layers multiply by (from_hf sets it)
         self.n_head = config.num_attention_heads
         self.n_kv = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_head
@@ -89,7 +91,7 @@ class FastLlama(nn.Module):
     @classmethod
     def from_hf(cls, model, quant: str = "none", dtype: torch.dtype = torch.float32,
                 gguf_path: Path | None = None, num_slots: int = 8, max_len: int = 2048,
-                head: str = "auto", dense_prefill: bool = False) -> "FastLlama":
+                head: str = "auto", dense_prefill: bool = False, activations: str = "auto") -> "FastLlama":
         """Take the weights of an HF ``LlamaForCausalLM``; with ``quant="int4"`` and a
         GGUF whose projections are Q4_1, the int4 codes come from the GGUF's blocks.
         ``head``: the output head's format, ``none`` (dense), ``int8``, ``int4``, or ``auto``:
@@ -98,8 +100,11 @@ class FastLlama(nn.Module):
         kernel computes with, used for prompt chunks of ``quant.DENSE_MIN_ROWS`` tokens
         or more (prefill about 2x faster; +214 MB for the default model). Off by
         default: rounding the dequantized weights to bf16 is a second rounding, and
-        greedy agreement with float32 drops (see the README)."""
+        greedy agreement with float32 drops (see the README).
+        ``activations``: what the int4 layers multiply their codes by, ``bf16`` or ``int8``
+        (``quant.resolve_activations``; ``auto``: int8 where the CPU has AVX512_VNNI)."""
         cfg = model.config
+        acts = resolve_activations(activations) if quant == "int4" else "bf16"
         sd = {k: v.detach() for k, v in model.state_dict().items()}
         gguf = None
         if quant == "int4" and gguf_path is not None:
@@ -112,9 +117,9 @@ class FastLlama(nn.Module):
 
             def linear(names: list[str]) -> nn.Module:
                 if gguf is not None and all(gguf.has_q4_1(i, n) for n in names):
-                    return gguf.int4(i, names)
+                    return gguf.int4(i, names, acts)
                 w = torch.cat([sd[p + n + ".weight"] for n in names])
-                return make_linear(w, quant, dtype)
+                return make_linear(w, quant, dtype, acts)
 
             layers.append(Layer(
                 qkv=linear(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
@@ -141,14 +146,23 @@ class FastLlama(nn.Module):
                 for lin in (layer.qkv, layer.o, layer.gate_up, layer.down):
                     if isinstance(lin, (Int4Linear, Int8Linear)):
                         lin.keep_dense()
-        return cls(cfg, embed, layers, sd["model.norm.weight"], lm_head, dtype, num_slots, max_len)
+        fast = cls(cfg, embed, layers, sd["model.norm.weight"], lm_head, dtype, num_slots, max_len)
+        fast.activations = acts
+        return fast
 
     # -- the forward --------------------------------------------------------
+    @staticmethod
+    def _our_eager_op(x: torch.Tensor, width_multiple: int = 16) -> bool:
+        """Whether an elementwise step on ``x`` runs as one op of ours (cpukernel): eagerly,
+        on bf16 CPU tensors with rows a multiple of ``width_multiple`` wide. The compiled
+        step fuses PyTorch's ops itself."""
+        return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+                and x.shape[-1] % width_multiple == 0 and cpukernel.available())
+
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.compiler.is_compiling()
-                and x.shape[-1] % 16 == 0 and cpukernel.available()):
-            # Eagerly, one op of ours instead of nine, the same bits but for a rare 1-unit
-            # rounding of the scale (another summation order); the compiler fuses the nine itself.
+        if self._our_eager_op(x):
+            # One op instead of nine, the same bits but for a rare 1-unit rounding of the
+            # scale (another summation order).
             return cpukernel.rms_norm(x, weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -216,8 +230,13 @@ class FastLlama(nn.Module):
                 attn = self._cached_attention(layer, q, read, kv_len, visible, mask, reduce_attention)
             x = x + layer.o(attn)
             h = self._norm(x, layer.mlp_norm)
-            gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = x + layer.down(torch.nn.functional.silu(gate) * up)
+            gate_up = layer.gate_up(h)
+            if self._our_eager_op(gate_up, 32):  # one op instead of three, the same bits
+                act = cpukernel.silu_mul(gate_up)
+            else:
+                gate, up = gate_up.chunk(2, dim=-1)
+                act = torch.nn.functional.silu(gate) * up
+            x = x + layer.down(act)
         if last_at is not None:
             x = x[torch.arange(b, device=x.device), last_at]
         elif last_only:

@@ -7,10 +7,15 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <vector>
+
 extern "C" int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                           const uint16_t *sz, uint16_t *y);
+extern "C" int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+                             const uint16_t *sz, uint16_t *y);
 extern "C" int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
                           const uint16_t *scales, uint16_t *y);
+extern "C" int tf_silu_mul(const uint16_t *gu, int64_t R, int64_t I, uint16_t *y);
 extern "C" int tf_rms_norm(const uint16_t *x, const float *w, int64_t R, int64_t D, float eps, uint16_t *y);
 extern "C" int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
                                    const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t S,
@@ -18,28 +23,42 @@ extern "C" int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, c
 
 namespace {
 
-at::Tensor prepare(const at::Tensor &x, const at::Tensor &codes, int64_t rows_per_code) {
+// The output for x [M, K] and codes packed as [N / block, K / inputs_per_code, ...].
+at::Tensor prepare(const at::Tensor &x, const at::Tensor &codes, int64_t block, int64_t inputs_per_code) {
     TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x must be a 2-D bf16 tensor");
     TORCH_CHECK(codes.dim() == 3 && codes.is_contiguous(), "codes must be packed by cpukernel");
-    TORCH_CHECK(codes.size(1) * rows_per_code == x.size(1), "x has ", x.size(1), " inputs, the weight ",
-                codes.size(1) * rows_per_code);
-    return at::empty({x.size(0), codes.size(0) * 32}, x.options());
+    TORCH_CHECK(codes.size(1) * inputs_per_code == x.size(1), "x has ", x.size(1), " inputs, the weight ",
+                codes.size(1) * inputs_per_code);
+    return at::empty({x.size(0), codes.size(0) * block}, x.options());
 }
 
-at::Tensor int4_mm(const at::Tensor &x_in, const at::Tensor &codes, const at::Tensor &sz) {
+using int4_kernel = int (*)(const uint16_t *, int64_t, int64_t, int64_t, const uint8_t *, const uint16_t *,
+                             uint16_t *);
+
+at::Tensor run_int4(int4_kernel kernel, int64_t inputs_per_code, const at::Tensor &x_in, const at::Tensor &codes,
+                    const at::Tensor &sz) {
     const at::Tensor x = x_in.contiguous();
-    at::Tensor y = prepare(x, codes, 2);
+    at::Tensor y = prepare(x, codes, 16, inputs_per_code);
     TORCH_CHECK(sz.is_contiguous() && sz.scalar_type() == at::kBFloat16, "sz must be packed by cpukernel");
-    const int rc = tf_int4_mm(static_cast<const uint16_t *>(x.data_ptr()), x.size(0), x.size(1), y.size(1),
-                              static_cast<const uint8_t *>(codes.data_ptr()),
-                              static_cast<const uint16_t *>(sz.data_ptr()), static_cast<uint16_t *>(y.data_ptr()));
+    const int rc = kernel(static_cast<const uint16_t *>(x.data_ptr()), x.size(0), x.size(1), y.size(1),
+                          static_cast<const uint8_t *>(codes.data_ptr()), static_cast<const uint16_t *>(sz.data_ptr()),
+                          static_cast<uint16_t *>(y.data_ptr()));
+    TORCH_CHECK(rc != -3, "int4 kernel: int8 activations need AVX512_VNNI, which this build lacks");
     TORCH_CHECK(rc == 0, "int4 kernel failed (", rc, ")");
     return y;
 }
 
+at::Tensor int4_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &sz) {
+    return run_int4(tf_int4_mm, 4, x, codes, sz);
+}
+
+at::Tensor int4_q8_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &sz) {
+    return run_int4(tf_int4_q8_mm, 8, x, codes, sz);
+}
+
 at::Tensor int8_mm(const at::Tensor &x_in, const at::Tensor &codes, const at::Tensor &scales) {
     const at::Tensor x = x_in.contiguous();
-    at::Tensor y = prepare(x, codes, 2);
+    at::Tensor y = prepare(x, codes, 32, 2);
     TORCH_CHECK(scales.is_contiguous() && scales.scalar_type() == at::kBFloat16 && scales.numel() == y.size(1),
                 "scales must be bf16, one per output channel");
     const int rc = tf_int8_mm(static_cast<const uint16_t *>(x.data_ptr()), x.size(0), x.size(1), y.size(1),
@@ -65,7 +84,7 @@ at::Tensor decode_attention(const at::Tensor &q_in, const at::Tensor &k_cache, c
         static_cast<const uint16_t *>(v_cache.data_ptr()), slots.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(),
         q.size(0), q.size(1), k_cache.size(0), k_cache.size(1), k_cache.size(2), q.size(2),
         static_cast<float>(scale), static_cast<uint16_t *>(out.data_ptr()));
-    TORCH_CHECK(rc != -8, "attention kernel: head_dim must be a multiple of 16 (at most 256), heads of kv_heads");
+    TORCH_CHECK(rc != -8, "attention kernel: head_dim must be a multiple of 16 (at most 256), heads a multiple of kv_heads (at most 16 per kv head)");
     TORCH_CHECK(!(-rc & 1), "attention kernel: lengths must be 1 .. cache length");
     TORCH_CHECK(!(-rc & 2), "attention kernel: slot out of range");
     TORCH_CHECK(rc == 0, "attention kernel failed (", rc, ")");
@@ -86,18 +105,36 @@ at::Tensor rms_norm(const at::Tensor &x_in, const at::Tensor &weight_in, double 
     return y;
 }
 
+at::Tensor silu_mul(const at::Tensor &gu_in) {
+    const at::Tensor gu = gu_in.contiguous();
+    TORCH_CHECK(gu.scalar_type() == at::kBFloat16 && gu.dim() >= 1 && gu.size(-1) % 32 == 0,
+                "silu_mul needs bf16 [..., 2 * I] with I a multiple of 16");
+    std::vector<int64_t> shape(gu.sizes().begin(), gu.sizes().end());
+    const int64_t width = shape.back() / 2;
+    shape.back() = width;
+    at::Tensor y = at::empty(shape, gu.options());
+    const int rc = tf_silu_mul(static_cast<const uint16_t *>(gu.data_ptr()), width ? gu.numel() / (2 * width) : 0,
+                               width, static_cast<uint16_t *>(y.data_ptr()));
+    TORCH_CHECK(rc == 0, "silu_mul kernel failed (", rc, ")");
+    return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tokenflow, m) {
     m.def("int4_mm(Tensor x, Tensor codes, Tensor sz) -> Tensor");
+    m.def("int4_q8_mm(Tensor x, Tensor codes, Tensor sz) -> Tensor");
     m.def("int8_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
     m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+    m.def("silu_mul(Tensor gate_up) -> Tensor");
     m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor lengths, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tokenflow, CPU, m) {
     m.impl("int4_mm", &int4_mm);
+    m.impl("int4_q8_mm", &int4_q8_mm);
     m.impl("int8_mm", &int8_mm);
     m.impl("decode_attention", &decode_attention);
     m.impl("rms_norm", &rms_norm);
+    m.impl("silu_mul", &silu_mul);
 }

@@ -18,6 +18,7 @@ quantized formats compute in bfloat16.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,29 @@ DENSE_MIN_ROWS = 32
 # (49152 x 576) at 16 rows, a bf16 GEMM 5.8 ms (3.0 vs 4.1 ms at 4 rows); so then an int8
 # head keeps a bf16 copy for batches of 8+ rows. (cpukernel's int8 kernel: 2.7 ms.)
 HEAD_DENSE_MIN_ROWS = 8
+
+
+ACTIVATIONS = ("auto", "bf16", "int8")
+
+
+def resolve_activations(name: str | None = "auto") -> str:
+    """``bf16`` or ``int8``: what int4 layers multiply their codes by (``Int4Linear``).
+
+    ``auto``: ``$TOKENFLOW_ACTIVATIONS`` when set, else ``int8`` where our VNNI kernel runs
+    (``cpukernel.int8_activations()``), else ``bf16``. int8 is the arithmetic llama.cpp
+    uses for this GGUF's Q4_1 layers (its Q8_1 activations): 64 products an instruction
+    instead of 32, 1.45x faster at 16 rows here; the README's quality table compares both."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        name = os.environ.get("TOKENFLOW_ACTIVATIONS", "").strip().lower() or "auto"
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activations {name!r}; choose from {', '.join(ACTIVATIONS)}")
+    if name == "auto":
+        return "int8" if cpukernel.int8_activations() else "bf16"
+    if name == "int8" and not cpukernel.int8_activations():
+        raise ValueError("int8 activations need tokenflow's kernels on a CPU with AVX512_VNNI and AVX512_BF16; "
+                         "use activations='bf16'")
+    return name
 
 
 class _DenseForLongInputs(nn.Module):
@@ -110,9 +134,13 @@ class Int8Linear(_DenseForLongInputs):
 
 class Int4Linear(_DenseForLongInputs):
     """4-bit codes ``[N, K]`` (0..15) in groups of 32 along K, packed for the CPU
-    kernel, with per-group scale and zero point; bf16 activations."""
+    kernel, with per-group scale and zero point; bf16 activations in and out.
 
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
+    ``activations`` (``resolve_activations``): what our kernel multiplies the codes by,
+    the bf16 inputs as they are (``bf16``) or rounded to int8 per row and group of 32
+    (``int8``, AVX512_VNNI). PyTorch's kernel, where ours cannot run, takes bf16."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, activations: str = "bf16"):
         # codes: int32 [N, K]; scale, zero: float [N, K // 32] with w = (q - 8) * scale + zero
         super().__init__()
         n, k = codes.shape
@@ -128,8 +156,10 @@ class Int4Linear(_DenseForLongInputs):
         # is available (faster than PyTorch's at every batch size here). PyTorch's packing
         # above is then read only by ``dequantized`` (tests, the dense copies): kept twice.
         codes_k = sz_k = None
-        if cpukernel.available() and n % 32 == 0:
-            codes_k, sz_k = cpukernel.pack(codes, scale, zero)
+        self.activations = resolve_activations(activations)
+        if cpukernel.available() and n % 16 == 0:
+            pack = cpukernel.pack_q8 if self.activations == "int8" else cpukernel.pack
+            codes_k, sz_k = pack(codes, scale, zero)
         self.register_buffer("codes", codes_k, persistent=False)
         self.register_buffer("sz", sz_k, persistent=False)
 
@@ -139,7 +169,8 @@ class Int4Linear(_DenseForLongInputs):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if _our_kernel(self, x):
-            y = cpukernel.int4_mm(x2, self.codes, self.sz)
+            kernel = cpukernel.int4_q8_mm if self.activations == "int8" else cpukernel.int4_mm
+            y = kernel(x2, self.codes, self.sz)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, GROUP, self.scales_zeros)
         return y.view(*shape[:-1], -1)
@@ -153,7 +184,7 @@ class Int4Linear(_DenseForLongInputs):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, GROUP, self.scales_zeros).float().T[:n]
 
     @classmethod
-    def from_float(cls, weight: torch.Tensor) -> "Int4Linear":
+    def from_float(cls, weight: torch.Tensor, activations: str = "bf16") -> "Int4Linear":
         """Asymmetric min/max int4 quantization of a float weight (used when no GGUF
         Q4_1 blocks are available, e.g. a plain HF folder)."""
         w = weight.float()
@@ -162,7 +193,7 @@ class Int4Linear(_DenseForLongInputs):
         lo, hi = g.amin(dim=-1), g.amax(dim=-1)
         scale = ((hi - lo) / 15.0).clamp(min=1e-8)
         codes = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).view(n, k)
-        return cls(codes.to(torch.int32), scale, lo + 8 * scale)
+        return cls(codes.to(torch.int32), scale, lo + 8 * scale, activations)
 
     @classmethod
     def from_q4_1(cls, blocks: np.ndarray, n: int, k: int) -> "Int4Linear":
@@ -226,13 +257,13 @@ class GGUFQ4Source:
             data = data[_unpermute_rows(n, heads).numpy()]
         return data, n, k
 
-    def int4(self, layer: int, names: list[str]) -> Int4Linear:
+    def int4(self, layer: int, names: list[str], activations: str = "bf16") -> Int4Linear:
         """One int4 linear for the rows of several projections stacked (fused q/k/v, gate/up)."""
         parts = [unpack_q4_1(*self.blocks(layer, name)) for name in names]
         codes = torch.cat([p[0] for p in parts])
         d = torch.cat([p[1] for p in parts])
         m = torch.cat([p[2] for p in parts])
-        return Int4Linear(codes, d, m + 8 * d)
+        return Int4Linear(codes, d, m + 8 * d, activations)
 
 
 def has_q4_1(path: Path) -> bool:
@@ -247,10 +278,10 @@ def has_q4_1(path: Path) -> bool:
     return bool(kinds) and all(k == GGMLQuantizationType.Q4_1 for k in kinds)
 
 
-def make_linear(weight: torch.Tensor, quant: str, dtype: torch.dtype) -> nn.Module:
+def make_linear(weight: torch.Tensor, quant: str, dtype: torch.dtype, activations: str = "bf16") -> nn.Module:
     """A linear layer of ``weight`` in the given format (int4 from float: min/max)."""
     if quant == "int8":
         return Int8Linear(weight)
     if quant == "int4":
-        return Int4Linear.from_float(weight)
+        return Int4Linear.from_float(weight, activations)
     return DenseLinear(weight.to(dtype))

@@ -69,7 +69,8 @@ async def _load(app: FastAPI, engine) -> None:
             def load():
                 return Engine.load(settings.model, settings.device, settings.dtype, quant=settings.quant,
                                    head=settings.head, dense_prefill=settings.dense_prefill,
-                                   compile=settings.compile, num_slots=settings.max_active)
+                                   activations=settings.activations, compile=settings.compile,
+                                   num_slots=settings.max_active)
 
             host = state.worker_host  # all torch work on one thread: see WorkerHost
             engine = await (asyncio.wrap_future(host.submit(load)) if host is not None else asyncio.to_thread(load))

@@ -69,7 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         max_prompt_tokens=args.max_prompt_tokens, max_total_tokens=args.max_total_tokens,
                         stall_timeout_s=args.stall_timeout, compile=getattr(args, "compile", None),
                         quant=getattr(args, "quant", "auto"), head=getattr(args, "head", "auto"),
-                        dense_prefill=getattr(args, "dense_prefill", False))
+                        dense_prefill=getattr(args, "dense_prefill", False),
+                        activations=getattr(args, "activations", "auto"))
     server = uvicorn.Server(uvicorn.Config(None, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=5))
 

@@ -32,6 +32,7 @@ class Settings:
     quant: str = "auto"  # weight-only quantization (see Engine.load)
     head: str = "auto"  # the output head's format (see Engine.load)
     dense_prefill: bool = False  # bf16 copy of quantized weights for prompt chunks (see Engine.load)
+    activations: str = "auto"  # int4 layers: int8 (VNNI) or bf16 inputs (see Engine.load)
     compile: bool | None = None  # the compiled decode step; None: the TOKENFLOW_COMPILE switch
     model_name: str = "tokenflow"  # the id that /v1/models lists and requests name
     api_key: str | None = field(default_factory=lambda: os.environ.get("TOKENFLOW_API_KEY") or None)

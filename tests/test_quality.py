@@ -5,7 +5,7 @@ perplexity of a fixed text."""
 import pytest
 import torch
 
-from generator import Engine
+from generator import Engine, cpukernel
 from generator.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_logprob, perplexity
 from generator.quant import GGUFQ4Source, Int4Linear, dequantize_q4_1
 
@@ -38,13 +38,29 @@ def test_int4_weights_are_the_ggufs_own(default_engine, int4_engine):
         assert err.mean() <= 2 ** -9 * ref.abs().mean() * 2, float(err.mean())
 
 
-def test_int4_perplexity_and_greedy_agreement(default_engine, int4_engine):
+def test_int4_perplexity_and_greedy_agreement_bf16_activations(default_engine):
+    engine = Engine.load(device="cpu", quant="int4", compile=False, activations="bf16")
+    assert engine.activations == "bf16"
+    ref_ppl = perplexity(mean_logprob(default_engine))
+    ppl = perplexity(mean_logprob(engine))
+    assert ppl <= ref_ppl * 1.02, (ppl, ref_ppl)
+    agree = [agreement(greedy_ids(engine, p, 64), greedy_ids(default_engine, p, 64)) for p in AGREEMENT_PROMPTS]
+    # Measured [29, 17, 6, 31, 64, 41]: where a run leaves float32's is a near-tie that any
+    # change of rounding moves (bf16 activations alone diverge on the third prompt at token 6).
+    assert sum(agree) / len(agree) >= 16 and max(agree) == 64, agree
+
+
+@pytest.mark.skipif(not cpukernel.int8_activations(), reason="int8 activations need AVX512_VNNI and our kernels")
+def test_int4_perplexity_and_greedy_agreement_int8_activations(default_engine, int4_engine):
+    """The default where the CPU has VNNI: inputs of the int4 layers rounded to int8 per
+    row and group of 32 (as llama.cpp does for this GGUF). Perplexity stays within 2% of
+    float32; greedy runs follow it as far as with bf16 activations (and plain bf16 weights)."""
+    assert int4_engine.activations == "int8"
     ref_ppl = perplexity(mean_logprob(default_engine))
     ppl = perplexity(mean_logprob(int4_engine))
-    assert ppl <= ref_ppl * 1.02, (ppl, ref_ppl)
-    agree = [agreement(greedy_ids(int4_engine, p, 64), greedy_ids(default_engine, p, 64))
-             for p in AGREEMENT_PROMPTS[:3]]
-    # Measured [64, 17, 6]: bf16 activations alone diverge on the third prompt at token 6.
+    assert abs(ppl / ref_ppl - 1) <= 0.02, (ppl, ref_ppl)
+    agree = [agreement(greedy_ids(int4_engine, p, 64), greedy_ids(default_engine, p, 64)) for p in AGREEMENT_PROMPTS]
+    # Measured [64, 59, 6, 23, 19, 41] (mean 35.3); bf16 activations: [29, 17, 6, 31, 64, 41].
     assert sum(agree) / len(agree) >= 16 and max(agree) == 64, agree
 
 

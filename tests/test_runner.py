@@ -236,8 +236,10 @@ def test_dense_prefill_copy_is_used_for_long_chunks_only(tiny_hf, quant):
     packed kernel, bit for bit."""
     from generator.quant import DENSE_MIN_ROWS
 
-    packed = FastLlama.from_hf(tiny_hf, quant=quant, num_slots=1, max_len=64)
-    dense = FastLlama.from_hf(tiny_hf, quant=quant, num_slots=1, max_len=64, dense_prefill=True)
+    # bf16 activations: the copy stands for exactly what the bf16 kernel computes with.
+    packed = FastLlama.from_hf(tiny_hf, quant=quant, num_slots=1, max_len=64, activations="bf16")
+    dense = FastLlama.from_hf(tiny_hf, quant=quant, num_slots=1, max_len=64, dense_prefill=True,
+                              activations="bf16")
     lin_p, lin_d = packed.layers[0].gate_up, dense.layers[0].gate_up
     assert getattr(lin_p, "dense", None) is None
     torch.testing.assert_close(lin_d.dense.float(), lin_d.dequantized(), atol=0, rtol=2 ** -8)
