@@ -123,6 +123,7 @@ def available() -> bool:
         torch.library.register_fake("tokenflow::int4_mm")(_fake_int4_mm)
         torch.library.register_fake("tokenflow::int4_q8_mm")(_fake_int4_mm)
         torch.library.register_fake("tokenflow::int8_mm")(_fake_int8_mm)
+        torch.library.register_fake("tokenflow::int8_q8_mm")(_fake_int4_mm)
         torch.library.register_fake("tokenflow::rms_norm")(lambda x, weight, eps: torch.empty_like(x))
         torch.library.register_fake("tokenflow::silu_mul")(
             lambda gu: gu.new_empty(*gu.shape[:-1], gu.shape[-1] // 2))
@@ -187,6 +188,23 @@ def pack_int8(q: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"the int8 kernel needs N a multiple of 32 and K even, got {n} x {k}")
     c = q.to(torch.int8).view(n // 32, 2, 16, k // 2, 2)  # block, half, channel, pair, input
     return c.permute(0, 3, 1, 2, 4).reshape(n // 32, k // 2, 64).contiguous()
+
+
+def pack_int8_q8(q: torch.Tensor) -> torch.Tensor:
+    """int8 codes ``[N, K]`` for ``int8_q8_mm``: ``q + 128`` as uint8, ``[N/16, K/4, 64]``
+    (four inputs of a channel a 32-bit lane)."""
+    n, k = q.shape
+    if n % 16 or k % GROUP:
+        raise ValueError(f"the int8 kernel with int8 activations needs N a multiple of 16 and K of {GROUP}, "
+                         f"got {n} x {k}")
+    u = (q.to(torch.int16) + 128).to(torch.uint8).view(n // 16, 16, k // 4, 4)  # block, channel, quad, input
+    return u.permute(0, 2, 1, 3).reshape(n // 16, k // 4, 64).contiguous()
+
+
+def int8_q8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``int8_mm`` with ``x`` rounded to int8 per row and group of 32 first (AVX512_VNNI);
+    codes from ``pack_int8_q8``."""
+    return torch.ops.tokenflow.int8_q8_mm(x, codes, scales)
 
 
 def int8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

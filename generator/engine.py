@@ -43,11 +43,10 @@ class Engine:
         max_len = min(max_len, model_ctx)
         dtype = dtype or next(model.parameters()).dtype
         if supports(model):
-            if quant == "int4":
-                try:
-                    activations = resolve_activations(activations)
-                except ValueError as exc:
-                    raise ModelLoadError(str(exc)) from None
+            try:
+                activations = resolve_activations(activations)
+            except ValueError as exc:
+                raise ModelLoadError(str(exc)) from None
             fast = FastLlama.from_hf(model, quant=quant, dtype=dtype, gguf_path=gguf_path,
                                      num_slots=num_slots, max_len=max_len, head=head,
                                      dense_prefill=dense_prefill, activations=activations)

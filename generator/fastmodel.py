@@ -104,7 +104,8 @@ class FastLlama(nn.Module):
         ``activations``: what the int4 layers multiply their codes by, ``bf16`` or ``int8``
         (``quant.resolve_activations``; ``auto``: int8 where the CPU has AVX512_VNNI)."""
         cfg = model.config
-        acts = resolve_activations(activations) if quant == "int4" else "bf16"
+        # What the int4 layers and an int head multiply their codes by: bf16 or int8 inputs.
+        acts = resolve_activations(activations) if quant != "none" or head in ("int8", "int4") else "bf16"
         sd = {k: v.detach() for k, v in model.state_dict().items()}
         gguf = None
         if quant == "int4" and gguf_path is not None:
@@ -119,7 +120,9 @@ class FastLlama(nn.Module):
                 if gguf is not None and all(gguf.has_q4_1(i, n) for n in names):
                     return gguf.int4(i, names, acts)
                 w = torch.cat([sd[p + n + ".weight"] for n in names])
-                return make_linear(w, quant, dtype, acts)
+                # int8 activations for int4 layers only: with int8 weights quantized here from
+                # float, greedy agreement with float32 halved (README, quality table).
+                return make_linear(w, quant, dtype, acts if quant == "int4" else "bf16")
 
             layers.append(Layer(
                 qkv=linear(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
@@ -136,7 +139,7 @@ class FastLlama(nn.Module):
             head = "none" if quant == "none" else "int8"
         if head not in QUANTS:
             raise ValueError(f"unknown head format {head!r}; choose from auto, {', '.join(QUANTS)}")
-        lm_head = make_linear(head_w, head, dtype)
+        lm_head = make_linear(head_w, head, dtype, acts)
         if isinstance(lm_head, Int8Linear) and lm_head.codes is None:
             # Without our int8 kernel, batches of HEAD_DENSE_MIN_ROWS+ rows multiply by a bf16
             # copy of the same weights (+2 bytes a weight; PyTorch's kernel is compute-bound there).

@@ -232,31 +232,108 @@ DEFINE_Q8_TILE(8)
 static const tile_fn Q8_TILES[DP_TILE + 1] = {0, q8_tile_1, q8_tile_2, q8_tile_3, q8_tile_4,
                                               q8_tile_5, q8_tile_6, q8_tile_7, q8_tile_8};
 
+/* Rounds x [M, K] to int8 per row and group of 32 (step max|x| / 127, nearest even), with
+ * per (row, group) the step, the exact float32 sum of x and bias times the sum of the
+ * int8 codes, in one malloc'd block the caller frees (NULL: no memory). */
+typedef struct { int8_t *xq; float *xs, *xd; int32_t *xb; } q8_x;
+
+static void *quantize_rows(const uint16_t *x, int64_t M, int64_t K, int32_t bias, q8_x *out) {
+    const int64_t n = M * (K / GROUP);
+    char *buf = (char *)malloc(M * K + n * (2 * sizeof(float) + sizeof(int32_t)));
+    if (!buf) return NULL;
+    out->xq = (int8_t *)buf;
+    out->xs = (float *)(buf + M * K);
+    out->xd = out->xs + n;
+    out->xb = (int32_t *)(out->xd + n);
+    for (int64_t i = 0; i < n; i++) {
+        const __m512 v0 = bf16x16_to_ps(x + i * GROUP), v1 = bf16x16_to_ps(x + i * GROUP + 16);
+        out->xs[i] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
+        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
+        _mm_storeu_si128((__m128i *)(out->xq + i * GROUP), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(out->xq + i * GROUP + 16), _mm512_cvtepi32_epi8(q1));
+        out->xd[i] = amax / 127.f;
+        out->xb[i] = bias * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+    return buf;
+}
+
 /* x: bf16 [M, K]; codes (pack_q8), sz: as above; y: bf16 [M, N]. N % 16 == 0, K % 32 == 0. */
 int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                   const uint16_t *sz, uint16_t *y) {
     if (M <= 0 || N % 16 || K % GROUP) return -1;
-    const int64_t NG = K / GROUP, n = M * NG;
-    char *buf = (char *)malloc(M * K + n * (2 * sizeof(float) + sizeof(int32_t)));
+    q8_x q;
+    void *buf = quantize_rows(x, M, K, 8, &q);
     if (!buf) return -2;
-    int8_t *xq = (int8_t *)buf;
-    float *xs = (float *)(buf + M * K), *xd = xs + n;
-    int32_t *xb = (int32_t *)(xd + n);
-    for (int64_t i = 0; i < n; i++) {
-        const __m512 v0 = bf16x16_to_ps(x + i * GROUP), v1 = bf16x16_to_ps(x + i * GROUP + 16);
-        xs[i] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-        /* round to nearest even, as the float -> int conversion does by default */
-        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(inv)));
-        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)));
-        _mm_storeu_si128((__m128i *)(xq + i * GROUP), _mm512_cvtepi32_epi8(q0));
-        _mm_storeu_si128((__m128i *)(xq + i * GROUP + 16), _mm512_cvtepi32_epi8(q1));
-        xd[i] = d;
-        xb[i] = 8 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-    }
-    mm_args a = {(const uint32_t *)xq, xs, K, N, codes, sz, y, xd, xb};
+    mm_args a = {(const uint32_t *)q.xq, q.xs, K, N, codes, sz, y, q.xd, q.xb};
     run_tiles(&a, M, 16, Q8_TILES);
+    free(buf);
+    return 0;
+}
+
+/* ---- int8 weights x int8 activations (AVX512_VNNI): the output head ---------------
+ * One scale s per output channel, codes q in -127..127 stored as q + 128 (unsigned, for
+ * vpdpbusd's unsigned operand), x rounded to int8 per row and group of 32 as above:
+ *   y = s sum_g d_g (sum (q + 128) xq - 128 sum xq)
+ * Layout (cpukernel.pack_int8_q8): channels in blocks of 16; codes[b][o] is 64 bytes for
+ * the inputs 4o .. 4o + 3: byte i is channel 16b + i / 4, input 4o + i % 4. */
+#define DEFINE_Q8H_TILE(MT)                                                                  \
+static void q8h_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {                        \
+    const uint32_t *xq = a->xp;                                                              \
+    const float *xd = a->xd;                                                                 \
+    const int32_t *xb = a->xb;                                                               \
+    const int64_t K = a->K, N = a->N, W = K / 4, NG = K / GROUP;                             \
+    const uint8_t *cb = (const uint8_t *)a->codes + b * W * 64;                              \
+    enum { TWO = (MT) <= 4 };                                                                \
+    __m512 acc[MT];                                                                          \
+    for (int r = 0; r < MT; r++) acc[r] = _mm512_setzero_ps();                               \
+    for (int64_t g = 0; g < NG; g++) {                                                       \
+        __m512i p0[MT], p1[MT];                                                              \
+        for (int r = 0; r < MT; r++) { p0[r] = _mm512_setzero_si512(); if (TWO) p1[r] = _mm512_setzero_si512(); } \
+        for (int64_t o = g * (GROUP / 4); o < (g + 1) * (GROUP / 4); o += 2) {               \
+            const __m512i w0 = _mm512_loadu_si512(cb + o * 64), w1 = _mm512_loadu_si512(cb + o * 64 + 64); \
+            for (int r = 0; r < MT; r++) {                                                   \
+                const uint32_t *xr = xq + (r0 + r) * W + o;                                  \
+                p0[r] = dpbusd_bcast(p0[r], w0, xr);                                         \
+                if (TWO) p1[r] = dpbusd_bcast(p1[r], w1, xr + 1);                            \
+                else p0[r] = dpbusd_bcast(p0[r], w1, xr + 1);                                \
+            }                                                                                \
+        }                                                                                    \
+        for (int r = 0; r < MT; r++) {                                                       \
+            const int64_t i = (r0 + r) * NG + g;                                             \
+            const __m512i p = TWO ? _mm512_add_epi32(p0[r], p1[r]) : p0[r];                  \
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(p, _mm512_set1_epi32(xb[i]))), \
+                                     _mm512_set1_ps(xd[i]), acc[r]);                         \
+        }                                                                                    \
+    }                                                                                        \
+    const __m512 s = bf16x16_to_ps(a->scales + b * 16);                                      \
+    for (int r = 0; r < MT; r++)                                                             \
+        _mm256_storeu_si256((__m256i *)(a->y + (r0 + r) * N + b * 16), ps_to_bf16x16(_mm512_mul_ps(acc[r], s))); \
+}
+
+DEFINE_Q8H_TILE(1)
+DEFINE_Q8H_TILE(2)
+DEFINE_Q8H_TILE(3)
+DEFINE_Q8H_TILE(4)
+DEFINE_Q8H_TILE(5)
+DEFINE_Q8H_TILE(6)
+DEFINE_Q8H_TILE(7)
+DEFINE_Q8H_TILE(8)
+
+static const tile_fn Q8H_TILES[DP_TILE + 1] = {0, q8h_tile_1, q8h_tile_2, q8h_tile_3, q8h_tile_4,
+                                               q8h_tile_5, q8h_tile_6, q8h_tile_7, q8h_tile_8};
+
+/* x: bf16 [M, K]; codes (pack_int8_q8); scales: bf16 [N]; y: bf16 [M, N]. N % 16 == 0, K % 32 == 0. */
+int tf_int8_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+                  const uint16_t *scales, uint16_t *y) {
+    if (M <= 0 || N % 16 || K % GROUP) return -1;
+    q8_x q;
+    void *buf = quantize_rows(x, M, K, 128, &q);
+    if (!buf) return -2;
+    mm_args a = {(const uint32_t *)q.xq, q.xs, K, N, codes, scales, y, q.xd, q.xb};
+    run_tiles(&a, M, 16, Q8H_TILES);
     free(buf);
     return 0;
 }
@@ -264,6 +341,10 @@ int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint
 int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                   const uint16_t *sz, uint16_t *y) {
     return -3;  /* built for a CPU without AVX512_VNNI */
+}
+int tf_int8_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+                  const uint16_t *scales, uint16_t *y) {
+    return -3;
 }
 #endif
 

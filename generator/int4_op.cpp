@@ -13,6 +13,8 @@ extern "C" int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, co
                           const uint16_t *sz, uint16_t *y);
 extern "C" int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                              const uint16_t *sz, uint16_t *y);
+extern "C" int tf_int8_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+                             const uint16_t *scales, uint16_t *y);
 extern "C" int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
                           const uint16_t *scales, uint16_t *y);
 extern "C" int tf_silu_mul(const uint16_t *gu, int64_t R, int64_t I, uint16_t *y);
@@ -64,6 +66,19 @@ at::Tensor int8_mm(const at::Tensor &x_in, const at::Tensor &codes, const at::Te
     const int rc = tf_int8_mm(static_cast<const uint16_t *>(x.data_ptr()), x.size(0), x.size(1), y.size(1),
                               static_cast<const int8_t *>(codes.data_ptr()),
                               static_cast<const uint16_t *>(scales.data_ptr()), static_cast<uint16_t *>(y.data_ptr()));
+    TORCH_CHECK(rc == 0, "int8 kernel failed (", rc, ")");
+    return y;
+}
+
+at::Tensor int8_q8_mm(const at::Tensor &x_in, const at::Tensor &codes, const at::Tensor &scales) {
+    const at::Tensor x = x_in.contiguous();
+    at::Tensor y = prepare(x, codes, 16, 4);
+    TORCH_CHECK(scales.is_contiguous() && scales.scalar_type() == at::kBFloat16 && scales.numel() == y.size(1),
+                "scales must be bf16, one per output channel");
+    const int rc = tf_int8_q8_mm(static_cast<const uint16_t *>(x.data_ptr()), x.size(0), x.size(1), y.size(1),
+                                 static_cast<const uint8_t *>(codes.data_ptr()),
+                                 static_cast<const uint16_t *>(scales.data_ptr()), static_cast<uint16_t *>(y.data_ptr()));
+    TORCH_CHECK(rc != -3, "int8 kernel: int8 activations need AVX512_VNNI, which this build lacks");
     TORCH_CHECK(rc == 0, "int8 kernel failed (", rc, ")");
     return y;
 }
@@ -124,6 +139,7 @@ at::Tensor silu_mul(const at::Tensor &gu_in) {
 TORCH_LIBRARY(tokenflow, m) {
     m.def("int4_mm(Tensor x, Tensor codes, Tensor sz) -> Tensor");
     m.def("int4_q8_mm(Tensor x, Tensor codes, Tensor sz) -> Tensor");
+    m.def("int8_q8_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
     m.def("int8_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
     m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
     m.def("silu_mul(Tensor gate_up) -> Tensor");
@@ -134,6 +150,7 @@ TORCH_LIBRARY_IMPL(tokenflow, CPU, m) {
     m.impl("int4_mm", &int4_mm);
     m.impl("int4_q8_mm", &int4_q8_mm);
     m.impl("int8_mm", &int8_mm);
+    m.impl("int8_q8_mm", &int8_q8_mm);
     m.impl("decode_attention", &decode_attention);
     m.impl("rms_norm", &rms_norm);
     m.impl("silu_mul", &silu_mul);

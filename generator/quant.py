@@ -103,9 +103,11 @@ class DenseLinear(nn.Module):
 
 
 class Int8Linear(_DenseForLongInputs):
-    """int8 weight ``[N, K]`` with one scale per output channel; bf16 activations."""
+    """int8 weight ``[N, K]`` with one scale per output channel; bf16 activations in and
+    out. ``activations`` as ``Int4Linear``'s: with ``int8`` our VNNI kernel rounds the
+    inputs to int8 per row and group of 32 (where ``K`` is a multiple of 32)."""
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, activations: str = "bf16"):
         super().__init__()
         w = weight.float()
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
@@ -114,7 +116,13 @@ class Int8Linear(_DenseForLongInputs):
         self.register_buffer("scales", scale.to(torch.bfloat16))
         # Our kernel's layout of the same codes (cpukernel.py), which forwards use.
         n, k = q.shape
-        codes = cpukernel.pack_int8(q) if cpukernel.available() and n % 32 == 0 and k % 2 == 0 else None
+        self.activations = resolve_activations(activations)
+        codes = None
+        if self.activations == "int8" and n % 16 == 0 and k % GROUP == 0:
+            codes = cpukernel.pack_int8_q8(q)
+        elif cpukernel.available() and n % 32 == 0 and k % 2 == 0:
+            self.activations = "bf16"
+            codes = cpukernel.pack_int8(q)
         self.register_buffer("codes", codes, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +131,8 @@ class Int8Linear(_DenseForLongInputs):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if _our_kernel(self, x):
-            y = cpukernel.int8_mm(x2, self.codes, self.scales)
+            kernel = cpukernel.int8_q8_mm if self.activations == "int8" else cpukernel.int8_mm
+            y = kernel(x2, self.codes, self.scales)
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
         return y.view(*shape[:-1], -1)
@@ -281,7 +290,7 @@ def has_q4_1(path: Path) -> bool:
 def make_linear(weight: torch.Tensor, quant: str, dtype: torch.dtype, activations: str = "bf16") -> nn.Module:
     """A linear layer of ``weight`` in the given format (int4 from float: min/max)."""
     if quant == "int8":
-        return Int8Linear(weight)
+        return Int8Linear(weight, activations)
     if quant == "int4":
         return Int4Linear.from_float(weight, activations)
     return DenseLinear(weight.to(dtype))

@@ -31,7 +31,10 @@ def encode_event(event: ServerSentEvent) -> bytes:
     if event.raw_data is not None:
         data = event.raw_data
     elif event.data is not None:
-        data = json.dumps(jsonable_encoder(event.data), ensure_ascii=False, separators=(",", ":"))
+        try:  # our chunks are plain dicts: json straight away (jsonable_encoder: ~20 us more an event)
+            data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):
+            data = json.dumps(jsonable_encoder(event.data), ensure_ascii=False, separators=(",", ":"))
     else:
         data = None
     return format_sse_event(data_str=data, event=event.event, id=event.id, retry=event.retry,

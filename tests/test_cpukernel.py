@@ -80,6 +80,28 @@ def test_int4_kernel_with_int8_activations(m):
     assert torch.equal(cpukernel.int4_q8_mm(x[-1:], *cpukernel.pack_q8(codes, scale, zero)), ours[-1:])
 
 
+@needs_vnni
+@pytest.mark.parametrize("m", ROWS)
+def test_int8_kernel_with_int8_activations(m):
+    """int8_q8_mm (the output head's VNNI kernel) = scale x sum over groups of the step
+    times the int8 products, exactly as that formula in float32."""
+    n, k = 48, 96
+    g = torch.Generator().manual_seed(m)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    scales = (torch.rand(n, generator=g) * 0.01 + 1e-3).bfloat16()
+    x = torch.randn(m, k, generator=g).bfloat16()
+    ours = cpukernel.int8_q8_mm(x, cpukernel.pack_int8_q8(q), scales)
+    xg = x.float().view(m, k // GROUP, GROUP)
+    step = xg.abs().amax(-1, keepdim=True) / 127
+    xq = torch.where(step > 0, torch.round(xg / step), torch.zeros_like(xg))
+    expected = ((xq * step).view(m, k) @ q.float().T) * scales.float()
+    _bf16_close(ours, expected)
+    truth = x.float() @ (q.float() * scales.float()[:, None]).T
+    assert (ours.float() - truth).abs().max() < 0.02 * truth.abs().max()
+    with pytest.raises(ValueError, match="N a multiple of 16"):
+        cpukernel.pack_int8_q8(torch.zeros(40, 64, dtype=torch.int8))
+
+
 @needs_kernel
 @pytest.mark.parametrize("m", ROWS)
 def test_int8_kernel_matches_pytorch_kernel(m):
@@ -169,8 +191,9 @@ def test_compiled_step_calls_our_ops():
     with torch.profiler.profile() as prof:
         a = compiled.decode([0], torch.tensor([8]))
     names = {e.name for e in prof.events()}
-    int4_op = "tokenflow::int4_q8_mm" if compiled.model.activations == "int8" else "tokenflow::int4_mm"
-    assert {int4_op, "tokenflow::int8_mm"} <= names, sorted(n for n in names if "mm" in n)
+    q8 = compiled.model.activations == "int8"
+    ops = {"tokenflow::int4_q8_mm", "tokenflow::int8_q8_mm"} if q8 else {"tokenflow::int4_mm", "tokenflow::int8_mm"}
+    assert ops <= names, sorted(n for n in names if "mm" in n)
     assert not any("_weight_int4pack_mm" in n or "_weight_int8pack_mm" in n for n in names)
     b = eager.decode([0], torch.tensor([8]))
     if compiled.model.activations == "int8":
@@ -304,7 +327,8 @@ def test_int8_activations_model_follows_bf16_and_runs_the_vnni_kernel():
         with torch.profiler.profile() as prof:
             la = a.decode([0, 1, 2, 3], tokens)
         names = {e.name for e in prof.events()}
-        assert "tokenflow::int4_q8_mm" in names and "tokenflow::int4_mm" not in names
+        assert {"tokenflow::int4_q8_mm", "tokenflow::int8_q8_mm"} <= names  # the int8 head too
+        assert not {"tokenflow::int4_mm", "tokenflow::int8_mm"} & names
         lb = b.decode([0, 1, 2, 3], tokens)
         assert torch.nn.functional.cosine_similarity(la, lb).min().item() > 0.998
         tokens = lb.argmax(-1)
