@@ -138,6 +138,12 @@ class _Group:
         return selectors.sample(logits, self.generators)
 
 
+# A fused (argmax, log-probability) for float32 CPU logits, ``logits -> (ids, logprobs)``,
+# the same choice as ``selectors.argmax`` and log_softmax at it: set by the generator's
+# kernel library when it loads (``generator.cpukernel.greedy_pick``); None: PyTorch's ops.
+GREEDY_PICK = None
+
+
 class BatchSampler:
     """Chooses the next token for every row of a batch.
 
@@ -272,6 +278,9 @@ class BatchSampler:
         logits = logits.float()
         if self._vocab is None:
             self._build_history(logits.shape[-1])
+        if (GREEDY_PICK is not None and self.all_greedy and self.top_n == 0 and not any(self.on.values())
+                and logits.device.type == "cpu"):
+            return StepOutput(*GREEDY_PICK(logits))
         raw_logprobs = logits.log_softmax(dim=-1)
         if any(self.on.values()):
             logits = self.process(logits)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from decoding import sampler
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("int4_gemm.c")
@@ -125,11 +127,17 @@ def available() -> bool:
         torch.library.register_fake("tokenflow::int8_mm")(_fake_int8_mm)
         torch.library.register_fake("tokenflow::int8_q8_mm")(_fake_int4_mm)
         torch.library.register_fake("tokenflow::rms_norm")(lambda x, weight, eps: torch.empty_like(x))
+        torch.library.register_fake("tokenflow::greedy_pick")(
+            lambda logits: (logits.new_empty(logits.shape[0], dtype=torch.long), logits.new_empty(logits.shape[0])))
+        torch.library.register_fake("tokenflow::rope_write")(
+            lambda qkv, cos, sin, k_cache, v_cache, slots, positions, n_head:
+            qkv.new_empty(qkv.shape[0], n_head, k_cache.shape[3]))
         torch.library.register_fake("tokenflow::silu_mul")(
             lambda gu: gu.new_empty(*gu.shape[:-1], gu.shape[-1] // 2))
         torch.library.register_fake("tokenflow::decode_attention")(
             lambda q, k_cache, v_cache, slots, lengths, scale: torch.empty_like(q))
         _loaded = True
+        sampler.GREEDY_PICK = greedy_pick  # the sampler's fast path for all-greedy CPU batches
         return True
 
 
@@ -218,6 +226,23 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     of ``k_cache``/``v_cache [slots, kv_heads, len, D]``, the first ``lengths[b]``
     positions of each: float32 scores, softmax and sums, bf16 ``[B, heads, D]``."""
     return torch.ops.tokenflow.decode_attention(q, k_cache, v_cache, slots, lengths, scale)
+
+
+def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of float32 CPU ``logits [B, V]``: ``(argmax [B], log_softmax at it [B])``,
+    torch.argmax's choice (the first of equal maxima) and its log-probability, in two
+    vector passes instead of a whole-row log_softmax and PyTorch's argmax."""
+    return torch.ops.tokenflow.greedy_pick(logits)
+
+
+def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+               v_cache: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, n_head: int) -> torch.Tensor:
+    """A one-token step's RoPE and cache writes: ``qkv [B, (heads + 2 kv_heads) * D]`` bf16,
+    the bf16 tables ``cos``/``sin`` (sign folded in) ``[positions, D]``; writes the rotated
+    keys and the values into ``k_cache``/``v_cache [slots, kv_heads, len, D]`` at
+    ``(slots[b], positions[b])`` and returns the rotated queries ``[B, heads, D]``. The same
+    bits as the eager ops (each product and the sum rounded to bf16)."""
+    return torch.ops.tokenflow.rope_write(qkv, cos, sin, k_cache, v_cache, slots, positions, n_head)
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

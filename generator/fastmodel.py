@@ -199,8 +199,6 @@ class FastLlama(nn.Module):
         group = nh // nkv
         kv_len = kv_positions.shape[0]
         x = self.embed[token_ids]  # (B, T, H)
-        cos = self.rope_cos[positions][:, :, None, :]  # (B, T, 1, D)
-        sin = self.rope_sin[positions][:, :, None, :]
         rows = slots[:, None].expand(b, t)
         read = slots if first_slot is None else slice(first_slot, first_slot + b)
         scaling = hd ** -0.5
@@ -208,8 +206,13 @@ class FastLlama(nn.Module):
         # step keeps its fused loop (an A/B in one process: 168-172 tok/s either way).
         our_attention = (t == 1 and not reduce_attention and self.dtype == torch.bfloat16
                          and x.device.type == "cpu" and cpukernel.available())
+        fused_rope = our_attention and hd % 16 == 0
+        if not fused_rope:
+            cos = self.rope_cos[positions][:, :, None, :]  # (B, T, 1, D)
+            sin = self.rope_sin[positions][:, :, None, :]
         if our_attention:
             lengths = (positions[:, 0] + 1).clamp(max=kv_len)  # padding rows: any length works
+            step_pos = positions[:, 0]
         else:
             # Row r, query t sees cache positions <= positions[r, t]: causal within a
             # chunk, the whole prefix before it, and nothing of a longer row's tail.
@@ -218,16 +221,22 @@ class FastLlama(nn.Module):
         for layer in self.layers:
             h = self._norm(x, layer.attn_norm)
             qkv = layer.qkv(h)
-            # q and k heads side by side: one RoPE over both.
-            qk = self._rope(qkv[..., : (nh + nkv) * hd].view(b, t, nh + nkv, hd), cos, sin)
-            q, k = qk[:, :, :nh], qk[:, :, nh:]
-            v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
-            layer.k_cache[rows, :, positions] = k  # (B, T) cells <- (B, T, kv_heads, D)
-            layer.v_cache[rows, :, positions] = v
+            if fused_rope:
+                # RoPE and both cache writes in one op of ours (the same bits as the ops below).
+                q1 = cpukernel.rope_write(qkv.view(b, -1), self.rope_cos, self.rope_sin, layer.k_cache,
+                                          layer.v_cache, slots, step_pos, nh)
+            else:
+                # q and k heads side by side: one RoPE over both.
+                qk = self._rope(qkv[..., : (nh + nkv) * hd].view(b, t, nh + nkv, hd), cos, sin)
+                q, k = qk[:, :, :nh], qk[:, :, nh:]
+                v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
+                layer.k_cache[rows, :, positions] = k  # (B, T) cells <- (B, T, kv_heads, D)
+                layer.v_cache[rows, :, positions] = v
+                q1 = q[:, 0]
             if our_attention:
                 # Every row straight from its cache slot, float32 inside: 9-45 us a layer where
                 # SDPA took 53-635 and the float32 matmuls 45-130 (1-16 rows, 64 positions).
-                attn = cpukernel.decode_attention(q[:, 0], layer.k_cache, layer.v_cache, slots, lengths,
+                attn = cpukernel.decode_attention(q1, layer.k_cache, layer.v_cache, slots, lengths,
                                                   scaling).view(b, 1, nh * hd)
             else:
                 attn = self._cached_attention(layer, q, read, kv_len, visible, mask, reduce_attention)

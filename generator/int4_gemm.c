@@ -452,6 +452,80 @@ static inline __m512 hsum16(const __m512 *v) {
  * positions are reduced together. Slots and lengths are checked here, per row, so the
  * caller needs no host read of them.
  */
+/* One (row, kv head): G query heads of D = 16 DV values over the n positions at K, V.
+ * Inlined with constant G and DV for the common shapes, so the queries and the outputs
+ * stay in registers. Returns 0, or 4: no memory. */
+static inline __attribute__((always_inline)) int attention_job(
+        const uint16_t *qh, const uint16_t *K, const uint16_t *V, int64_t n, const int64_t G,
+        const int64_t DV, float scale, uint16_t *oh) {
+    const int64_t D = DV * 16, nb = (n + 15) / 16 * 16;
+    float *scores = (float *)malloc(sizeof(float) * G * nb);  /* [G][nb] */
+    if (!scores) return 4;
+    __m512 qs[16 * 16];  /* [G][DV] scaled queries */
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t c = 0; c < DV; c++)
+            qs[g * DV + c] = _mm512_mul_ps(bf16x16_to_ps(qh + g * D + 16 * c), _mm512_set1_ps(scale));
+    __m512 part[16 * 16];  /* [G][16]: per query head, 16 positions' products */
+    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+        const int64_t m = n - j0 < 16 ? n - j0 : 16;
+        for (int64_t jj = 0; jj < 16; jj++) {
+            if (jj >= m) {  /* past the row's end: zeros, dropped below */
+                for (int64_t g = 0; g < G; g++) part[g * 16 + jj] = _mm512_setzero_ps();
+                continue;
+            }
+            __m512 kv[16];
+            for (int64_t c = 0; c < DV; c++) kv[c] = bf16x16_to_ps(K + (j0 + jj) * D + 16 * c);
+            for (int64_t g = 0; g < G; g++) {
+                __m512 acc = _mm512_mul_ps(qs[g * DV], kv[0]);
+                for (int64_t c = 1; c < DV; c++) acc = _mm512_fmadd_ps(qs[g * DV + c], kv[c], acc);
+                part[g * 16 + jj] = acc;
+            }
+        }
+        for (int64_t g = 0; g < G; g++) _mm512_storeu_ps(scores + g * nb + j0, hsum16(part + g * 16));
+    }
+    float inv[16];
+    const __mmask16 tail = (__mmask16)((1u << (n % 16 ? n % 16 : 16)) - 1);
+    for (int64_t g = 0; g < G; g++) {
+        float *sg = scores + g * nb;
+        __m512 mx = _mm512_set1_ps(-FLT_MAX);
+        for (int64_t j = 0; j < nb; j += 16)
+            mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-FLT_MAX), j + 16 < nb ? 0xFFFF : tail, sg + j));
+        const __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t j = 0; j < nb; j += 16) {
+            const __m512 e = _mm512_maskz_mov_ps(j + 16 < nb ? 0xFFFF : tail, exp_ps(_mm512_sub_ps(_mm512_loadu_ps(sg + j), mv)));
+            _mm512_storeu_ps(sg + j, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        inv[g] = 1.f / _mm512_reduce_add_ps(sum);
+    }
+    __m512 o[16 * 16];  /* [G][DV] */
+    for (int64_t i = 0; i < G * DV; i++) o[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j++) {
+        __m512 vv[16];
+        for (int64_t c = 0; c < DV; c++) vv[c] = bf16x16_to_ps(V + j * D + 16 * c);
+        for (int64_t g = 0; g < G; g++) {
+            const __m512 p = _mm512_set1_ps(scores[g * nb + j]);
+            for (int64_t c = 0; c < DV; c++) o[g * DV + c] = _mm512_fmadd_ps(p, vv[c], o[g * DV + c]);
+        }
+    }
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t c = 0; c < DV; c++)
+            _mm256_storeu_si256((__m256i *)(oh + g * D + 16 * c), ps_to_bf16x16(_mm512_mul_ps(o[g * DV + c], _mm512_set1_ps(inv[g]))));
+    free(scores);
+    return 0;
+}
+
+static int attention_job_3x4(const uint16_t *qh, const uint16_t *K, const uint16_t *V, int64_t n, float scale,
+                             uint16_t *oh) {
+    return attention_job(qh, K, V, n, 3, 4, scale, oh);  /* SmolLM2: 3 query heads a kv head, D = 64 */
+}
+
+static int attention_job_any(const uint16_t *qh, const uint16_t *K, const uint16_t *V, int64_t n, int64_t G,
+                             int64_t DV, float scale, uint16_t *oh) {
+    return attention_job(qh, K, V, n, G, DV, scale, oh);
+}
+
 int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
                         const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t S,
                         int64_t KVH, int64_t L, int64_t D, float scale, uint16_t *out) {
@@ -466,64 +540,10 @@ int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16
         if (slots[b] < 0 || slots[b] >= S) { bad |= 2; continue; }
         const uint16_t *K = k_cache + ((slots[b] * KVH + kh) * L) * D;
         const uint16_t *V = v_cache + ((slots[b] * KVH + kh) * L) * D;
-        const int64_t nb = (n + 15) / 16 * 16;
-        float *buf = (float *)malloc(sizeof(float) * (G * nb + G * D));
-        if (!buf) { bad |= 4; continue; }
-        float *scores = buf, *qs = buf + G * nb;  /* [G][nb] scores, [G][D] scaled queries */
-        for (int64_t g = 0; g < G; g++)
-            for (int64_t c = 0; c < DV; c++)
-                _mm512_storeu_ps(qs + g * D + 16 * c,
-                                 _mm512_mul_ps(bf16x16_to_ps(q + (b * H + kh * G + g) * D + 16 * c), _mm512_set1_ps(scale)));
-        __m512 part[16 * 16];  /* [G][16]: per query head, 16 positions' products */
-        for (int64_t j0 = 0; j0 < n; j0 += 16) {
-            const int64_t m = n - j0 < 16 ? n - j0 : 16;
-            for (int64_t jj = 0; jj < 16; jj++) {
-                if (jj >= m) {  /* past the row's end: zeros, dropped below */
-                    for (int64_t g = 0; g < G; g++) part[g * 16 + jj] = _mm512_setzero_ps();
-                    continue;
-                }
-                __m512 kv[16];
-                for (int64_t c = 0; c < DV; c++) kv[c] = bf16x16_to_ps(K + (j0 + jj) * D + 16 * c);
-                for (int64_t g = 0; g < G; g++) {
-                    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qs + g * D), kv[0]);
-                    for (int64_t c = 1; c < DV; c++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qs + g * D + 16 * c), kv[c], acc);
-                    part[g * 16 + jj] = acc;
-                }
-            }
-            for (int64_t g = 0; g < G; g++) _mm512_storeu_ps(scores + g * nb + j0, hsum16(part + g * 16));
-        }
-        float inv[16];
-        const __mmask16 tail = (__mmask16)((1u << (n % 16 ? n % 16 : 16)) - 1);
-        for (int64_t g = 0; g < G; g++) {
-            float *sg = scores + g * nb;
-            __m512 mx = _mm512_set1_ps(-FLT_MAX);
-            for (int64_t j = 0; j < nb; j += 16)
-                mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-FLT_MAX), j + 16 < nb ? 0xFFFF : tail, sg + j));
-            const __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-            __m512 sum = _mm512_setzero_ps();
-            for (int64_t j = 0; j < nb; j += 16) {
-                const __m512 e = _mm512_maskz_mov_ps(j + 16 < nb ? 0xFFFF : tail, exp_ps(_mm512_sub_ps(_mm512_loadu_ps(sg + j), mv)));
-                _mm512_storeu_ps(sg + j, e);
-                sum = _mm512_add_ps(sum, e);
-            }
-            inv[g] = 1.f / _mm512_reduce_add_ps(sum);
-        }
-        __m512 o[16 * 16];  /* [G][DV] */
-        for (int64_t i = 0; i < G * DV; i++) o[i] = _mm512_setzero_ps();
-        for (int64_t j = 0; j < n; j++) {
-            __m512 vv[16];
-            for (int64_t c = 0; c < DV; c++) vv[c] = bf16x16_to_ps(V + j * D + 16 * c);
-            for (int64_t g = 0; g < G; g++) {
-                const __m512 p = _mm512_set1_ps(scores[g * nb + j]);
-                for (int64_t c = 0; c < DV; c++) o[g * DV + c] = _mm512_fmadd_ps(p, vv[c], o[g * DV + c]);
-            }
-        }
-        for (int64_t g = 0; g < G; g++) {
-            uint16_t *oh = out + (b * H + kh * G + g) * D;
-            for (int64_t c = 0; c < DV; c++)
-                _mm256_storeu_si256((__m256i *)(oh + 16 * c), ps_to_bf16x16(_mm512_mul_ps(o[g * DV + c], _mm512_set1_ps(inv[g]))));
-        }
-        free(buf);
+        const uint16_t *qh = q + (b * H + kh * G) * D;
+        uint16_t *oh = out + (b * H + kh * G) * D;
+        bad |= G == 3 && DV == 4 ? attention_job_3x4(qh, K, V, n, scale, oh)
+                                 : attention_job_any(qh, K, V, n, G, DV, scale, oh);
     }
     return -bad;  /* 0, or -(1: a length out of range | 2: a slot out of range | 4: no memory); -8: shapes */
 }
@@ -572,5 +592,86 @@ int tf_silu_mul(const uint16_t *gu, int64_t R, int64_t I, uint16_t *y) {
         }
     }
     return 0;
+}
+
+/* ---- greedy pick: argmax and its log-probability, one pass for each -------------------
+ * For each row of float32 logits [B, V]: the first index of the largest value (as
+ * torch.argmax) and log_softmax at it, -log(sum exp(x - max)). Where PyTorch ran a
+ * log_softmax over the whole row (writing it) and an argmax that is not vectorized
+ * (16 x 49152: 250 + 365 us), two vector passes. A row with a NaN gets NaN. */
+int tf_greedy_pick(const float *logits, int64_t B, int64_t V, int64_t *ids, float *logprobs) {
+#pragma omp parallel for schedule(static) if (B > 1)
+    for (int64_t b = 0; b < B; b++) {
+        const float *x = logits + b * V;
+        __m512 best = _mm512_set1_ps(-INFINITY);
+        __m512i at = _mm512_set1_epi32(0x7FFFFFFF);
+        __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512i sixteen = _mm512_set1_epi32(16);
+        __mmask16 nan = 0;
+        int64_t j = 0;
+        for (; j + 16 <= V; j += 16) {
+            const __m512 v = _mm512_loadu_ps(x + j);
+            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            const __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);  /* strictly: keeps the first */
+            best = _mm512_mask_mov_ps(best, gt, v);
+            at = _mm512_mask_mov_epi32(at, gt, idx);
+            idx = _mm512_add_epi32(idx, sixteen);
+        }
+        float mx = _mm512_reduce_max_ps(best);
+        int64_t arg = -1;
+        if (j > 0) {  /* the lowest index among the lanes holding the maximum; all -inf: 0 */
+            const __mmask16 hit = _mm512_cmp_ps_mask(best, _mm512_set1_ps(mx), _CMP_EQ_OQ);
+            arg = mx > -INFINITY ? _mm512_mask_reduce_min_epi32(hit, at) : 0;
+        }
+        for (; j < V; j++) {
+            if (x[j] != x[j]) nan = 1;
+            if (arg < 0 || x[j] > mx) { mx = x[j]; arg = j; }
+        }
+        __m512 sum = _mm512_setzero_ps();
+        const __m512 m = _mm512_set1_ps(mx);
+        for (j = 0; j + 16 <= V; j += 16) sum = _mm512_add_ps(sum, exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), m)));
+        float total = _mm512_reduce_add_ps(sum);
+        for (; j < V; j++) total += expf(x[j] - mx);
+        ids[b] = arg;
+        logprobs[b] = nan ? NAN : (mx == -INFINITY ? NAN : -logf(total));
+    }
+    return 0;
+}
+
+/* ---- RoPE and the KV-cache writes of a one-token step ----------------------------------
+ * qkv [B, (H + 2 KVH) D] bf16 (one token a row): q and k heads rotated as the eager
+ * forward does, x * cos + roll(x, D/2) * sin_signed with each product and the sum rounded
+ * to bf16 (the tables hold bf16 values per position), k and v written into cache row
+ * slots[b] at positions[b], q returned [B, H, D]. One op where the eager forward ran a
+ * dozen (index, mul, roll, add, two index_put) a layer. D % 16 == 0. */
+int tf_rope_write(const uint16_t *qkv, const uint16_t *cos_t, const uint16_t *sin_t, int64_t npos,
+                  uint16_t *k_cache, uint16_t *v_cache, const int64_t *slots, const int64_t *positions,
+                  int64_t B, int64_t H, int64_t KVH, int64_t S, int64_t L, int64_t D, uint16_t *q_out) {
+    if (D % 16 || D > 256) return -8;
+    const int64_t W = (H + 2 * KVH) * D, half = D / 2;
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (B >= 8)
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t pos = positions[b], slot = slots[b];
+        if (pos < 0 || pos >= L || pos >= npos) { bad |= 1; continue; }
+        if (slot < 0 || slot >= S) { bad |= 2; continue; }
+        const uint16_t *c = cos_t + pos * D, *sn = sin_t + pos * D;
+        for (int64_t h = 0; h < H + KVH; h++) {
+            const uint16_t *x = qkv + b * W + h * D;
+            uint16_t *dst = h < H ? q_out + (b * H + h) * D : k_cache + ((slot * KVH + (h - H)) * L + pos) * D;
+            uint16_t rolled[256];  /* roll(x, D/2), when half a head is not whole vectors */
+            if (half % 16)
+                for (int64_t j = 0; j < D; j++) rolled[j] = x[(j + half) % D];
+            for (int64_t j = 0; j < D; j += 16) {
+                const uint16_t *xr = half % 16 ? rolled + j : x + (j + half) % D;
+                const __m512 a = bf16_round(_mm512_mul_ps(bf16x16_to_ps(x + j), bf16x16_to_ps(c + j)));
+                const __m512 r = bf16_round(_mm512_mul_ps(bf16x16_to_ps(xr), bf16x16_to_ps(sn + j)));
+                _mm256_storeu_si256((__m256i *)(dst + j), ps_to_bf16x16(_mm512_add_ps(a, r)));
+            }
+        }
+        for (int64_t kh = 0; kh < KVH; kh++)
+            memcpy(v_cache + ((slot * KVH + kh) * L + pos) * D, qkv + b * W + (H + KVH + kh) * D, D * sizeof(uint16_t));
+    }
+    return -bad;  /* 0, or -(1: a position out of range | 2: a slot out of range); -8: head_dim */
 }
 #endif

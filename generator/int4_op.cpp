@@ -7,6 +7,7 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <vector>
 
 extern "C" int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
@@ -18,6 +19,10 @@ extern "C" int tf_int8_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N,
 extern "C" int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
                           const uint16_t *scales, uint16_t *y);
 extern "C" int tf_silu_mul(const uint16_t *gu, int64_t R, int64_t I, uint16_t *y);
+extern "C" int tf_greedy_pick(const float *logits, int64_t B, int64_t V, int64_t *ids, float *logprobs);
+extern "C" int tf_rope_write(const uint16_t *qkv, const uint16_t *cos_t, const uint16_t *sin_t, int64_t npos,
+                              uint16_t *k_cache, uint16_t *v_cache, const int64_t *slots, const int64_t *positions,
+                              int64_t B, int64_t H, int64_t KVH, int64_t S, int64_t L, int64_t D, uint16_t *q_out);
 extern "C" int tf_rms_norm(const uint16_t *x, const float *w, int64_t R, int64_t D, float eps, uint16_t *y);
 extern "C" int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
                                    const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t S,
@@ -134,6 +139,43 @@ at::Tensor silu_mul(const at::Tensor &gu_in) {
     return y;
 }
 
+std::tuple<at::Tensor, at::Tensor> greedy_pick(const at::Tensor &logits_in) {
+    const at::Tensor logits = logits_in.contiguous();
+    TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.size(1) > 0,
+                "greedy_pick needs float32 logits [rows, vocab]");
+    at::Tensor ids = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
+    at::Tensor logprobs = at::empty({logits.size(0)}, logits.options());
+    tf_greedy_pick(logits.data_ptr<float>(), logits.size(0), logits.size(1), ids.data_ptr<int64_t>(),
+                   logprobs.data_ptr<float>());
+    return {ids, logprobs};
+}
+
+at::Tensor rope_write(const at::Tensor &qkv_in, const at::Tensor &cos, const at::Tensor &sin, at::Tensor k_cache,
+                      at::Tensor v_cache, const at::Tensor &slots_in, const at::Tensor &positions_in, int64_t n_head) {
+    const at::Tensor qkv = qkv_in.contiguous();
+    TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                k_cache.sizes() == v_cache.sizes() && k_cache.scalar_type() == at::kBFloat16 &&
+                v_cache.scalar_type() == at::kBFloat16, "caches must be contiguous bf16 [slots, kv_heads, len, head_dim]");
+    const int64_t kvh = k_cache.size(1), d = k_cache.size(3);
+    TORCH_CHECK(qkv.dim() == 2 && qkv.scalar_type() == at::kBFloat16 && qkv.size(1) == (n_head + 2 * kvh) * d,
+                "qkv must be bf16 [rows, (heads + 2 kv_heads) * head_dim]");
+    TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == at::kBFloat16 &&
+                sin.scalar_type() == at::kBFloat16 && cos.dim() == 2 && cos.size(1) == d && sin.sizes() == cos.sizes(),
+                "cos/sin must be contiguous bf16 [positions, head_dim]");
+    const at::Tensor slots = slots_in.to(at::kLong).contiguous(), positions = positions_in.to(at::kLong).contiguous();
+    TORCH_CHECK(slots.numel() == qkv.size(0) && positions.numel() == qkv.size(0), "one slot and one position per row");
+    at::Tensor q = at::empty({qkv.size(0), n_head, d}, qkv.options());
+    const int rc = tf_rope_write(
+        static_cast<const uint16_t *>(qkv.data_ptr()), static_cast<const uint16_t *>(cos.data_ptr()),
+        static_cast<const uint16_t *>(sin.data_ptr()), cos.size(0), static_cast<uint16_t *>(k_cache.data_ptr()),
+        static_cast<uint16_t *>(v_cache.data_ptr()), slots.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
+        qkv.size(0), n_head, kvh, k_cache.size(0), k_cache.size(2), d, static_cast<uint16_t *>(q.data_ptr()));
+    TORCH_CHECK(rc != -8, "rope_write: head_dim must be a multiple of 16 (at most 256)");
+    TORCH_CHECK(!(-rc & 1), "rope_write: position out of range");
+    TORCH_CHECK(!(-rc & 2), "rope_write: slot out of range");
+    return q;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tokenflow, m) {
@@ -143,6 +185,9 @@ TORCH_LIBRARY(tokenflow, m) {
     m.def("int8_mm(Tensor x, Tensor codes, Tensor scales) -> Tensor");
     m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
     m.def("silu_mul(Tensor gate_up) -> Tensor");
+    m.def("greedy_pick(Tensor logits) -> (Tensor, Tensor)");
+    m.def("rope_write(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, "
+          "Tensor positions, int n_head) -> Tensor");
     m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor lengths, float scale) -> Tensor");
 }
 
@@ -154,4 +199,6 @@ TORCH_LIBRARY_IMPL(tokenflow, CPU, m) {
     m.impl("decode_attention", &decode_attention);
     m.impl("rms_norm", &rms_norm);
     m.impl("silu_mul", &silu_mul);
+    m.impl("greedy_pick", &greedy_pick);
+    m.impl("rope_write", &rope_write);
 }

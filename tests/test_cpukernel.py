@@ -349,3 +349,65 @@ def test_activations_setting(monkeypatch):
     assert resolve_activations("auto") == "bf16"
     with pytest.raises(ValueError, match="AVX512_VNNI"):
         resolve_activations("int8")
+
+
+@needs_kernel
+@pytest.mark.parametrize("vocab", [7, 16, 33, 49152])
+def test_greedy_pick_is_argmax_and_its_log_softmax(vocab):
+    """The fused greedy pick: torch.argmax's id (the first of equal maxima, 0 for a row of
+    -inf) and log_softmax at it, for vocabularies around the 16-wide vectors."""
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(6, vocab, generator=g) * 5
+    logits[1] = logits[1].max()  # every value tied
+    logits[2] = float("-inf")
+    logits[3, vocab // 2] = logits[3, vocab - 1] = 1e9  # a tie between two far apart
+    logits[4, -1] = 50.0  # the maximum in the scalar tail
+    ids, logprobs = cpukernel.greedy_pick(logits)
+    expected = logits.argmax(-1)
+    assert torch.equal(ids, expected)
+    ref = logits.log_softmax(-1).gather(-1, expected[:, None]).squeeze(-1)
+    torch.testing.assert_close(logprobs, ref, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+@needs_kernel
+def test_all_greedy_batches_sample_with_the_fused_pick():
+    from decoding import BatchSampler, SamplingParams, sampler
+
+    assert sampler.GREEDY_PICK is cpukernel.greedy_pick
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
+    greedy = BatchSampler([SamplingParams(strategy="greedy")] * 4)
+    with torch.profiler.profile() as prof:
+        out = greedy(logits)
+    assert "tokenflow::greedy_pick" in {e.name for e in prof.events()}
+    assert torch.equal(out.token_ids, logits.argmax(-1))
+    torch.testing.assert_close(out.logprobs, logits.log_softmax(-1).gather(-1, out.token_ids[:, None]).squeeze(-1))
+    # Alternatives asked for, or a penalty: PyTorch's ops, the same choice.
+    with torch.profiler.profile() as prof:
+        out2 = BatchSampler([SamplingParams(strategy="greedy", logprobs=2)] * 4)(logits)
+    assert "tokenflow::greedy_pick" not in {e.name for e in prof.events()}
+    assert torch.equal(out2.token_ids, out.token_ids) and out2.top_ids is not None
+
+
+@needs_kernel
+def test_rope_write_equals_the_eager_rope_and_cache_writes():
+    """The fused one-token RoPE + cache writes: the rotated queries, keys and the values
+    land where the eager ops put them, bit for bit; bad slots and positions are refused."""
+    model = FastLlama.from_hf(build_tiny_model(320), quant="int4", num_slots=4, max_len=32)
+    nh, nkv, d = model.n_head, model.n_kv, model.head_dim
+    g = torch.Generator().manual_seed(3)
+    rows = 3
+    qkv = (torch.randn(rows, (nh + 2 * nkv) * d, generator=g) * 3).bfloat16()
+    slots, positions = torch.tensor([2, 0, 3]), torch.tensor([5, 31, 32])  # 32: the scratch cell
+    k_cache, v_cache = torch.zeros_like(model.layers[0].k_cache), torch.zeros_like(model.layers[0].v_cache)
+    q = cpukernel.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots, positions, nh)
+    cos, sin = model.rope_cos[positions][:, None, :], model.rope_sin[positions][:, None, :]
+    qk = model._rope(qkv[:, : (nh + nkv) * d].view(rows, nh + nkv, d), cos, sin)
+    assert torch.equal(q, qk[:, :nh])
+    for r in range(rows):
+        assert torch.equal(k_cache[slots[r], :, positions[r]], qk[r, nh:])
+        assert torch.equal(v_cache[slots[r], :, positions[r]], qkv[r, (nh + nkv) * d:].view(nkv, d))
+    assert int((k_cache != 0).any(-1).sum()) == rows * nkv  # nothing else written
+    with pytest.raises(RuntimeError, match="position out of range"):
+        cpukernel.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots, positions + 1, nh)
+    with pytest.raises(RuntimeError, match="slot out of range"):
+        cpukernel.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots + 2, positions, nh)
