@@ -411,3 +411,30 @@ def test_rope_write_equals_the_eager_rope_and_cache_writes():
         cpukernel.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots, positions + 1, nh)
     with pytest.raises(RuntimeError, match="slot out of range"):
         cpukernel.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots + 2, positions, nh)
+
+
+@needs_kernel
+def test_flat_prefill_of_short_prompts_equals_one_prefill_each():
+    """A burst of short prompts (one continuing at start > 0) written as one-token rows in
+    one forward, no padding: each row gets the logits and cache of its own prefill."""
+    tiny = build_tiny_model(320)
+    flat = FastRunner(FastLlama.from_hf(tiny, quant="int4", num_slots=4, max_len=128), compile=False)
+    ref = FastRunner(FastLlama.from_hf(tiny, quant="int4", num_slots=4, max_len=128), compile=False)
+    used = []
+    real = flat._prefill_flat
+    flat._prefill_flat = lambda *args: used.append(len(args[1])) or real(*args)
+    a, b, c = list(range(3, 16)), list(range(40, 43)), list(range(60, 70))
+    for r in (flat, ref):
+        r.prefill(2, c[:4])
+    many = flat.prefill_many([0, 1, 2], [a, b, c[4:]], [0, 0, 4])
+    assert used == [3]
+    each = torch.cat([ref.prefill(0, a), ref.prefill(1, b), ref.prefill(2, c[4:], start=4)])
+    assert torch.nn.functional.cosine_similarity(many, each).min().item() > 0.999
+    assert torch.equal(many.argmax(-1), each.argmax(-1))
+    assert [flat.length(s) for s in (0, 1, 2)] == [13, 3, 10]
+    toks = torch.tensor([5, 6, 7])
+    la, lb = flat.decode([0, 1, 2], toks), ref.decode([0, 1, 2], toks)
+    assert torch.nn.functional.cosine_similarity(la, lb).min().item() > 0.999
+    # A prompt longer than FLAT_PREFILL_MAX_PROMPT takes the padded path.
+    flat.prefill_many([0, 1], [list(range(3, 3 + flat.FLAT_PREFILL_MAX_PROMPT + 1)), b], [0, 0])
+    assert used == [3]
