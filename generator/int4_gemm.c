@@ -33,6 +33,10 @@
 #include <string.h>
 
 #define GROUP 32
+/* How far ahead (bytes) the VNNI kernels prefetch their codes: the hardware's own
+ * prefetch leaves a 16-row tile waiting on memory (30 layers' int4 weights, cold, 16 rows:
+ * 8.1 -> 6.8 ms with it; 1 row, bound by the stream itself, unchanged). */
+#define PREFETCH_AHEAD 4096
 
 static inline __m512 bf16x16_to_ps(const uint16_t *p) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);
@@ -197,6 +201,7 @@ static void q8_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {             
         __m512i p0[MT], p1[MT];                                                              \
         for (int r = 0; r < MT; r++) { p0[r] = _mm512_setzero_si512(); if (TWO) p1[r] = _mm512_setzero_si512(); } \
         for (int64_t o = g * (GROUP / 8); o < (g + 1) * (GROUP / 8); o++) {                  \
+            _mm_prefetch((const char *)(cb + o * 64 + PREFETCH_AHEAD), _MM_HINT_T0);           \
             const __m512i c = _mm512_loadu_si512(cb + o * 64);                               \
             const __m512i w0 = _mm512_and_si512(c, lo4);                                     \
             const __m512i w1 = _mm512_and_si512(_mm512_srli_epi16(c, 4), lo4);              \
@@ -293,6 +298,8 @@ static void q8h_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {            
         __m512i p0[MT], p1[MT];                                                              \
         for (int r = 0; r < MT; r++) { p0[r] = _mm512_setzero_si512(); if (TWO) p1[r] = _mm512_setzero_si512(); } \
         for (int64_t o = g * (GROUP / 4); o < (g + 1) * (GROUP / 4); o += 2) {               \
+            _mm_prefetch((const char *)(cb + o * 64 + PREFETCH_AHEAD), _MM_HINT_T0);           \
+            _mm_prefetch((const char *)(cb + o * 64 + 64 + PREFETCH_AHEAD), _MM_HINT_T0);      \
             const __m512i w0 = _mm512_loadu_si512(cb + o * 64), w1 = _mm512_loadu_si512(cb + o * 64 + 64); \
             for (int r = 0; r < MT; r++) {                                                   \
                 const uint32_t *xr = xq + (r0 + r) * W + o;                                  \
