@@ -183,6 +183,7 @@ class BatchGenerator:
         # One forward over every running row, each at its own position.
         slots = [s for r in running for s in r.slots]
         logits_of: dict[int, torch.Tensor] = {}
+        logits = None
         if running:
             if any(r.search is not None for r in running):
                 tokens = torch.cat([r.next_tokens if r.search is not None
@@ -202,7 +203,10 @@ class BatchGenerator:
         events: list[tuple[int, TokenEvent]] = []
         sampled = [r for r in rows if r.state is not None]
         if sampled:
-            events += self._sample_step(sampled, logits_of)
+            # Every row a sampled one that ran the decode: its logits are the batch's, in order
+            # (no per-row slices put back together: 16 x 49152 floats, 80 us).
+            whole = logits if not fresh and len(sampled) == len(running) == len(slots) else None
+            events += self._sample_step(sampled, logits_of, whole)
         for r in rows:
             if r.search is not None:
                 events += [(r.handle, ev) for ev in self._beam_step(r, logits_of[r.handle])]
@@ -242,13 +246,14 @@ class BatchGenerator:
                 fresh += [(r, logits[i: i + 1]) for r in pf.rows]
         return fresh
 
-    def _sample_step(self, rows: list[_Row], logits_of: dict[int, torch.Tensor]) -> list[tuple[int, TokenEvent]]:
+    def _sample_step(self, rows: list[_Row], logits_of: dict[int, torch.Tensor],
+                     whole: torch.Tensor | None = None) -> list[tuple[int, TokenEvent]]:
         if self._sampler is None or self._sampler_rows != rows:
             # Rows joined or left: a new sampler over the same row states (history, generators).
             self._sampler = BatchSampler.from_rows([r.state for r in rows], self.device,
                                                    self.engine.eos_token_ids)
             self._sampler_rows = rows
-        logits = torch.cat([logits_of[r.handle] for r in rows])
+        logits = whole if whole is not None else torch.cat([logits_of[r.handle] for r in rows])
         out = self._sampler(logits)
         # The one device-to-host read of the step: every row's chosen id and its logprob.
         host = torch.stack((out.token_ids.double(), out.logprobs.double()), 1).tolist()
