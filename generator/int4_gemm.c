@@ -80,6 +80,13 @@ typedef struct {
 
 typedef void (*tile_fn)(const mm_args *a, int64_t b, int64_t r0);
 
+/* A tile macro instantiated for 1 .. DP_TILE rows, and the table run_tiles picks from. */
+#define TILES(DEFINE, prefix)                                                                \
+    DEFINE(1) DEFINE(2) DEFINE(3) DEFINE(4) DEFINE(5) DEFINE(6) DEFINE(7) DEFINE(8)          \
+    static const tile_fn prefix##_tiles[DP_TILE + 1] = {0, prefix##_tile_1, prefix##_tile_2, \
+        prefix##_tile_3, prefix##_tile_4, prefix##_tile_5, prefix##_tile_6, prefix##_tile_7,  \
+        prefix##_tile_8};
+
 /* Codes to bf16 without a lookup: a 4-bit code q in the low bits of a bf16 whose high
  * bits are 0x4300 (128.0) is exactly 128 + q, so one OR makes the dot product's operand;
  * the bias is taken out once per group with the per-group sums of x:
@@ -129,14 +136,7 @@ static void dp_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {             
         _mm256_storeu_si256((__m256i *)(y + (r0 + r) * N + b * 16), ps_to_bf16x16(acc[r]));  \
 }
 
-DEFINE_DP_TILE(1)
-DEFINE_DP_TILE(2)
-DEFINE_DP_TILE(3)
-DEFINE_DP_TILE(4)
-DEFINE_DP_TILE(5)
-DEFINE_DP_TILE(6)
-DEFINE_DP_TILE(7)
-DEFINE_DP_TILE(8)
+TILES(DEFINE_DP_TILE, dp)
 
 /* Row tiles as even as possible (16 rows -> 8 + 8), OpenMP over channel blocks of
  * ``width``; a block's tiles run on one thread, so its codes stay in cache. */
@@ -151,9 +151,6 @@ static void run_tiles(const mm_args *a, int64_t M, int64_t width, const tile_fn 
     }
 }
 
-static const tile_fn DP_TILES[DP_TILE + 1] = {0, dp_tile_1, dp_tile_2, dp_tile_3, dp_tile_4,
-                                              dp_tile_5, dp_tile_6, dp_tile_7, dp_tile_8};
-
 /* x: bf16 [M, K]; codes, sz: as above; y: bf16 [M, N]. N % 16 == 0, K % 32 == 0. */
 int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                const uint16_t *sz, uint16_t *y) {
@@ -164,7 +161,7 @@ int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t
     for (int64_t i = 0; i < M * NG; i++)  /* per-group sums of x, float32 */
         xs[i] = _mm512_reduce_add_ps(_mm512_add_ps(bf16x16_to_ps(x + i * GROUP), bf16x16_to_ps(x + i * GROUP + 16)));
     const mm_args a = {(const uint32_t *)x, xs, K, N, codes, sz, y, NULL, NULL};
-    run_tiles(&a, M, 16, DP_TILES);
+    run_tiles(&a, M, 16, dp_tiles);
     free(xs);
     return 0;
 }
@@ -225,17 +222,7 @@ static void q8_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {             
         _mm256_storeu_si256((__m256i *)(a->y + (r0 + r) * N + b * 16), ps_to_bf16x16(acc[r])); \
 }
 
-DEFINE_Q8_TILE(1)
-DEFINE_Q8_TILE(2)
-DEFINE_Q8_TILE(3)
-DEFINE_Q8_TILE(4)
-DEFINE_Q8_TILE(5)
-DEFINE_Q8_TILE(6)
-DEFINE_Q8_TILE(7)
-DEFINE_Q8_TILE(8)
-
-static const tile_fn Q8_TILES[DP_TILE + 1] = {0, q8_tile_1, q8_tile_2, q8_tile_3, q8_tile_4,
-                                              q8_tile_5, q8_tile_6, q8_tile_7, q8_tile_8};
+TILES(DEFINE_Q8_TILE, q8)
 
 /* Rounds x [M, K] to int8 per row and group of 32 (step max|x| / 127, nearest even), with
  * per (row, group) the step, the exact float32 sum of x and bias times the sum of the
@@ -265,17 +252,24 @@ static void *quantize_rows(const uint16_t *x, int64_t M, int64_t K, int32_t bias
     return buf;
 }
 
-/* x: bf16 [M, K]; codes (pack_q8), sz: as above; y: bf16 [M, N]. N % 16 == 0, K % 32 == 0. */
-int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
-                  const uint16_t *sz, uint16_t *y) {
+/* x rounded to int8 (codes minus bias x the sum of the codes, per group), then tiles of
+ * 16 channels over codes and scales. N % 16 == 0, K % 32 == 0. */
+static int run_q8(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+                  const uint16_t *scales, uint16_t *y, int32_t bias, const tile_fn *tiles) {
     if (M <= 0 || N % 16 || K % GROUP) return -1;
     q8_x q;
-    void *buf = quantize_rows(x, M, K, 8, &q);
+    void *buf = quantize_rows(x, M, K, bias, &q);
     if (!buf) return -2;
-    mm_args a = {(const uint32_t *)q.xq, q.xs, K, N, codes, sz, y, q.xd, q.xb};
-    run_tiles(&a, M, 16, Q8_TILES);
+    mm_args a = {(const uint32_t *)q.xq, q.xs, K, N, codes, scales, y, q.xd, q.xb};
+    run_tiles(&a, M, 16, tiles);
     free(buf);
     return 0;
+}
+
+/* x: bf16 [M, K]; codes (pack_q8), sz: as above; y: bf16 [M, N]. */
+int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+                  const uint16_t *sz, uint16_t *y) {
+    return run_q8(x, M, K, N, codes, sz, y, 8, q8_tiles);
 }
 
 /* ---- int8 weights x int8 activations (AVX512_VNNI): the output head ---------------
@@ -320,29 +314,12 @@ static void q8h_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {            
         _mm256_storeu_si256((__m256i *)(a->y + (r0 + r) * N + b * 16), ps_to_bf16x16(_mm512_mul_ps(acc[r], s))); \
 }
 
-DEFINE_Q8H_TILE(1)
-DEFINE_Q8H_TILE(2)
-DEFINE_Q8H_TILE(3)
-DEFINE_Q8H_TILE(4)
-DEFINE_Q8H_TILE(5)
-DEFINE_Q8H_TILE(6)
-DEFINE_Q8H_TILE(7)
-DEFINE_Q8H_TILE(8)
+TILES(DEFINE_Q8H_TILE, q8h)
 
-static const tile_fn Q8H_TILES[DP_TILE + 1] = {0, q8h_tile_1, q8h_tile_2, q8h_tile_3, q8h_tile_4,
-                                               q8h_tile_5, q8h_tile_6, q8h_tile_7, q8h_tile_8};
-
-/* x: bf16 [M, K]; codes (pack_int8_q8); scales: bf16 [N]; y: bf16 [M, N]. N % 16 == 0, K % 32 == 0. */
+/* x: bf16 [M, K]; codes (pack_int8_q8); scales: bf16 [N]; y: bf16 [M, N]. */
 int tf_int8_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                   const uint16_t *scales, uint16_t *y) {
-    if (M <= 0 || N % 16 || K % GROUP) return -1;
-    q8_x q;
-    void *buf = quantize_rows(x, M, K, 128, &q);
-    if (!buf) return -2;
-    mm_args a = {(const uint32_t *)q.xq, q.xs, K, N, codes, scales, y, q.xd, q.xb};
-    run_tiles(&a, M, 16, Q8H_TILES);
-    free(buf);
-    return 0;
+    return run_q8(x, M, K, N, codes, scales, y, 128, q8h_tiles);
 }
 #else
 int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
@@ -393,24 +370,14 @@ static void i8_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {             
     }                                                                                        \
 }
 
-DEFINE_I8_TILE(1)
-DEFINE_I8_TILE(2)
-DEFINE_I8_TILE(3)
-DEFINE_I8_TILE(4)
-DEFINE_I8_TILE(5)
-DEFINE_I8_TILE(6)
-DEFINE_I8_TILE(7)
-DEFINE_I8_TILE(8)
-
-static const tile_fn I8_TILES[DP_TILE + 1] = {0, i8_tile_1, i8_tile_2, i8_tile_3, i8_tile_4,
-                                              i8_tile_5, i8_tile_6, i8_tile_7, i8_tile_8};
+TILES(DEFINE_I8_TILE, i8)
 
 /* x: bf16 [M, K]; codes as above; scales: bf16 [N]; y: bf16 [M, N]. N % 32 == 0, K even. */
 int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
                const uint16_t *scales, uint16_t *y) {
     if (M <= 0 || N % 32 || K % 2) return -1;
     const mm_args a = {(const uint32_t *)x, NULL, K, N, codes, scales, y, NULL, NULL};
-    run_tiles(&a, M, 32, I8_TILES);
+    run_tiles(&a, M, 32, i8_tiles);
     return 0;
 }
 

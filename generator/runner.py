@@ -359,41 +359,6 @@ class HFRunner(_Slots):
         self.lengths[slot] += ids.shape[1]
         return out.logits[:, -1, :].float()
 
-    # Flat prefill (below) for bursts of short prompts: each prompt token a row of its own.
-    FLAT_PREFILL_MAX_PROMPT = 64
-
-    def _flat_prefill_fits(self, id_lists: Sequence[Sequence[int]]) -> bool:
-        """Whether ``prefill_many`` can write these prompts as one-token rows: with our
-        attention kernel (bf16 on the CPU), at most ``prefill_chunk`` tokens in all and
-        none longer than ``FLAT_PREFILL_MAX_PROMPT`` (each row reads its prompt so far from
-        the cache: quadratic in a prompt's length)."""
-        from . import cpukernel
-
-        return (self.dtype == torch.bfloat16 and self.device.type == "cpu" and cpukernel.available()
-                and sum(len(ids) for ids in id_lists) <= self.prefill_chunk
-                and max(len(ids) for ids in id_lists) <= self.FLAT_PREFILL_MAX_PROMPT)
-
-    def _prefill_flat(self, slots: list[int], id_lists: list[list[int]], starts: list[int]) -> torch.Tensor:
-        """Several short prompts as ONE forward of one-token rows, no padding: token j of a
-        prompt is a row at its slot and position. Each layer writes every row's key and value
-        before any attends, so a row sees its prompt up to itself (and nothing after). A
-        burst of 16 prompts of 6-13 tokens: 136 rows instead of 16 x 13 = 208 padded."""
-        dev = self.device
-        tokens = [t for ids in id_lists for t in ids]
-        rows = [s for s, ids in zip(slots, id_lists) for _ in ids]
-        positions = [st + j for st, ids in zip(starts, id_lists) for j in range(len(ids))]
-        last, at = [], -1
-        for ids in id_lists:
-            at += len(ids)
-            last.append(at)
-        logits = self.model.decode_step(torch.tensor(tokens, device=dev), torch.tensor(rows, device=dev),
-                                        torch.tensor(positions, device=dev),
-                                        torch.arange(max(positions) + 1, device=dev),
-                                        keep=torch.tensor(last, device=dev))
-        for s, ids, st in zip(slots, id_lists, starts):
-            self.lengths[s] = st + len(ids)
-        return logits
-
     @torch.inference_mode()
     def all_logits(self, slot: int, ids: Sequence[int]) -> torch.Tensor:
         """Logits of every position ``[T, V]`` of ``ids`` written into ``slot`` (scoring)."""
