@@ -92,7 +92,7 @@ def main() -> None:
     torch.manual_seed(0)
     acts = engine.activations
     kernels = {f"int4 3072x576 (gate/up, {acts})": Int4Linear.from_float(torch.randn(3072, 576) * 0.02, acts),
-               "int8 49152x576 (head)": Int8Linear(torch.randn(49152, 576) * 0.02),
+               f"int8 49152x576 (head, {acts})": Int8Linear(torch.randn(49152, 576) * 0.02, acts),
                f"int4 49152x576 (--head int4, {acts})": Int4Linear.from_float(torch.randn(49152, 576) * 0.02, acts)}
     micro = {}
     print(f"\n{'kernel':36s} " + " ".join(f"{f'{b} rows':>10s}" for b in batches))
