@@ -106,10 +106,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                             "(the GGUF stores it in 8 bits), else dense. int4 reads a third fewer bytes per "
                             "token at a small quality cost (see the README's quality table)")
     group.add_argument("--activations", default="auto", choices=["auto", "bf16", "int8"],
-                       help="what int4 layers multiply their 4-bit codes by: int8 (the inputs rounded per row and "
-                            "group of 32, as llama.cpp does for this GGUF; AVX512_VNNI, 64 products an instruction, "
-                            "1.45x faster at 16 rows) or bf16 (the inputs as they are). auto: int8 where the CPU "
-                            "has AVX512_VNNI, else bf16; TOKENFLOW_ACTIVATIONS sets what auto means")
+                       help="what the int4 layers and an int8/int4 head multiply their codes by: int8 (the inputs "
+                            "rounded per row and group of 32, as llama.cpp does for this GGUF; AVX512_VNNI, 64 "
+                            "products an instruction, 1.5x faster at 16 rows) or bf16 (the inputs as they are). "
+                            "auto: int8 where the CPU has AVX512_VNNI, else bf16; TOKENFLOW_ACTIVATIONS sets what "
+                            "auto means")
     group.add_argument("--dense-prefill", action="store_true",
                        help="quantized layers keep a bf16 copy of their weights for prompt chunks of 32+ tokens: "
                             "about 2x faster prefill with PyTorch's int kernels, about the same with tokenflow's own "

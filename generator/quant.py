@@ -52,10 +52,11 @@ def resolve_activations(name: str | None = "auto") -> str:
     uses for this GGUF's Q4_1 layers (its Q8_1 activations): 64 products an instruction
     instead of 32, 1.45x faster at 16 rows here; the README's quality table compares both."""
     name = (name or "auto").strip().lower()
-    if name == "auto":
-        name = os.environ.get("TOKENFLOW_ACTIVATIONS", "").strip().lower() or "auto"
+    source = "activations"
+    if name == "auto" and os.environ.get("TOKENFLOW_ACTIVATIONS", "").strip():
+        name, source = os.environ["TOKENFLOW_ACTIVATIONS"].strip().lower(), "TOKENFLOW_ACTIVATIONS"
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activations {name!r}; choose from {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"unknown {source} {name!r}; choose from {', '.join(ACTIVATIONS)}")
     if name == "auto":
         return "int8" if cpukernel.int8_activations() else "bf16"
     if name == "int8" and not cpukernel.int8_activations():

@@ -382,6 +382,7 @@ async def health(request: Request):
         body["error"] = state.load_error
     if state.scheduler is not None:
         body.update(device=str(state.engine.device), dtype=str(state.engine.dtype).replace("torch.", ""),
+                    quant=getattr(state.engine, "quant", None), activations=getattr(state.engine, "activations", None),
                     context_length=state.engine.context_length, queue_depth=state.scheduler.queue_depth,
                     running=state.scheduler.active_count, worker_thread=state.scheduler.worker_thread)
     return JSONResponse(body, status_code=code)

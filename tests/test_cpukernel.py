@@ -345,6 +345,11 @@ def test_activations_setting(monkeypatch):
     assert resolve_activations("auto") == ("int8" if cpukernel.int8_activations() else "bf16")
     with pytest.raises(ValueError, match="unknown activations 'fp8'"):
         resolve_activations("fp8")
+    monkeypatch.setenv("TOKENFLOW_ACTIVATIONS", "fp8")
+    with pytest.raises(ValueError, match="unknown TOKENFLOW_ACTIVATIONS 'fp8'"):
+        resolve_activations("auto")
+    assert resolve_activations("bf16") == "bf16"  # an explicit choice wins over the variable
+    monkeypatch.delenv("TOKENFLOW_ACTIVATIONS")
     monkeypatch.setattr(cpukernel, "int8_activations", lambda: False)
     assert resolve_activations("auto") == "bf16"
     with pytest.raises(ValueError, match="AVX512_VNNI"):
