@@ -21,6 +21,7 @@ PyTorch's kernels (and attention PyTorch's ops).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -51,15 +52,17 @@ def _cache_dir() -> Path:
     return cache_dir() / "kernels"
 
 
-def _cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (read once: every int linear asks at load)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def _cpu_has_avx512_bf16() -> bool:

@@ -204,16 +204,15 @@ class FastLlama(nn.Module):
         scaling = hd ** -0.5
         # Eager one-token steps on a bf16 cache: our attention kernel (cpukernel). The compiled
         # step keeps its fused loop (an A/B in one process: 168-172 tok/s either way).
+        # With it, the RoPE and cache writes are one op of ours too (both need head_dim % 16).
         our_attention = (t == 1 and not reduce_attention and self.dtype == torch.bfloat16
-                         and x.device.type == "cpu" and cpukernel.available())
-        fused_rope = our_attention and hd % 16 == 0
-        if not fused_rope:
-            cos = self.rope_cos[positions][:, :, None, :]  # (B, T, 1, D)
-            sin = self.rope_sin[positions][:, :, None, :]
+                         and x.device.type == "cpu" and hd % 16 == 0 and cpukernel.available())
         if our_attention:
             lengths = (positions[:, 0] + 1).clamp(max=kv_len)  # padding rows: any length works
             step_pos = positions[:, 0]
         else:
+            cos = self.rope_cos[positions][:, :, None, :]  # (B, T, 1, D)
+            sin = self.rope_sin[positions][:, :, None, :]
             # Row r, query t sees cache positions <= positions[r, t]: causal within a
             # chunk, the whole prefix before it, and nothing of a longer row's tail.
             visible = kv_positions[None, None, :] <= positions[:, :, None]  # (B, T, kv)
@@ -221,10 +220,14 @@ class FastLlama(nn.Module):
         for layer in self.layers:
             h = self._norm(x, layer.attn_norm)
             qkv = layer.qkv(h)
-            if fused_rope:
-                # RoPE and both cache writes in one op of ours (the same bits as the ops below).
+            if our_attention:
+                # RoPE and both cache writes in one op of ours (the same bits as the ops below),
+                # then every row's attention straight from its cache slot, float32 inside: 9-45 us
+                # a layer where SDPA took 53-635 and the float32 matmuls 45-130 (1-16 rows).
                 q1 = cpukernel.rope_write(qkv.view(b, -1), self.rope_cos, self.rope_sin, layer.k_cache,
                                           layer.v_cache, slots, step_pos, nh)
+                attn = cpukernel.decode_attention(q1, layer.k_cache, layer.v_cache, slots, lengths,
+                                                  scaling).view(b, 1, nh * hd)
             else:
                 # q and k heads side by side: one RoPE over both.
                 qk = self._rope(qkv[..., : (nh + nkv) * hd].view(b, t, nh + nkv, hd), cos, sin)
@@ -232,13 +235,6 @@ class FastLlama(nn.Module):
                 v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
                 layer.k_cache[rows, :, positions] = k  # (B, T) cells <- (B, T, kv_heads, D)
                 layer.v_cache[rows, :, positions] = v
-                q1 = q[:, 0]
-            if our_attention:
-                # Every row straight from its cache slot, float32 inside: 9-45 us a layer where
-                # SDPA took 53-635 and the float32 matmuls 45-130 (1-16 rows, 64 positions).
-                attn = cpukernel.decode_attention(q1, layer.k_cache, layer.v_cache, slots, lengths,
-                                                  scaling).view(b, 1, nh * hd)
-            else:
                 attn = self._cached_attention(layer, q, read, kv_len, visible, mask, reduce_attention)
             x = x + layer.o(attn)
             h = self._norm(x, layer.mlp_norm)

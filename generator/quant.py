@@ -83,6 +83,14 @@ class _DenseForLongInputs(nn.Module):
         return getattr(self, "dense", None) is not None and x.numel() >= self.dense_min_rows * x.shape[-1]
 
 
+def _int8_inputs(activations: str) -> bool:
+    """Whether a linear asked for ``activations`` (already resolved: ``bf16`` or ``int8``)
+    rounds its inputs to int8: only where our VNNI kernel runs (elsewhere it takes bf16)."""
+    if activations not in ("bf16", "int8"):
+        raise ValueError(f"activations must be 'bf16' or 'int8' here (see resolve_activations), got {activations!r}")
+    return activations == "int8" and cpukernel.int8_activations()
+
+
 def _our_kernel(linear: nn.Module, x: torch.Tensor) -> bool:
     """Whether a forward takes ``cpukernel``'s kernel: the weights are packed for it and
     the input is bf16 on the CPU (eager and compiled alike)."""
@@ -117,13 +125,13 @@ class Int8Linear(_DenseForLongInputs):
         self.register_buffer("scales", scale.to(torch.bfloat16))
         # Our kernel's layout of the same codes (cpukernel.py), which forwards use.
         n, k = q.shape
-        self.activations = resolve_activations(activations)
+        q8 = _int8_inputs(activations) and n % 16 == 0 and k % GROUP == 0
         codes = None
-        if self.activations == "int8" and n % 16 == 0 and k % GROUP == 0:
+        if q8:
             codes = cpukernel.pack_int8_q8(q)
         elif cpukernel.available() and n % 32 == 0 and k % 2 == 0:
-            self.activations = "bf16"
             codes = cpukernel.pack_int8(q)
+        self.activations = "int8" if q8 else "bf16"  # what forwards really multiply by
         self.register_buffer("codes", codes, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,10 +174,10 @@ class Int4Linear(_DenseForLongInputs):
         # is available (faster than PyTorch's at every batch size here). PyTorch's packing
         # above is then read only by ``dequantized`` (tests, the dense copies): kept twice.
         codes_k = sz_k = None
-        self.activations = resolve_activations(activations)
+        q8 = _int8_inputs(activations) and n % 16 == 0
         if cpukernel.available() and n % 16 == 0:
-            pack = cpukernel.pack_q8 if self.activations == "int8" else cpukernel.pack
-            codes_k, sz_k = pack(codes, scale, zero)
+            codes_k, sz_k = (cpukernel.pack_q8 if q8 else cpukernel.pack)(codes, scale, zero)
+        self.activations = "int8" if q8 else "bf16"  # what forwards really multiply by
         self.register_buffer("codes", codes_k, persistent=False)
         self.register_buffer("sz", sz_k, persistent=False)
 

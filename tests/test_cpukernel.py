@@ -350,6 +350,14 @@ def test_activations_setting(monkeypatch):
         resolve_activations("auto")
     assert resolve_activations("bf16") == "bf16"  # an explicit choice wins over the variable
     monkeypatch.delenv("TOKENFLOW_ACTIVATIONS")
+    # A linear reports what its forwards multiply by: int8 only where the VNNI kernel takes
+    # its shape (48 inputs are not groups of 32), and only resolved names.
+    vnni = cpukernel.int8_activations()
+    assert Int4Linear(*_int4_weight(64, 64), activations="int8").activations == ("int8" if vnni else "bf16")
+    assert Int8Linear(torch.randn(64, 64), activations="int8").activations == ("int8" if vnni else "bf16")
+    assert Int8Linear(torch.randn(64, 48), activations="int8").activations == "bf16"
+    with pytest.raises(ValueError, match="resolve_activations"):
+        Int8Linear(torch.randn(48, 64), activations="auto")
     monkeypatch.setattr(cpukernel, "int8_activations", lambda: False)
     assert resolve_activations("auto") == "bf16"
     with pytest.raises(ValueError, match="AVX512_VNNI"):
