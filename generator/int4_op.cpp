@@ -1,5 +1,5 @@
-// tokenflow: the kernels of int4_gemm.c as PyTorch operators, tokenflow::int4_mm,
-// int8_mm, decode_attention and rms_norm. As registered C++ ops they are called from eager code and from
+// tokenflow: the kernels of int4_gemm.c as PyTorch operators: tokenflow::int4_mm, int4_q8_mm,
+// int8_mm, int8_q8_mm, decode_attention, rope_write, rms_norm, silu_mul and greedy_pick. As registered C++ ops they are called from eager code and from
 // the compiled decode step's generated code alike, at the cost of an ATen op (a Python
 // custom op added about 6 us a call, 121 calls a step). Built by cpukernel.py.
 #include <ATen/core/Tensor.h>
@@ -30,62 +30,45 @@ extern "C" int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, c
 
 namespace {
 
-// The output for x [M, K] and codes packed as [N / block, K / inputs_per_code, ...].
-at::Tensor prepare(const at::Tensor &x, const at::Tensor &codes, int64_t block, int64_t inputs_per_code) {
+// One weight-only matmul: x [M, K] bf16 times codes packed as [N / block, K / inputs_per_code, ...]
+// with their bf16 scales (int4: sz per group; int8: one per output channel) -> y [M, N] bf16.
+// The four kernels share this wrapper; they differ in the codes' C type and layout.
+template <typename Code>
+at::Tensor run_mm(int (*kernel)(const uint16_t *, int64_t, int64_t, int64_t, const Code *, const uint16_t *,
+                                uint16_t *),
+                  const char *name, int64_t block, int64_t inputs_per_code, bool per_channel,
+                  const at::Tensor &x_in, const at::Tensor &codes, const at::Tensor &scales) {
+    const at::Tensor x = x_in.contiguous();
     TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x must be a 2-D bf16 tensor");
     TORCH_CHECK(codes.dim() == 3 && codes.is_contiguous(), "codes must be packed by cpukernel");
     TORCH_CHECK(codes.size(1) * inputs_per_code == x.size(1), "x has ", x.size(1), " inputs, the weight ",
                 codes.size(1) * inputs_per_code);
-    return at::empty({x.size(0), codes.size(0) * block}, x.options());
-}
-
-using int4_kernel = int (*)(const uint16_t *, int64_t, int64_t, int64_t, const uint8_t *, const uint16_t *,
-                             uint16_t *);
-
-at::Tensor run_int4(int4_kernel kernel, int64_t inputs_per_code, const at::Tensor &x_in, const at::Tensor &codes,
-                    const at::Tensor &sz) {
-    const at::Tensor x = x_in.contiguous();
-    at::Tensor y = prepare(x, codes, 16, inputs_per_code);
-    TORCH_CHECK(sz.is_contiguous() && sz.scalar_type() == at::kBFloat16, "sz must be packed by cpukernel");
+    at::Tensor y = at::empty({x.size(0), codes.size(0) * block}, x.options());
+    TORCH_CHECK(scales.is_contiguous() && scales.scalar_type() == at::kBFloat16 &&
+                (!per_channel || scales.numel() == y.size(1)),
+                per_channel ? "scales must be bf16, one per output channel" : "sz must be packed by cpukernel");
     const int rc = kernel(static_cast<const uint16_t *>(x.data_ptr()), x.size(0), x.size(1), y.size(1),
-                          static_cast<const uint8_t *>(codes.data_ptr()), static_cast<const uint16_t *>(sz.data_ptr()),
+                          static_cast<const Code *>(codes.data_ptr()), static_cast<const uint16_t *>(scales.data_ptr()),
                           static_cast<uint16_t *>(y.data_ptr()));
-    TORCH_CHECK(rc != -3, "int4 kernel: int8 activations need AVX512_VNNI, which this build lacks");
-    TORCH_CHECK(rc == 0, "int4 kernel failed (", rc, ")");
+    TORCH_CHECK(rc != -3, name, " kernel: int8 activations need AVX512_VNNI, which this build lacks");
+    TORCH_CHECK(rc == 0, name, " kernel failed (", rc, ")");
     return y;
 }
 
 at::Tensor int4_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &sz) {
-    return run_int4(tf_int4_mm, 4, x, codes, sz);
+    return run_mm<uint8_t>(tf_int4_mm, "int4", 16, 4, false, x, codes, sz);
 }
 
 at::Tensor int4_q8_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &sz) {
-    return run_int4(tf_int4_q8_mm, 8, x, codes, sz);
+    return run_mm<uint8_t>(tf_int4_q8_mm, "int4", 16, 8, false, x, codes, sz);
 }
 
-at::Tensor int8_mm(const at::Tensor &x_in, const at::Tensor &codes, const at::Tensor &scales) {
-    const at::Tensor x = x_in.contiguous();
-    at::Tensor y = prepare(x, codes, 32, 2);
-    TORCH_CHECK(scales.is_contiguous() && scales.scalar_type() == at::kBFloat16 && scales.numel() == y.size(1),
-                "scales must be bf16, one per output channel");
-    const int rc = tf_int8_mm(static_cast<const uint16_t *>(x.data_ptr()), x.size(0), x.size(1), y.size(1),
-                              static_cast<const int8_t *>(codes.data_ptr()),
-                              static_cast<const uint16_t *>(scales.data_ptr()), static_cast<uint16_t *>(y.data_ptr()));
-    TORCH_CHECK(rc == 0, "int8 kernel failed (", rc, ")");
-    return y;
+at::Tensor int8_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales) {
+    return run_mm<int8_t>(tf_int8_mm, "int8", 32, 2, true, x, codes, scales);
 }
 
-at::Tensor int8_q8_mm(const at::Tensor &x_in, const at::Tensor &codes, const at::Tensor &scales) {
-    const at::Tensor x = x_in.contiguous();
-    at::Tensor y = prepare(x, codes, 16, 4);
-    TORCH_CHECK(scales.is_contiguous() && scales.scalar_type() == at::kBFloat16 && scales.numel() == y.size(1),
-                "scales must be bf16, one per output channel");
-    const int rc = tf_int8_q8_mm(static_cast<const uint16_t *>(x.data_ptr()), x.size(0), x.size(1), y.size(1),
-                                 static_cast<const uint8_t *>(codes.data_ptr()),
-                                 static_cast<const uint16_t *>(scales.data_ptr()), static_cast<uint16_t *>(y.data_ptr()));
-    TORCH_CHECK(rc != -3, "int8 kernel: int8 activations need AVX512_VNNI, which this build lacks");
-    TORCH_CHECK(rc == 0, "int8 kernel failed (", rc, ")");
-    return y;
+at::Tensor int8_q8_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales) {
+    return run_mm<uint8_t>(tf_int8_q8_mm, "int8", 16, 4, true, x, codes, scales);
 }
 
 at::Tensor decode_attention(const at::Tensor &q_in, const at::Tensor &k_cache, const at::Tensor &v_cache,
