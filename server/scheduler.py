@@ -2,9 +2,9 @@
 batched step that advances every active generation together (continuous batching).
 
 The event loop never runs the blocking loop. It calls ``Scheduler.submit()``
-and reads the returned ``JobGroup`` asynchronously; the worker thread pushes
-each ``TokenEvent`` onto the group's ``asyncio.Queue`` (through
-``loop.call_soon_threadsafe``) the moment the batch produces it.
+and reads the returned ``JobGroup`` asynchronously; the worker thread puts each
+step's ``TokenEvent``s onto their groups' ``asyncio.Queue``s as the step ends, all
+of them in one ``loop.call_soon_threadsafe`` (``Scheduler._send`` / ``_flush``).
 
 Between two steps the worker admits waiting requests into the batch (as long
 as the runner has free KV-cache slots and fewer than ``max_active`` jobs run),
@@ -89,7 +89,6 @@ class JobGroup:
         self.taken = 0  # items the reader took
         self.reader_waiting = False  # the reader is parked on an empty queue: not stalled
         self.last_read = time.monotonic()
-        self.outbox: list | None = None  # set by Scheduler.submit: items wait there for the step's end
 
     def cancel(self) -> None:
         """Stop every job of the group; the worker drops them before its next step."""
@@ -99,17 +98,6 @@ class JobGroup:
     @property
     def finished(self) -> bool:
         return all(job.done for job in self.jobs)
-
-    # Called from the worker thread only.
-    def _put(self, item) -> None:
-        self.sent += 1
-        if self.outbox is not None:  # the scheduler hands a whole step over at once (Scheduler._flush)
-            self.outbox.append((self, item))
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (time.monotonic(), item))
-        except RuntimeError:  # the loop is closed: the server is shutting down
-            pass
 
     @property
     def pending(self) -> int:
@@ -244,7 +232,6 @@ class Scheduler:
                loop: asyncio.AbstractEventLoop | None = None) -> JobGroup:
         """Queue one request's jobs, all or none. Call from the event loop."""
         group = JobGroup(loop or asyncio.get_running_loop())
-        group.outbox = self._outbox
         for index, (ids, params) in enumerate(requests):
             group.jobs.append(Job(list(ids), params, index, group))
         with self._wake:
@@ -273,13 +260,17 @@ class Scheduler:
             self._flush()
             self._finished.set()
 
+    def _send(self, group: JobGroup, item) -> None:
+        """Queue ``item`` for ``group``'s reader; it leaves with the step's others (``_flush``)."""
+        group.sent += 1
+        self._outbox.append((group, item))
+
     def _flush(self) -> None:
         """Hand everything the worker produced since the last call to the event loop(s) in
         one ``call_soon_threadsafe`` each: at 16 streams, one wake-up a step instead of 16."""
         if not self._outbox:
             return
-        items = self._outbox[:]
-        del self._outbox[:]  # the same list object: the groups keep appending to it
+        items, self._outbox = self._outbox, []
         now = time.monotonic()
         by_loop: dict = {}
         for group, item in items:
@@ -387,7 +378,7 @@ class Scheduler:
             return
         if isinstance(result, Exception):
             log.error("generation %s failed: %s: %s", job.id, type(result).__name__, result)
-            job.group._put((job.index, result))
+            self._send(job.group, (job.index, result))
             self._end(job, "error")
             return
         now = time.perf_counter()
@@ -395,7 +386,7 @@ class Scheduler:
             job.first_token_at = now
         job.prev_token_at, job.last_token_at = job.last_token_at, now
         job.tokens += 1
-        job.group._put((job.index, result))
+        self._send(job.group, (job.index, result))
         if self.observer is not None:
             self.observer(job, result)
         if result.finish_reason:
@@ -410,7 +401,7 @@ class Scheduler:
             if self.batch is not None:
                 self.batch.cancel(job.handle)  # frees its KV-cache slots now (no-op once finished)
             job.handle = None
-        job.group._put(JobGroup._END)
+        self._send(job.group, JobGroup._END)
         if self.observer is not None:
             self.observer(job, None)
 

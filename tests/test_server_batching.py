@@ -149,9 +149,11 @@ def test_a_reader_that_falls_behind_gets_merged_events():
     async def scenario():
         group = JobGroup(asyncio.get_running_loop())
         group.jobs.append(object())  # one choice
+        worker = Scheduler(engine=None)  # only its hand-over to the loop is used here
         events = [TokenEvent(i, f"t{i} ", -0.1, i) for i in range(6)]
         for ev in events[:2]:
-            group._put((0, ev))
+            worker._send(group, (0, ev))
+            worker._flush()  # two steps, a token each
         await asyncio.sleep(0)  # delivered to the queue
         reads = group.batches(behind_s=0.05)
         first = await reads.__anext__()
@@ -159,8 +161,10 @@ def test_a_reader_that_falls_behind_gets_merged_events():
         second = await reads.__anext__()
         assert second == (0, [events[1]])
         for ev in events[2:]:
-            group._put((0, ev))
-        group._put(JobGroup._END)
+            worker._send(group, (0, ev))
+            worker._flush()
+        worker._send(group, JobGroup._END)
+        worker._flush()
         await asyncio.sleep(0.1)  # the reader was slow: the backlog aged
         rest = [pair async for pair in reads]
         assert rest == [(0, events[2:])]  # one merged read, nothing lost
