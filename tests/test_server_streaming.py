@@ -281,7 +281,8 @@ def test_tokenflow_serve_command(tiny_model_dir):
     port = free_port()
     env = {**os.environ, "TOKENFLOW_API_KEY": "k"}
     proc = subprocess.Popen([sys.executable, "-m", "generator.cli", "serve", "--model", str(tiny_model_dir),
-                             "--device", "cpu", "--port", str(port), "--log-level", "warning", "--activations", "bf16"],
+                             "--device", "cpu", "--port", str(port), "--log-level", "warning",
+                             "--quant", "int4", "--activations", "bf16"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -296,7 +297,8 @@ def test_tokenflow_serve_command(tiny_model_dir):
         # loop on a second thread decodes at about half speed here (server.scheduler.WorkerHost).
         health = httpx.get(url + "/health").json()
         assert health["worker_thread"] == "MainThread"
-        assert (health["quant"], health["activations"]) == ("none", "bf16")  # an HF folder stays in its dtype
+        # The flags reach the engine (auto would pick int8 where the CPU has VNNI).
+        assert (health["quant"], health["activations"]) == ("int4", "bf16")
         client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         chunks = list(client.completions.create(model="tokenflow", prompt="Once upon", max_tokens=3, stream=True,
                                                 extra_body={"ignore_eos": True}))
@@ -314,7 +316,8 @@ def test_tokenflow_serve_port_taken_exits_nonzero(tiny_model_dir):
         taken.listen()
         port = taken.getsockname()[1]
         res = subprocess.run([sys.executable, "-m", "generator.cli", "serve", "--model", str(tiny_model_dir),
-                              "--device", "cpu", "--port", str(port), "--log-level", "warning", "--activations", "bf16"],
+                              "--device", "cpu", "--port", str(port), "--log-level", "warning",
+                             "--quant", "int4", "--activations", "bf16"],
                              capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert "Traceback" not in res.stderr and "address already in use" in res.stderr.lower()
