@@ -320,9 +320,8 @@ class FastLlama(nn.Module):
         total = 0
         for mod in list(self.layers) + [self.lm_head]:
             for name, buf in mod.named_buffers():
-                # Skip the cache, the dense copies and the second packing of int4 weights
-                # (a step reads one of the two packings).
-                if not name.endswith("_cache") and name.split(".")[-1] not in ("dense", "codes", "sz"):
+                # Skip the cache and the dense copies (prompt chunks read those, not a step).
+                if not name.endswith("_cache") and name.split(".")[-1] != "dense":
                     total += buf.numel() * buf.element_size()
         return total
 

@@ -1,9 +1,9 @@
 """Weight formats for the fast model: dense (float32/bfloat16), int8 and int4 weight-only.
 
-int4 is PyTorch's CPU format of ``aten._weight_int4pack_mm_for_cpu`` (groups of 32
-along the input dimension, a scale and a zero point per group, ``w = (q - 8) * scale +
-zero``), multiplied by our own kernel (``cpukernel.py``) where the CPU has AVX512_BF16,
-else by PyTorch's. A GGUF Q4_1 block is 32 values with a scale ``d`` and a minimum
+int4 is the format of ``aten._weight_int4pack_mm_for_cpu`` (groups of 32 along the
+input dimension, a scale and a zero point per group, ``w = (q - 8) * scale + zero``),
+packed once: for our own kernel (``cpukernel.py``) where the CPU has AVX512_BF16, else
+for PyTorch's. A GGUF Q4_1 block is 32 values with a scale ``d`` and a minimum
 ``m`` (``w = d * q + m``), so the GGUF's own 4-bit codes map onto the kernel with
 ``scale = d`` and ``zero = m + 8 d``: no second rounding of the weights, only the
 rounding of ``d`` and ``zero`` to the kernel's scale dtype (bfloat16).
@@ -65,13 +65,36 @@ def resolve_activations(name: str | None = "auto") -> str:
     return name
 
 
-class _DenseForLongInputs(nn.Module):
-    """A quantized linear that can keep a bf16 copy of exactly the weight its kernel
-    computes with, for inputs of many rows (prefill; the output head of a large batch),
-    where the weight-only kernels are compute-bound."""
+class _PackedLinear(nn.Module):
+    """A weight-only quantized linear: its weights packed ONCE, for our kernel
+    (``cpukernel``: buffers ``codes`` and ``sz``/``scales``) where it runs, else for
+    PyTorch's. ``_matmul(x2)`` multiplies ``[M, K]`` bf16 rows by them; everything else
+    (shapes, the dense copy, reading the weight back) is shared here.
 
+    It can keep a bf16 copy of exactly the weight its kernel computes with, for inputs of
+    many rows (prefill; the output head of a large batch), where the weight-only kernels
+    are compute-bound."""
+
+    in_features: int
     dense: torch.Tensor | None
     dense_min_rows: int = DENSE_MIN_ROWS
+
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dense_rows(x):
+            return torch.nn.functional.linear(x, self.dense)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if x2.dtype != torch.bfloat16:  # the kernels take bf16 (the int formats compute in it)
+            return self._matmul(x2.to(torch.bfloat16)).to(x.dtype).view(*shape[:-1], -1)
+        return self._matmul(x2).view(*shape[:-1], -1)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight the kernel computes with, as float32 ``[N, K]`` (tests, the dense
+        copy): multiplying the identity through the kernel reads back exactly what it uses."""
+        return self._matmul(torch.eye(self.in_features, dtype=torch.bfloat16)).float().T.contiguous()
 
     def keep_dense(self, min_rows: int = DENSE_MIN_ROWS) -> None:
         """Store the bf16 copy (2 bytes a weight, beside the packed ones), used for
@@ -91,12 +114,6 @@ def _int8_inputs(activations: str) -> bool:
     return activations == "int8" and cpukernel.int8_activations()
 
 
-def _our_kernel(linear: nn.Module, x: torch.Tensor) -> bool:
-    """Whether a forward takes ``cpukernel``'s kernel: the weights are packed for it and
-    the input is bf16 on the CPU (eager and compiled alike)."""
-    return linear.codes is not None and x.dtype == torch.bfloat16 and x.device.type == "cpu"
-
-
 class DenseLinear(nn.Module):
     """``y = x @ W.T`` with a plain float weight ``[N, K]``."""
 
@@ -111,7 +128,7 @@ class DenseLinear(nn.Module):
         return self.weight.float()
 
 
-class Int8Linear(_DenseForLongInputs):
+class Int8Linear(_PackedLinear):
     """int8 weight ``[N, K]`` with one scale per output channel; bf16 activations in and
     out. ``activations`` as ``Int4Linear``'s: with ``int8`` our VNNI kernel rounds the
     inputs to int8 per row and group of 32 (where ``K`` is a multiple of 32)."""
@@ -121,38 +138,33 @@ class Int8Linear(_DenseForLongInputs):
         w = weight.float()
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
         q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        self.register_buffer("qweight", q.contiguous())
+        n, self.in_features = q.shape
+        k = self.in_features
         self.register_buffer("scales", scale.to(torch.bfloat16))
-        # Our kernel's layout of the same codes (cpukernel.py), which forwards use.
-        n, k = q.shape
+        # One packing of the codes: our kernel's layout (cpukernel.py) where it runs, else
+        # PyTorch's plain int8 matrix.
         q8 = _int8_inputs(activations) and n % 16 == 0 and k % GROUP == 0
-        codes = None
+        codes = qweight = None
         if q8:
             codes = cpukernel.pack_int8_q8(q)
         elif cpukernel.available() and n % 32 == 0 and k % 2 == 0:
             codes = cpukernel.pack_int8(q)
+        else:
+            qweight = q.contiguous()
         self.activations = "int8" if q8 else "bf16"  # what forwards really multiply by
         self.register_buffer("codes", codes, persistent=False)
+        self.register_buffer("qweight", qweight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._dense_rows(x):
-            return torch.nn.functional.linear(x, self.dense)
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if _our_kernel(self, x):
-            kernel = cpukernel.int8_q8_mm if self.activations == "int8" else cpukernel.int8_mm
-            y = kernel(x2, self.codes, self.scales)
-        else:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
-        return y.view(*shape[:-1], -1)
-
-    def dequantized(self) -> torch.Tensor:
-        return self.qweight.float() * self.scales.float()[:, None]
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.codes is None:
+            return torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
+        kernel = cpukernel.int8_q8_mm if self.activations == "int8" else cpukernel.int8_mm
+        return kernel(x2, self.codes, self.scales)
 
 
-class Int4Linear(_DenseForLongInputs):
-    """4-bit codes ``[N, K]`` (0..15) in groups of 32 along K, packed for the CPU
-    kernel, with per-group scale and zero point; bf16 activations in and out.
+class Int4Linear(_PackedLinear):
+    """4-bit codes ``[N, K]`` (0..15) in groups of 32 along K, with per-group scale and
+    zero point; bf16 activations in and out.
 
     ``activations`` (``resolve_activations``): what our kernel multiplies the codes by,
     the bf16 inputs as they are (``bf16``) or rounded to int8 per row and group of 32
@@ -164,42 +176,31 @@ class Int4Linear(_DenseForLongInputs):
         n, k = codes.shape
         if k % GROUP:
             raise ValueError(f"int4 needs the input dimension to be a multiple of {GROUP}, got {k}")
-        self.out_features = n
-        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-            codes.to(torch.int32).contiguous(), 2))
-        # The kernel wants [K // 32, N, 2]: (scale, zero) per group and output channel.
-        sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
-        self.register_buffer("scales_zeros", sz.to(torch.bfloat16).contiguous())
-        # The same weights in our kernel's layout (cpukernel.py), which forwards use when it
-        # is available (faster than PyTorch's at every batch size here). PyTorch's packing
-        # above is then read only by ``dequantized`` (tests, the dense copies): kept twice.
-        codes_k = sz_k = None
-        q8 = _int8_inputs(activations) and n % 16 == 0
-        if cpukernel.available() and n % 16 == 0:
+        if n % 16:
+            raise ValueError(f"int4 needs the output dimension to be a multiple of 16, got {n}")
+        self.out_features, self.in_features = n, k
+        # One packing: our kernel's layout (cpukernel.py) where it runs (faster than
+        # PyTorch's at every batch size here), else PyTorch's, whose kernel wants the
+        # scales as [K // 32, N, 2]: (scale, zero) per group and output channel.
+        q8 = _int8_inputs(activations)
+        codes_k = sz_k = packed = scales_zeros = None
+        if cpukernel.available():
             codes_k, sz_k = (cpukernel.pack_q8 if q8 else cpukernel.pack)(codes, scale, zero)
+        else:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
+            sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
+            scales_zeros = sz.to(torch.bfloat16).contiguous()
         self.activations = "int8" if q8 else "bf16"  # what forwards really multiply by
         self.register_buffer("codes", codes_k, persistent=False)
         self.register_buffer("sz", sz_k, persistent=False)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_zeros", scales_zeros)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._dense_rows(x):
-            return torch.nn.functional.linear(x, self.dense)
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if _our_kernel(self, x):
-            kernel = cpukernel.int4_q8_mm if self.activations == "int8" else cpukernel.int4_mm
-            y = kernel(x2, self.codes, self.sz)
-        else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, GROUP, self.scales_zeros)
-        return y.view(*shape[:-1], -1)
-
-    def dequantized(self) -> torch.Tensor:
-        """The weight the kernel computes with, as float32 ``[N, K]`` (for tests)."""
-        n = self.out_features
-        k = self.scales_zeros.shape[0] * GROUP
-        eye = torch.eye(k, dtype=torch.bfloat16)
-        # Multiplying the identity through the kernel reads back exactly what it uses.
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, GROUP, self.scales_zeros).float().T[:n]
+    def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
+        if self.codes is None:
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, GROUP, self.scales_zeros)
+        kernel = cpukernel.int4_q8_mm if self.activations == "int8" else cpukernel.int4_mm
+        return kernel(x2, self.codes, self.sz)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, activations: str = "bf16") -> "Int4Linear":

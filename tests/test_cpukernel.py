@@ -125,20 +125,36 @@ def test_pack_rejects_shapes_the_kernel_cannot_tile():
         cpukernel.pack_int8(torch.zeros(40, 64, dtype=torch.int8))
 
 
+def _on_pytorchs_kernels(make):
+    """``make()`` with our kernels switched off while it packs (PyTorch's layouts)."""
+    real = cpukernel.available
+    cpukernel.available = lambda: False
+    try:
+        return make()
+    finally:
+        cpukernel.available = real
+
+
 @needs_kernel
 def test_linears_use_the_kernel_in_eager_and_pytorchs_otherwise():
-    lin4 = Int4Linear(*_int4_weight(64, 64))
-    lin8 = Int8Linear(torch.randn(64, 64))
+    """Each linear keeps ONE packing: ours where our kernel runs, PyTorch's otherwise; both
+    compute the same weights (and read them back alike)."""
+    codes, scale, zero = _int4_weight(64, 64)
+    w8 = torch.randn(64, 64)
+    lin4, lin8 = Int4Linear(codes, scale, zero), Int8Linear(w8)
+    ref4, ref8 = _on_pytorchs_kernels(lambda: (Int4Linear(codes, scale, zero), Int8Linear(w8)))
     x = torch.randn(5, 64).bfloat16()
-    for lin, ref in ((lin4, lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, lin4.packed, GROUP,
-                                                                             lin4.scales_zeros)),
-                     (lin8, lambda: torch.ops.aten._weight_int8pack_mm(x, lin8.qweight, lin8.scales))):
-        assert lin.codes is not None
+    for lin, ref in ((lin4, ref4), (lin8, ref8)):
+        assert lin.codes is not None and ref.codes is None
+        assert {n for n, b in lin.named_buffers() if b is not None} & {"packed", "scales_zeros", "qweight"} == set()
         y = lin(x)
         expected = (cpukernel.int4_mm(x, lin.codes, lin.sz) if lin is lin4
                     else cpukernel.int8_mm(x, lin.codes, lin.scales))
         assert torch.equal(y, expected)  # the kernel's own output, not PyTorch's
-        _bf16_close(y, ref())
+        _bf16_close(y, ref(x))
+        _bf16_close(lin.dequantized(), ref.dequantized())
+    assert torch.equal(ref4(x), torch.ops.aten._weight_int4pack_mm_for_cpu(x, ref4.packed, GROUP, ref4.scales_zeros))
+    assert torch.equal(ref8(x), torch.ops.aten._weight_int8pack_mm(x, ref8.qweight, ref8.scales))
 
 
 def test_switch_turns_the_kernel_off():
@@ -156,10 +172,9 @@ def test_model_on_our_kernels_matches_pytorchs_kernels(quant):
     logits of PyTorch's kernels up to float rounding, and the same greedy tokens."""
     tiny = build_tiny_model(320)
     ours = FastLlama.from_hf(tiny, quant=quant, num_slots=4, max_len=64, activations="bf16")
-    ref = FastLlama.from_hf(tiny, quant=quant, num_slots=4, max_len=64, activations="bf16")
-    for mod in ref.modules():
-        if isinstance(mod, (Int4Linear, Int8Linear)):
-            mod.codes = None  # PyTorch's kernels
+    ref = _on_pytorchs_kernels(lambda: FastLlama.from_hf(tiny, quant=quant, num_slots=4, max_len=64,
+                                                         activations="bf16"))
+    assert all(m.codes is None for m in ref.modules() if isinstance(m, (Int4Linear, Int8Linear)))
     assert any(isinstance(m, (Int4Linear, Int8Linear)) and m.codes is not None for m in ours.modules())
     a, b = FastRunner(ours, compile=False), FastRunner(ref, compile=False)
     prompts = [[5, 9, 14, 200, 31], [7, 7, 8], [100, 3, 54, 2, 9, 11, 250], [1]]
