@@ -19,7 +19,7 @@ import torch
 
 from decoding import SamplingParams
 from generator import Engine
-from generator.quant import Int4Linear, Int8Linear
+from generator.weights.formats import Int4Linear, Int8Linear
 
 PROMPTS = ["Explain streaming in one paragraph.", "Write a haiku about the sea.", "What is a KV cache?",
            "List three prime numbers."]

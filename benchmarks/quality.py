@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from generator import Engine
-from generator.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_logprob, perplexity
+from generator.eval.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_logprob, perplexity
 
 FORMATS = {"fp32": dict(dtype="float32", quant="none"), "bf16": dict(dtype="bfloat16", quant="none"),
            "int8": dict(dtype="auto", quant="int8"), "int4": dict(dtype="auto", quant="int4"),

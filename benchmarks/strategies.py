@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from decoding import ParamError, SamplingParams, resolve, strategies
-from generator import metrics
-from generator.compare import is_sampling, load_engine, parse_engine_args, parse_strategy_spec
+from generator.eval import text as metrics
+from generator.cli.compare import is_sampling, load_engine, parse_engine_args, parse_strategy_spec
 
 DEFAULT_PROMPTS = [
     "Explain streaming in one paragraph.",
@@ -443,7 +443,7 @@ def load_peer_model(model: str | None, device: torch.device, dtype: torch.dtype)
 def read_prompts(path: str | None) -> list[str]:
     if not path:
         return list(DEFAULT_PROMPTS)
-    from generator.compare import read_prompts_file
+    from generator.cli.compare import read_prompts_file
 
     return read_prompts_file(path)
 
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from generator.cli import CLIError
+    from generator.cli.main import CLIError
     from generator.loading import ModelLoadError, pick_device, pick_dtype
 
     err = Console(stderr=True)

@@ -140,7 +140,7 @@ class _Group:
 
 # A fused (argmax, log-probability) for float32 CPU logits, ``logits -> (ids, logprobs)``,
 # the same choice as ``selectors.argmax`` and log_softmax at it: set by the generator's
-# kernel library when it loads (``generator.cpukernel.greedy_pick``); None: PyTorch's ops.
+# kernel library when it loads (``generator.kernels.ops.greedy_pick``); None: PyTorch's ops.
 GREEDY_PICK = None
 
 

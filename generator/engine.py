@@ -12,10 +12,10 @@ from decoding import ParamError, SamplingParams
 
 from .batch import BatchGenerator
 from .events import TokenEvent
-from .fastmodel import FastLlama, supports
+from .model.llama import FastLlama, supports
 from .loading import ModelLoadError, load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
-from .quant import QUANTS, has_q4_1, resolve_activations
-from .runner import FastRunner, HFRunner, compile_enabled
+from .weights.formats import QUANTS, has_q4_1, resolve_activations
+from .model.runner import FastRunner, HFRunner, compile_enabled
 
 Prompt = str | list[int]
 

@@ -12,11 +12,11 @@ from fastapi import FastAPI
 
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .routes import router, v1
+from .openai.routes import router, v1
 from .scheduler import Scheduler, WorkerHost
 from .settings import Settings
-from .streaming import StreamStore
-from .web import install_web
+from .sse import StreamStore
+from .web.routes import install_web
 
 log = logging.getLogger("tokenflow.server")
 

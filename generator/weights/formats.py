@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cpukernel
+from ..kernels import ops as cpukernel
 
 GROUP = 32  # Q4_1 block size and the int4 kernel's group size
 QUANTS = ("none", "int8", "int4")

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from decoding import SamplingParams, processors, strategies
-from generator.cli import main
+from generator.cli.main import main
 
 
 def test_strategies_lists_every_name_with_chain_params_and_reference(capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from decoding import SamplingParams, strategies
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "strategies.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "strategies.py"
 
 
 def test_benchmark_writes_json_csv_png_for_every_strategy(tiny_model_dir, tmp_path):

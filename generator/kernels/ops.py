@@ -37,8 +37,8 @@ from decoding import sampler
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("int4_gemm.c")
-OP_SOURCE = Path(__file__).with_name("int4_op.cpp")
+SOURCE = Path(__file__).parent / "csrc" / "int4_gemm.c"
+OP_SOURCE = Path(__file__).parent / "csrc" / "int4_op.cpp"
 GROUP = 32
 
 _loaded = False
@@ -47,7 +47,7 @@ _lock = threading.Lock()
 
 
 def _cache_dir() -> Path:
-    from .loading import cache_dir  # the model cache's folder ($TOKENFLOW_HOME, XDG, ~/.cache)
+    from ..loading import cache_dir  # the model cache's folder ($TOKENFLOW_HOME, XDG, ~/.cache)
 
     return cache_dir() / "kernels"
 

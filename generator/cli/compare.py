@@ -23,7 +23,7 @@ from typing import Any
 
 from decoding import ParamError, SamplingParams, resolve
 
-from . import metrics
+from ..eval import text as metrics
 
 # -- parsing "name:key=value,..." -------------------------------------------
 
@@ -139,7 +139,7 @@ def _guess_value(text: str) -> Any:
 def load_engine(model: str | None, device: str, dtype: str, options: dict[str, Any] | None = None):
     """``Engine.load`` with extra keyword options passed through only if this
     version of ``Engine.load`` takes them (else a ``ParamError`` naming the option)."""
-    from .engine import Engine
+    from ..engine import Engine
 
     options = dict(options or {})
     accepted = inspect.signature(Engine.load).parameters
@@ -405,7 +405,7 @@ def summary_table(report: dict[str, Any]):
 
 def read_prompts_file(path: str) -> list[str]:
     """Prompts from JSON Lines: each line ``{"prompt": "..."}`` or a JSON string."""
-    from .cli import CLIError
+    from .main import CLIError
 
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -430,7 +430,7 @@ def read_prompts_file(path: str) -> list[str]:
 
 def add_commands(sub) -> None:
     """Add ``tokenflow compare`` to the CLI."""
-    from .cli import add_model_flags
+    from .main import add_model_flags
 
     cmp = sub.add_parser(
         "compare", help="run several strategies on a prompt, side by side, and compare them",
@@ -459,7 +459,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from .cli import CLIError
+    from .main import CLIError
 
     if not args.specs:
         raise CLIError("give at least one --strategy")
@@ -484,7 +484,7 @@ def cmd_compare(args) -> int:
     view = None if args.no_live else LiveColumns(labels, console=console)
     recorder = None
     if args.record:
-        from .record import StreamRecorder
+        from .replay import StreamRecorder
 
         streams = {r.stream_id: f"{labels[r.spec_index]} #{r.sample} (prompt {r.prompt_index})"
                    for r in plan_runs(specs, len(prompts), args.samples, args.seed)}

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from decoding import ParamError, SamplingParams
-from generator.compare import parse_engine_args, parse_strategy_spec
-from generator.record import read_recording, replay_events, stream_texts
+from generator.cli.compare import parse_engine_args, parse_strategy_spec
+from generator.cli.replay import read_recording, replay_events, stream_texts
 
 CLI = [sys.executable, "-m", "generator.cli"]
 

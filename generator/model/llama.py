@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import cpukernel
-from .quant import (HEAD_DENSE_MIN_ROWS, QUANTS, DenseLinear, GGUFQ4Source, Int4Linear, Int8Linear, make_linear,
+from ..kernels import ops as cpukernel
+from ..weights.formats import (HEAD_DENSE_MIN_ROWS, QUANTS, DenseLinear, GGUFQ4Source, Int4Linear, Int8Linear, make_linear,
                     resolve_activations)
 
 SUPPORTED_MODEL_TYPES = ("llama",)

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from .events import TokenEvent
+from ..events import TokenEvent
 
 FORMAT_VERSION = 1
 
@@ -125,7 +125,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_replay(args) -> int:
-    from .cli import CLIError
+    from .main import CLIError
 
     if not args.speed > 0:
         raise CLIError(f"--speed must be > 0, got {args.speed}")

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OUTPUT = Path(__file__).resolve().parent.parent / "test-output" / "browser"
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "browser"
 PROMPT = "Once upon a time"
 
 if not os.path.exists(CHROMIUM):

@@ -1,7 +1,7 @@
 """The web page: ``GET /`` and its static assets, plus the one route the page
 needs beyond ``/api/stream``: an explicit cancel for its Stop button.
 
-Everything the page uses lives in ``server/static/`` (no build step, no CDN).
+Everything the page uses lives in ``server/web/static/`` (no build step, no CDN).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .errors import APIError
-from .routes import require_api_key
+from ..errors import APIError
+from ..openai.routes import require_api_key
 
 STATIC_DIR = Path(__file__).parent / "static"
 

@@ -16,11 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from decoding import ParamError, SamplingParams, strategies
 
-from . import openai_format as fmt
-from .errors import APIError, from_param_error
-from .scheduler import GenerationError, JobGroup, SchedulerFull
-from .schemas import ChatCompletionRequest, CompletionRequest, _Request, sampling_fields
-from .streaming import error_event, event_stream
+from . import serving as fmt
+from ..errors import APIError, from_param_error
+from ..scheduler import GenerationError, JobGroup, SchedulerFull
+from .protocol import ChatCompletionRequest, CompletionRequest, _Request, sampling_fields
+from ..sse import error_event, event_stream
 
 router = APIRouter()
 

@@ -1,6 +1,6 @@
 """Time to first token and decode tokens/s: in process vs over HTTP, same prompt.
 
-    .venv/bin/python -m server.measure [--runs 3] [--max-tokens 64] [--device cpu]
+    .venv/bin/python benchmarks/serve_inprocess.py [--runs 3] [--max-tokens 64] [--device cpu]
 
 Loads the model once, serves it with uvicorn on a free port of 127.0.0.1 in a
 thread of this process, and alternates in-process runs (``engine.stream``) with
@@ -23,7 +23,7 @@ def _stats(start: float, stamps: list[float]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.measure", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/serve_inprocess.py", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompt", default="Explain streaming in one paragraph.")
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     from decoding import SamplingParams
     from generator import Engine
 
-    from .app import create_app
-    from .cli import serve_with_worker_here
-    from .settings import Settings
+    from server.app import create_app
+    from server.cli import serve_with_worker_here
+    from server.settings import Settings
 
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype)
     messages = [{"role": "user", "content": args.prompt}]

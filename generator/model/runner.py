@@ -207,7 +207,7 @@ class FastRunner(_Slots):
         attention kernel (bf16 on the CPU), at most ``prefill_chunk`` tokens in all and
         none longer than ``FLAT_PREFILL_MAX_PROMPT`` (each row reads its prompt so far from
         the cache: quadratic in a prompt's length)."""
-        from . import cpukernel
+        from ..kernels import ops as cpukernel
 
         return (self.dtype == torch.bfloat16 and self.device.type == "cpu" and cpukernel.available()
                 and sum(len(ids) for ids in id_lists) <= self.prefill_chunk

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from decoding import SamplingParams, strategies
-from generator import cli
+from generator.cli import main as cli_main
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ def cli_on_default_engine(default_engine, monkeypatch):
     from generator.engine import Engine
 
     monkeypatch.setattr(Engine, "load", classmethod(lambda cls, *a, **kw: default_engine))
-    return cli.main
+    return cli_main
 
 
 @pytest.mark.parametrize("name", [s.name for s in strategies()])

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from decoding import ParamError, SamplingParams, resolve, strategies
 
-from .errors import APIError, from_param_error
+from ..errors import APIError, from_param_error
 
 # OpenAI fields we accept and ignore: they do not change the tokens.
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options",

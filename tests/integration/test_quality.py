@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from generator import Engine, cpukernel
-from generator.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_logprob, perplexity
-from generator.quant import GGUFQ4Source, Int4Linear, dequantize_q4_1
+from generator.eval.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_logprob, perplexity
+from generator.weights.formats import GGUFQ4Source, Int4Linear, dequantize_q4_1
 
 pytestmark = pytest.mark.integration
 

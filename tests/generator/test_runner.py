@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from decoding import ParamError, SamplingParams
-from generator.fastmodel import FastLlama, linear_kinds
-from generator.quant import Int4Linear, Int8Linear, dequantize_q4_1
-from generator.runner import FastRunner, HFRunner, SlotsExhausted
+from generator.model.llama import FastLlama, linear_kinds
+from generator.weights.formats import Int4Linear, Int8Linear, dequantize_q4_1
+from generator.model.runner import FastRunner, HFRunner, SlotsExhausted
 
 from conftest import build_tiny_model
 
@@ -234,7 +234,7 @@ def test_dense_prefill_copy_is_used_for_long_chunks_only(tiny_hf, quant):
     """With ``dense_prefill`` a quantized linear multiplies inputs of 32+ rows by a bf16
     copy of exactly its kernel's weight; shorter inputs (decode steps) still take the
     packed kernel, bit for bit."""
-    from generator.quant import DENSE_MIN_ROWS
+    from generator.weights.formats import DENSE_MIN_ROWS
 
     # bf16 activations: the copy stands for exactly what the bf16 kernel computes with.
     packed = FastLlama.from_hf(tiny_hf, quant=quant, num_slots=1, max_len=64, activations="bf16")

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_measure_commands(sub) -> None:
     """``compare`` (strategies side by side) and ``replay`` (recorded streams)."""
-    from . import compare, record
+    from . import compare, replay as record
 
     compare.add_commands(sub)
     record.add_commands(sub)
@@ -170,7 +170,7 @@ def _add_optional_commands(sub) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .engine import Engine  # heavy imports only once the flags are good
+    from ..engine import Engine  # heavy imports only once the flags are good
 
     params = sampling_params_from_args(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -241,7 +241,7 @@ def _open_recorder(args: argparse.Namespace, engine, prompt: str, params: Sampli
     """A ``StreamRecorder`` for ``--record``, or None."""
     if not getattr(args, "record", None):
         return None
-    from .record import StreamRecorder
+    from .replay import StreamRecorder
 
     try:
         return StreamRecorder(args.record, {"command": "generate", "prompt": prompt, "chat": args.chat,
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - last resort: one line, never a traceback
-        from .loading import ModelLoadError
+        from ..loading import ModelLoadError
 
         if isinstance(exc, ModelLoadError):
             print(f"tokenflow: error: {exc}", file=sys.stderr)
@@ -299,11 +299,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokenflow: error: {type(exc).__name__}: {exc} (set TOKENFLOW_DEBUG=1 for a traceback)",
               file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    # `python -m generator.cli` runs this file as __main__, a second copy of the module; use the
-    # package's own copy so subcommands defined elsewhere raise the CLIError that main() catches.
-    from generator.cli import main as package_main
-
-    sys.exit(package_main())

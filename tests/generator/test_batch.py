@@ -13,7 +13,7 @@ import torch
 
 from decoding import SamplingParams
 from generator.batch import BatchGenerator
-from generator.runner import _Slots
+from generator.model.runner import _Slots
 
 PROMPT = "Once upon a time"
 

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from generator import cpukernel
-from generator.fastmodel import FastLlama
-from generator.quant import GROUP, Int4Linear, Int8Linear
-from generator.runner import FastRunner
+from generator.kernels import ops as cpukernel
+from generator.model.llama import FastLlama
+from generator.weights.formats import GROUP, Int4Linear, Int8Linear
+from generator.model.runner import FastRunner
 
 from conftest import build_tiny_model
 
@@ -159,9 +159,9 @@ def test_linears_use_the_kernel_in_eager_and_pytorchs_otherwise():
 
 def test_switch_turns_the_kernel_off():
     env = dict(os.environ, TOKENFLOW_INT4_KERNEL="aten")
-    out = subprocess.run([sys.executable, "-c", "from generator import cpukernel; print(cpukernel.available())"],
+    out = subprocess.run([sys.executable, "-c", "from generator.kernels import ops; print(ops.available())"],
                          env=env, capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
-                             os.path.abspath(__file__))))
+                             os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout.strip() == "False"
 
 
@@ -300,7 +300,7 @@ def test_without_our_kernels_the_fallbacks_take_over(monkeypatch):
     """With the kernels off: the int linears keep PyTorch's kernels, an int8 head multiplies
     batches of HEAD_DENSE_MIN_ROWS+ rows by its bf16 copy (fewer rows: the int8 kernel), and
     a batched one-token step (float32 matmul attention from 8 rows) equals each row alone."""
-    from generator.quant import HEAD_DENSE_MIN_ROWS
+    from generator.weights.formats import HEAD_DENSE_MIN_ROWS
 
     monkeypatch.setattr(cpukernel, "available", lambda: False)
     model = FastLlama.from_hf(build_tiny_model(320), quant="int4", num_slots=8, max_len=64)
@@ -353,7 +353,7 @@ def test_int8_activations_model_follows_bf16_and_runs_the_vnni_kernel():
 
 
 def test_activations_setting(monkeypatch):
-    from generator.quant import resolve_activations
+    from generator.weights.formats import resolve_activations
 
     monkeypatch.setenv("TOKENFLOW_ACTIVATIONS", "bf16")
     assert resolve_activations("auto") == "bf16"

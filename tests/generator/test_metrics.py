@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from generator import metrics
+from generator.eval import text as metrics
 
 
 def test_percentile_interpolates_linearly_like_numpy():
