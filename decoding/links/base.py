@@ -21,13 +21,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from ..params import SamplingParams
-    from ..sampler import RowState
 
 
 class _NoOff:
@@ -85,6 +81,19 @@ class Batch:
     eos_token_ids: tuple[int, ...] = ()
 
 
+class Row(Protocol):
+    """What a link reads of a batch row (``decoding.sampler.RowState``)."""
+
+    params: Any  # the row's SamplingParams
+    generator: torch.Generator
+    history: list[int]  # prompt + output
+    prompt_len: int
+    states: dict[Any, "LinkState"]  # link or selector -> its state for this row
+
+    @property
+    def generated(self) -> int: ...
+
+
 class LinkState(Protocol):
     """A row's state of a stateful link; it learns only through ``accept``."""
 
@@ -115,11 +124,11 @@ class Link:
         """The fields whose live value turns it on."""
         return self.params[:1]
 
-    def is_on(self, params: "SamplingParams") -> bool:
+    def is_on(self, params: Any) -> bool:
         """Whether this request switches it on."""
         return any(getattr(params, p.name) != p.off for p in self.switches)
 
-    def labels(self, params: "SamplingParams") -> tuple[str, ...]:
+    def labels(self, params: Any) -> tuple[str, ...]:
         """Its names in a request's printed chain (none when off)."""
         return (self.name,) if self.is_on(params) else ()
 
@@ -128,11 +137,11 @@ class Link:
         return [{"name": self.name, "field": self.params[0].name, "params": list(self.fields),
                  "description": self.description, "reference": self.reference}]
 
-    def new_state(self, params: "SamplingParams", prompt_ids: Sequence[int]) -> LinkState | None:
+    def new_state(self, params: Any, prompt_ids: Sequence[int]) -> LinkState | None:
         """A row's own state, for links that learn from history; ``None``: stateless."""
         return None
 
-    def columns(self, rows: Sequence["RowState"], batch: Batch) -> Any:
+    def columns(self, rows: Sequence[Row], batch: Batch) -> Any:
         """Per-row columns for this batch, built once; ``None`` when off for every row."""
         raise NotImplementedError
 
@@ -153,7 +162,7 @@ class ColumnLink(Link):
 
     dtype: torch.dtype = torch.float32
 
-    def columns(self, rows: Sequence["RowState"], batch: Batch) -> tuple[torch.Tensor, int] | None:
+    def columns(self, rows: Sequence[Row], batch: Batch) -> tuple[torch.Tensor, int] | None:
         switch = self.params[0]
         values = [getattr(r.params, switch.name) for r in rows]
         if all(v == switch.off for v in values):
