@@ -76,3 +76,6 @@ register(Strategy("transformers", SAMPLE,
                   params=("seed",), aliases=("hf", "huggingface"),
                   description="every transformers warper, in generate()'s order",
                   reference="transformers generate(do_sample=True) warper order"))
+register(Strategy("top_n_sigma", SAMPLE, (T, filters.TOP_N_SIGMA), params=("seed",), aliases=("top_nsigma",),
+                  defaults={"top_nsigma": 1.0}, description="keep tokens within n standard deviations of the top logit",
+                  reference="llama.cpp llama_sampler_top_n_sigma (Tang et al. 2024, Top-n-sigma)"))

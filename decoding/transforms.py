@@ -128,6 +128,22 @@ def eta_cutoff(logits: torch.Tensor, epsilon: Param, min_tokens_to_keep: int = 1
     return logits.masked_fill((p < eta) & (logits < kth), float("-inf"))
 
 
+def top_n_sigma(logits: torch.Tensor, n: Param, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """Top-n-sigma (Tang et al. 2024; llama.cpp ``llama_sampler_top_n_sigma``): keep the
+    tokens whose logit is at least ``max - n * std``, ``std`` the (population) standard
+    deviation of the row's finite logits, already removed entries left out; ``n <= 0``
+    is off. The top logit always stays, and the kept set does not move with temperature."""
+    col = _per_row(n, logits, torch.float32)
+    x = logits.float()
+    finite = torch.isfinite(x)
+    count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
+    mean = torch.where(finite, x, 0.0).sum(dim=-1, keepdim=True) / count
+    std = (torch.where(finite, x - mean, 0.0).square().sum(dim=-1, keepdim=True) / count).sqrt()
+    remove = (x < x.amax(dim=-1, keepdim=True) - col * std) & (col > 0)
+    remove = _keep_top(remove, logits, min_tokens_to_keep)
+    return logits.masked_fill(remove, float("-inf"))
+
+
 def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: Param) -> torch.Tensor:
     """Multiplicative repetition penalty (``RepetitionPenaltyLogitsProcessor``, Keskar et
     al. 2019): for every token in ``seen`` (bool ``[B, V]``: the prompt and the output so

@@ -82,6 +82,12 @@ class EtaCutoff(_Truncation):
                     low=0.0, high=1.0, high_open=True, off=0.0),)
 
 
+class TopNSigma(_Truncation):
+    name = "top_n_sigma"
+    params = (Param("top_nsigma", "float | None", None, "top-n-sigma: keep tokens whose logit is within n "
+                    "standard deviations of the top one (0 = off)", low=0.0, off=0.0),)
+
+
 class ExcludeTopChoices(ColumnLink):
     """Exclude Top Choices. It can remove the most likely token, but only on a random
     draw, and a greedy row draws nothing: greedy rows skip it."""
@@ -117,3 +123,4 @@ TYPICAL_P = TypicalP()
 EPSILON_CUTOFF = EpsilonCutoff()
 ETA_CUTOFF = EtaCutoff()
 XTC = ExcludeTopChoices()
+TOP_N_SIGMA = TopNSigma()
