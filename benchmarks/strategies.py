@@ -31,8 +31,12 @@ from typing import Any
 import torch
 
 from decoding import ParamError, SamplingParams, resolve, strategies
+from decoding.selectors import ARGMAX, BEAM, SAMPLE
 from generator.eval import text as metrics
 from generator.cli.compare import is_sampling, load_engine, parse_engine_args, parse_strategy_spec
+
+# The selectors transformers' generate() has (mirostat, for one, it has not).
+_PEER_SELECTORS = (ARGMAX, SAMPLE, BEAM)
 
 DEFAULT_PROMPTS = [
     "Explain streaming in one paragraph.",
@@ -95,9 +99,9 @@ def peer_kwargs(params: SamplingParams) -> tuple[dict[str, Any] | None, str]:
     ``(None, reason)`` when transformers has no equivalent."""
     from transformers import GenerationConfig
 
-    strategy = resolve(params.strategy)
-    if strategy.selector not in ("argmax", "sample", "beam"):
-        return None, f"transformers generate() has no '{strategy.selector}' selector"
+    strategy = params.resolved_strategy
+    if strategy.selector not in _PEER_SELECTORS:
+        return None, f"transformers generate() has no '{strategy.selector.name}' selector"
     generate_fields = set(GenerationConfig().to_dict())
     kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens}
     for f in dataclasses.fields(SamplingParams):
@@ -112,7 +116,7 @@ def peer_kwargs(params: SamplingParams) -> tuple[dict[str, Any] | None, str]:
         kwargs[f.name] = value
     if params.ignore_eos:
         kwargs["eos_token_id"] = None  # generate() then runs to max_new_tokens, as ours does
-    if strategy.selector == "beam":
+    if strategy.selector.is_beam:
         kwargs.update(do_sample=False, num_beams=params.num_beams)
     elif params.is_greedy:
         kwargs.update(do_sample=False)
@@ -537,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append({"spec": spec, "reason": f"{type(exc).__name__}: {exc}"})
                 continue
             entry: dict[str, Any] = {
-                "strategy": params.strategy, "spec": spec, "chain": resolve(params.strategy).chain,
+                "strategy": params.strategy, "spec": spec, "chain": params.resolved_strategy.chain,
                 "params": dataclasses.asdict(params), "ours": summarize(ours),
             }
             if kwargs is not None:

@@ -1,10 +1,20 @@
-"""Selectors: the last link of a chain, logits -> one token id per row."""
+"""Selectors: the last link of a chain, logits -> one token id per row.
+
+The plain functions (``argmax``, ``sample``, ``uniform``) and ``MirostatV2`` do the
+work; the selector objects (``ARGMAX``, ``SAMPLE``, ``MIROSTAT_V2``, ``BEAM``) say
+what they are (``is_beam``, ``samples``), own their fields and run a group's rows.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+
+from . import transforms
+from .links.base import Batch, Param
 
 
 def argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -68,7 +78,7 @@ class MirostatV2:
 
     def clone(self) -> "MirostatV2":
         """An independent copy with the same state."""
-        other = MirostatV2(self.tau, self.eta, self.device)
+        other = type(self)(self.tau, self.eta, self.device)
         other.mu = self.mu.clone()
         other.last_log2p = self.last_log2p
         return other
@@ -87,9 +97,94 @@ class MirostatV2:
 
     def __call__(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Choose a token for one row, ``[V]`` or ``[1, V]`` -> ``[1]``."""
-        from .transforms import mirostat_v2_truncate
-
         row = logits.reshape(1, -1)
-        truncated = mirostat_v2_truncate(row, self.mu.reshape(1))
+        truncated = transforms.mirostat_v2_truncate(row, self.mu.reshape(1))
         self.observe(truncated[0])
         return sample(truncated, [generator])
+
+
+class Selector:
+    """The last link of a chain. ``samples``: it draws at random from each row's seeded
+    generator (temperature 0 makes such a row greedy); ``is_beam``: beam search, which
+    ``decoding.beam.BeamSearch`` drives instead of a ``BatchSampler``."""
+
+    name: str = ""
+    is_beam: bool = False
+    samples: bool = False
+    params: tuple[Param, ...] = ()  # fields it owns
+
+    def new_state(self, params: Any, device: torch.device | str) -> Any:
+        """A row's own state, for selectors that learn; ``None``: stateless."""
+        return None
+
+    def columns(self, rows: Sequence[Any], batch: Batch) -> Any:
+        """What ``select`` needs of a group's rows, built once per batch."""
+        return None
+
+    def select(self, logits: torch.Tensor, columns: Any) -> torch.Tensor:
+        """One id per row, ``[G, V] -> [G]``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<selector {self.name}>"
+
+
+class Argmax(Selector):
+    name = "argmax"
+
+    def select(self, logits, columns):
+        return argmax(logits)
+
+
+class Sample(Selector):
+    name = "sample"
+    samples = True
+
+    def columns(self, rows, batch):
+        return [r.generator for r in rows]
+
+    def select(self, logits, generators):
+        return sample(logits, generators)
+
+
+class _MirostatRow(MirostatV2):
+    """A row's mirostat state: a greedy step (temperature 0) observed nothing, so
+    there is nothing to learn from its token."""
+
+    def accept(self, token: int | torch.Tensor) -> None:
+        if self.last_log2p is not None:
+            super().accept(token)
+
+
+class Mirostat(Selector):
+    name = "mirostat_v2"
+    samples = True
+    params = (Param("mirostat_tau", "float", 5.0, "mirostat: target surprise in bits", low=0.0, low_open=True),
+              Param("mirostat_eta", "float", 0.1, "mirostat: learning rate of mu", low=0.0, high=1.0, low_open=True))
+
+    def new_state(self, params, device):
+        return _MirostatRow(params.mirostat_tau, params.mirostat_eta, device)
+
+    def columns(self, rows, batch):
+        return [r.generator for r in rows], [r.states[self] for r in rows]
+
+    def select(self, logits, columns):
+        generators, states = columns
+        logits = transforms.mirostat_v2_truncate(logits, torch.stack([s.mu for s in states]))
+        for row, state in enumerate(states):
+            state.observe(logits[row])
+        return sample(logits, generators)
+
+
+class Beam(Selector):
+    name = "beam"
+    is_beam = True
+
+    def select(self, logits, columns):
+        raise ValueError("beam rows are driven by decoding.beam.BeamSearch, not BatchSampler")
+
+
+ARGMAX = Argmax()
+SAMPLE = Sample()
+MIROSTAT_V2 = Mirostat()
+BEAM = Beam()

@@ -9,6 +9,7 @@ Semantics follow the ``transformers`` logits warpers of the same name.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -127,6 +128,22 @@ def eta_cutoff(logits: torch.Tensor, epsilon: Param, min_tokens_to_keep: int = 1
     return logits.masked_fill((p < eta) & (logits < kth), float("-inf"))
 
 
+def top_n_sigma(logits: torch.Tensor, n: Param, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """Top-n-sigma (Tang et al. 2024; llama.cpp ``llama_sampler_top_n_sigma``): keep the
+    tokens whose logit is at least ``max - n * std``, ``std`` the (population) standard
+    deviation of the row's finite logits, already removed entries left out; ``n <= 0``
+    is off. The top logit always stays, and the kept set does not move with temperature."""
+    col = _per_row(n, logits, torch.float32)
+    x = logits.float()
+    finite = torch.isfinite(x)
+    count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
+    mean = torch.where(finite, x, 0.0).sum(dim=-1, keepdim=True) / count
+    std = (torch.where(finite, x - mean, 0.0).square().sum(dim=-1, keepdim=True) / count).sqrt()
+    remove = (x < x.amax(dim=-1, keepdim=True) - col * std) & (col > 0)
+    remove = _keep_top(remove, logits, min_tokens_to_keep)
+    return logits.masked_fill(remove, float("-inf"))
+
+
 def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: Param) -> torch.Tensor:
     """Multiplicative repetition penalty (``RepetitionPenaltyLogitsProcessor``, Keskar et
     al. 2019): for every token in ``seen`` (bool ``[B, V]``: the prompt and the output so
@@ -194,30 +211,56 @@ def bad_words(logits: torch.Tensor, histories: list[list[int]],
     return ban_tokens(logits, [bad_words_bans(h, b) for h, b in zip(histories, bad_words_ids)])
 
 
+def bias_index(bias: list[dict[int, float]], device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One ``{token_id: bias}`` per row -> ``((rows, ids), values)`` for ``add_bias``; a
+    batch whose biases are fixed builds it once."""
+    rows = [i for i, b in enumerate(bias) for _ in b]
+    ids = [t for b in bias for t in b]
+    values = [v for b in bias for v in b.values()]
+    return ((torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(ids, dtype=torch.long, device=device)),
+            torch.tensor(values, dtype=dtype, device=device))
+
+
+def add_bias(logits: torch.Tensor, index: tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Add the values of a ``bias_index`` at its ``(row, token)`` positions."""
+    (rows, ids), values = index
+    if rows.numel() == 0:
+        return logits
+    return logits.index_put((rows, ids), values.to(logits.dtype), accumulate=True)
+
+
 def logit_bias(logits: torch.Tensor, bias: dict[int, float] | list[dict[int, float]]) -> torch.Tensor:
     """Add a per-token bias (OpenAI ``logit_bias``; ``SequenceBiasLogitsProcessor`` with
     one-token sequences). ``bias`` is one ``{token_id: bias}`` for all rows or one per row."""
     per_row = bias if isinstance(bias, list) else [bias] * logits.shape[0]
-    rows = [i for i, b in enumerate(per_row) for _ in b]
-    if not rows:
+    if not any(per_row):
         return logits
-    dev = logits.device
-    cols = torch.tensor([t for b in per_row for t in b], device=dev)
-    vals = torch.tensor([v for b in per_row for v in b.values()], device=dev, dtype=logits.dtype)
-    return logits.index_put((torch.tensor(rows, device=dev), cols), vals, accumulate=True)
+    return add_bias(logits, bias_index(per_row, logits.device, logits.dtype))
+
+
+def min_new_tokens_bans(generated: int, minimum: int, stop_ids: Sequence[int]) -> list[int]:
+    """The ids a row may not take yet: ``stop_ids`` while it has generated fewer than
+    ``minimum`` tokens."""
+    return list(stop_ids) if generated < minimum else []
 
 
 def min_new_tokens(logits: torch.Tensor, generated: Param, minimum: Param,
                    eos_token_ids: list[int] | torch.Tensor) -> torch.Tensor:
     """Min new tokens (``MinNewTokensLengthLogitsProcessor``): the end-of-sequence ids
-    are masked while a row has generated fewer than ``minimum`` tokens; 0 is off."""
-    eos = torch.as_tensor(eos_token_ids, dtype=torch.long, device=logits.device)
-    if eos.numel() == 0:
-        return logits
-    too_short = _per_row(generated, logits, torch.long) < _per_row(minimum, logits, torch.long)
-    is_eos = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    is_eos[eos] = True
-    return logits.masked_fill(too_short & is_eos, float("-inf"))
+    are masked while a row has generated fewer than ``minimum`` tokens; 0 is off.
+    Tensor arguments are read to the host (the sampler keeps these counts as host ints)."""
+    rows = logits.shape[0]
+    eos = eos_token_ids.tolist() if isinstance(eos_token_ids, torch.Tensor) else list(eos_token_ids)
+    return ban_tokens(logits, [min_new_tokens_bans(g, m, eos)
+                               for g, m in zip(_host_ints(generated, rows), _host_ints(minimum, rows))])
+
+
+def _host_ints(param: Param, rows: int) -> list[int]:
+    if isinstance(param, torch.Tensor):
+        values = param.reshape(-1).tolist()
+        return [int(v) for v in (values * rows if len(values) == 1 else values)]
+    return [int(param)] * rows
 
 
 def xtc(logits: torch.Tensor, probability: Param, threshold: Param, uniform: Param,

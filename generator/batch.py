@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decoding import BatchSampler, BeamSearch, ParamError, SamplingParams, resolve
+from decoding import BatchSampler, BeamSearch, ParamError, SamplingParams
 from decoding.sampler import RowState
 from decoding.selectors import make_generator
 
 from .detok import TextStream
+from .kernels import ops
 from .events import TokenEvent, top_logprobs
 
 
@@ -95,6 +96,8 @@ class BatchGenerator:
         self.runner = engine.runner
         self.device = engine.device
         self.tokenizer = engine.tokenizer
+        # the fused argmax + logprob for all-greedy CPU batches, where our kernels run
+        self.greedy_pick = ops.greedy_pick if torch.device(self.device).type == "cpu" and ops.available() else None
         self.prefill_budget = int(prefill_budget or getattr(self.runner, "prefill_chunk", 256))
         self._handles = itertools.count()
         self.rows: dict[int, _Row] = {}  # insertion order is batch order
@@ -111,7 +114,7 @@ class BatchGenerator:
 
     def slots_needed(self, params: SamplingParams, n: int = 1) -> int:
         """KV-cache slots a request takes: ``num_beams`` for beam search, else ``n``."""
-        return params.num_beams if resolve(params.strategy).selector == "beam" else n
+        return params.num_beams if params.resolved_strategy.selector.is_beam else n
 
     def add(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
         """Queue one generation; it is prefilled by the next ``step()`` calls. Returns its handle."""
@@ -125,7 +128,7 @@ class BatchGenerator:
             raise ParamError("prompt", "the prompt is empty")
         for p in params:
             self.engine.check_length(ids, p)
-        beam = [resolve(p.strategy).selector == "beam" for p in params]
+        beam = [p.resolved_strategy.selector.is_beam for p in params]
         if any(beam) and len(params) > 1:
             raise ParamError("n", "beam search yields one sequence; use n=1 with num_beams")
         need = self.slots_needed(params[0]) if beam[0] else len(params)
@@ -251,7 +254,7 @@ class BatchGenerator:
         if self._sampler is None or self._sampler_rows != rows:
             # Rows joined or left: a new sampler over the same row states (history, generators).
             self._sampler = BatchSampler.from_rows([r.state for r in rows], self.device,
-                                                   self.engine.eos_token_ids)
+                                                   self.engine.eos_token_ids, greedy_pick=self.greedy_pick)
             self._sampler_rows = rows
         logits = whole if whole is not None else torch.cat([logits_of[r.handle] for r in rows])
         out = self._sampler(logits)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from decoding import ParamError, SamplingParams, resolve
+from decoding import ParamError, SamplingParams
 
 from ..eval import text as metrics
 
@@ -106,7 +106,7 @@ def parse_strategy_spec(spec: str, **defaults: Any) -> SamplingParams:
 
 def is_sampling(params: SamplingParams) -> bool:
     """True when the strategy draws at random (so different seeds give different texts)."""
-    return not params.is_greedy and resolve(params.strategy).selector not in ("argmax", "beam")
+    return not params.is_greedy and params.resolved_strategy.selector.samples
 
 
 # -- engine options shared with the benchmark --------------------------------
@@ -355,7 +355,7 @@ def build_report(engine, prompts, specs, labels, runs, settings: dict[str, Any])
         entries.append({
             "spec": label,
             "strategy": params.strategy,
-            "chain": resolve(params.strategy).chain,
+            "chain": params.resolved_strategy.chain,
             "params": _jsonable(dataclasses.asdict(params)),
             "summary": strategy_summary(mine),
             "runs": [run_summary(r) for r in mine],

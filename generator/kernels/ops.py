@@ -33,8 +33,6 @@ from pathlib import Path
 
 import torch
 
-from decoding import sampler
-
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "int4_gemm.c"
@@ -140,7 +138,6 @@ def available() -> bool:
         torch.library.register_fake("tokenflow::decode_attention")(
             lambda q, k_cache, v_cache, slots, lengths, scale: torch.empty_like(q))
         _loaded = True
-        sampler.GREEDY_PICK = greedy_pick  # the sampler's fast path for all-greedy CPU batches
         return True
 
 

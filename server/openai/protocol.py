@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from decoding import ParamError, SamplingParams, resolve, strategies
+from decoding.selectors import SAMPLE
 
 from ..errors import APIError, from_param_error
 
@@ -132,7 +133,7 @@ def _openai_default_strategy(kwargs: dict[str, Any]) -> SamplingParams:
             pass  # greedy may refuse filters: sampling at temperature 0 is greedy too
     wanted = _filters_set(kwargs)
     for s in strategies():
-        if s.selector != "sample" or not wanted <= _fields_of(s):
+        if s.selector is not SAMPLE or not wanted <= _fields_of(s):
             continue
         if any(field not in kwargs for field in (getattr(s, "defaults", None) or {})):
             continue
@@ -154,7 +155,7 @@ def _fields_of(strategy) -> set[str]:
 
 def _filters_set(kwargs: dict[str, Any]) -> set[str]:
     """Settings the request switched on that only some sampling strategies run."""
-    sets = [_fields_of(s) for s in strategies() if s.selector == "sample"]
+    sets = [_fields_of(s) for s in strategies() if s.selector is SAMPLE]
     distinguishing = set().union(*sets) - set.intersection(*sets) if sets else set()
     meta = {f.name: f.metadata for f in dataclasses.fields(SamplingParams)}
     return {k for k in distinguishing & set(kwargs)

@@ -400,12 +400,20 @@ def test_greedy_pick_is_argmax_and_its_log_softmax(vocab):
 
 
 @needs_kernel
-def test_all_greedy_batches_sample_with_the_fused_pick():
-    from decoding import BatchSampler, SamplingParams, sampler
+def test_all_greedy_batches_sample_with_the_fused_pick(tiny_engine):
+    from decoding import BatchSampler, SamplingParams
 
-    assert sampler.GREEDY_PICK is cpukernel.greedy_pick
+    # Where the kernel runs, the engine's batches hand its fused pick to their samplers.
+    batch = tiny_engine.batch()
+    handle = batch.add([1, 2, 3], SamplingParams(strategy="greedy", max_new_tokens=3))
+    while handle in batch.rows and batch._sampler is None:
+        batch.step()
+    assert batch._sampler.greedy_pick is cpukernel.greedy_pick
+    assert batch._sampler.subset([0]).greedy_pick is cpukernel.greedy_pick
+    while batch.active:
+        batch.step()
     logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
-    greedy = BatchSampler([SamplingParams(strategy="greedy")] * 4)
+    greedy = BatchSampler([SamplingParams(strategy="greedy")] * 4, greedy_pick=cpukernel.greedy_pick)
     with torch.profiler.profile() as prof:
         out = greedy(logits)
     assert "tokenflow::greedy_pick" in {e.name for e in prof.events()}
@@ -413,7 +421,8 @@ def test_all_greedy_batches_sample_with_the_fused_pick():
     torch.testing.assert_close(out.logprobs, logits.log_softmax(-1).gather(-1, out.token_ids[:, None]).squeeze(-1))
     # Alternatives asked for, or a penalty: PyTorch's ops, the same choice.
     with torch.profiler.profile() as prof:
-        out2 = BatchSampler([SamplingParams(strategy="greedy", logprobs=2)] * 4)(logits)
+        out2 = BatchSampler([SamplingParams(strategy="greedy", logprobs=2)] * 4,
+                            greedy_pick=cpukernel.greedy_pick)(logits)
     assert "tokenflow::greedy_pick" not in {e.name for e in prof.events()}
     assert torch.equal(out2.token_ids, out.token_ids) and out2.top_ids is not None
 

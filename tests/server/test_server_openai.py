@@ -120,11 +120,10 @@ def test_vllm_filter_without_naming_a_strategy(client, tiny_engine):
     assert res.choices[0].text == tiny_engine.generate_text(
         "Once upon", SamplingParams(strategy="min_p", min_p=0.2, seed=2, max_new_tokens=6, ignore_eos=True))
     # Two filters no single-filter strategy runs together: a strategy running both, never one dropped.
-    from decoding import resolve
     from server.openai.protocol import CompletionRequest
 
     params = CompletionRequest(prompt="x", top_k=5, min_p=0.1).to_sampling_params()
-    assert {"top_k", "min_p"} <= set(resolve(params.strategy).fields)
+    assert {"top_k", "min_p"} <= set(params.resolved_strategy.fields)
 
 
 def test_n_choices_use_consecutive_seeds(client, tiny_engine):

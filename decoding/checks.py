@@ -1,0 +1,49 @@
+"""The one error a bad decoding setting raises, and the checks that raise it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class ParamError(ValueError):
+    """A bad sampling setting. ``field`` names the offending parameter."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> None:
+    """``value`` is an int (not a bool) within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamError(name, f"must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ParamError(name, f"must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ParamError(name, f"must be <= {high}, got {value}")
+
+
+def check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """``value`` is a finite number within its bounds (open or closed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ParamError(name, f"must be a finite number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ParamError(name, f"must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ParamError(name, f"must be {'<' if high_open else '<='} {high}, got {value}")
+
+
+def int_tuple(name: str, values: Any) -> tuple[int, ...]:
+    """A token id or a list of them -> a tuple of non-negative ints."""
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = (values,)
+    try:
+        out = tuple(values or ())
+    except TypeError:
+        raise ParamError(name, f"must be a list of token ids, got {values!r}") from None
+    for t in out:
+        check_int(name, t, low=0)
+    return out
