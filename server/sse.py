@@ -21,7 +21,7 @@ from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, ServerSentEvent,
 from starlette.background import BackgroundTask
 
 from .errors import error_body
-from .scheduler import GenerationError, JobGroup
+from .jobs import GenerationError, JobGroup
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 

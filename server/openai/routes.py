@@ -18,7 +18,8 @@ from decoding import ParamError, SamplingParams, strategies
 
 from . import serving as fmt
 from ..errors import APIError, from_param_error
-from ..scheduler import GenerationError, JobGroup, SchedulerFull
+from ..jobs import GenerationError, JobGroup
+from ..scheduler import SchedulerFull
 from .protocol import ChatCompletionRequest, CompletionRequest, _Request, sampling_fields
 from ..sse import error_event, event_stream
 

@@ -12,7 +12,8 @@ import pytest
 
 from decoding import SamplingParams
 from generator import TokenEvent
-from server.scheduler import JobGroup, Scheduler
+from server.jobs import JobGroup
+from server.scheduler import Scheduler
 from server_harness import CHAT, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401 (serve: a fixture)
 
 
@@ -163,7 +164,7 @@ def test_a_reader_that_falls_behind_gets_merged_events():
         for ev in events[2:]:
             worker._send(group, (0, ev))
             worker._flush()
-        worker._send(group, JobGroup._END)
+        worker._send(group, JobGroup.END)
         worker._flush()
         await asyncio.sleep(0.1)  # the reader was slow: the backlog aged
         rest = [pair async for pair in reads]
