@@ -15,7 +15,7 @@ from .metrics import Metrics
 from .openai.routes import router, v1
 from .scheduler import Scheduler, WorkerHost
 from .settings import Settings
-from .sse import StreamStore
+from .web.resume import StreamStore
 from .web.routes import install_web
 
 log = logging.getLogger("tokenflow.server")
