@@ -55,6 +55,7 @@ def test_rows_leave_at_once_and_the_batch_shrinks(serve, tiny_engine):
         # b hung up: its row leaves and its slot is free, a goes on alone.
         assert wait_until(lambda: scheduler.batch_size == 1 and scheduler.active_count == 1, timeout=5)
         assert tiny_engine.runner.free_count == tiny_engine.runner.num_slots - 1
+        assert tiny_engine.free_slots == tiny_engine.runner.free_count  # what the scheduler reads
         next(a_events)
     assert wait_until(lambda: tiny_engine.runner.free_count == tiny_engine.runner.num_slots, timeout=5)
 
