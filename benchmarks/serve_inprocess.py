@@ -2,10 +2,12 @@
 
     .venv/bin/python benchmarks/serve_inprocess.py [--runs 3] [--max-tokens 64] [--device cpu]
 
-Loads the model once, serves it with uvicorn on a free port of 127.0.0.1 in a
-thread of this process, and alternates in-process runs (``engine.stream``) with
-HTTP runs (the ``openai`` client, streaming chat), so both see the same machine
-load. Greedy, EOS ignored: every run generates exactly ``--max-tokens`` tokens.
+What the server's path costs on top of the engine's: the model is loaded once;
+first ``--runs`` in-process runs (``engine.stream``), then the same runs over
+HTTP (the ``openai`` client, streaming chat) against the app served the way
+``tokenflow serve`` serves it (the model's loop on this process's main thread,
+uvicorn on a free port of 127.0.0.1 in another). Greedy, EOS ignored: every run
+generates exactly ``--max-tokens`` tokens. Prints the medians; writes no file.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ def _stats(start: float, stamps: list[float]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/serve_inprocess.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--prompt", default="Explain streaming in one paragraph.")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each kind, after one warm-up (default 3)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens every run generates (default 64)")
+    parser.add_argument("--prompt", default="Explain streaming in one paragraph.", help="the user message")
+    parser.add_argument("--model", default=None,
+                        help="a local HF folder, a .gguf or a hub id (default: the default model)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--dtype", default="auto", help="auto (int4 on CPU for the default model), float32, ...")
     args = parser.parse_args(argv)
 

@@ -189,6 +189,11 @@ class Engine:
         """The whole answer as one string (joins the stream)."""
         return "".join(ev.text for ev in self.stream(prompt, params, chat))
 
+    @property
+    def free_slots(self) -> int:
+        """KV-cache slots free now (the server's scheduler admits a request only when its rows fit)."""
+        return self.runner.free_count
+
 
 def _eos_ids(model, tokenizer) -> list[int]:
     ids: set[int] = set()

@@ -2,7 +2,8 @@
 resume, the scheduler whose worker thread owns the model, errors, metrics."""
 
 from .app import create_app
-from .scheduler import Job, JobGroup, Scheduler, SchedulerFull
+from .jobs import Job, JobGroup
+from .scheduler import Scheduler, SchedulerFull
 from .settings import Settings
 
 __all__ = ["Job", "JobGroup", "Scheduler", "SchedulerFull", "Settings", "create_app"]

@@ -10,12 +10,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from . import system
 from .errors import install_error_handlers
-from .metrics import Metrics
-from .openai.routes import router, v1
+from .metrics import Metrics, RequestMetrics
+from .openai.routes import v1
 from .scheduler import Scheduler, WorkerHost
 from .settings import Settings
-from .sse import StreamStore
+from .web.resume import StreamStore
 from .web.routes import install_web
 
 log = logging.getLogger("tokenflow.server")
@@ -50,9 +51,9 @@ def create_app(settings: Settings | None = None, engine=None, host: WorkerHost |
     app.state.started = int(time.time())
     app.state.worker_host = host
     install_error_handlers(app)
-    app.include_router(v1)
-    app.include_router(router)
-    install_web(app)  # GET / (the page), /static, POST /api/stream/{id}/cancel
+    app.include_router(v1)  # the OpenAI routes
+    app.include_router(system.router)  # /health, /metrics, /strategies, /v1/models
+    install_web(app)  # GET / (the page), /static, /api/stream and its cancel
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
 
@@ -86,28 +87,3 @@ async def _load(app: FastAPI, engine) -> None:
         log.error("model load failed: %s: %s", type(exc).__name__, exc)
         state.load_error = f"{type(exc).__name__}: {exc}"
 
-
-class RequestMetrics:
-    """ASGI middleware: counts requests by route template and status (streams included)."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = {"code": 500}
-
-        async def send_and_record(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            route = scope.get("route")
-            # Unmatched paths are one label, so a scanner cannot blow up the label set.
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(path, scope["method"], str(status["code"])).inc()

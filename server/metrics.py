@@ -1,5 +1,7 @@
 """Prometheus metrics, in a registry of the app's own (several apps can live in
-one process, as they do in the tests)."""
+one process, as they do in the tests): ``Metrics`` (fed by the scheduler's
+observer and read by ``GET /metrics``) and ``RequestMetrics``, the middleware
+that counts requests."""
 
 from __future__ import annotations
 
@@ -46,8 +48,35 @@ class Metrics:
             self.itl.labels(strategy).observe(job.last_token_at - job.prev_token_at)
 
     def render(self, scheduler=None) -> bytes:
+        """The Prometheus text, with the scheduler's gauges read now (when given)."""
         if scheduler is not None:
             self.queue_depth.set(scheduler.queue_depth)
             self.running.set(scheduler.active_count)
             self.batch_size.set(scheduler.batch_size if scheduler.active_count else 0)
         return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts requests by route template and status (streams included)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            # Unmatched paths are one label, so a scanner cannot blow up the label set.
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(path, scope["method"], str(status["code"])).inc()

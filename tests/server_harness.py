@@ -47,36 +47,26 @@ class LiveServer:
 
 
 class StepEngine:
-    """Wraps an Engine: counts the tokens its streams produce (each one forward
-    step), optionally sleeps per step (so a test can act mid-generation), and
-    can fail after some tokens (a mid-stream error)."""
+    """Wraps an Engine for the server's scheduler: the batches it makes count the
+    tokens produced, optionally sleep per step (so a test can act mid-generation),
+    and can fail a generation after some tokens (a mid-stream error)."""
 
     def __init__(self, engine, delay_s: float = 0.0, fail_after: int | None = None):
         self._engine = engine
         self.delay_s = delay_s
         self.fail_after = fail_after
-        self.steps = 0
-        self.forward_calls_at_start = engine.runner.forward_calls
+        self.steps = 0  # tokens produced, all generations together
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def stream(self, prompt, params=None, chat=False):
-        for n, ev in enumerate(self._engine.stream(prompt, params, chat)):
-            if self.fail_after is not None and n >= self.fail_after:
-                raise RuntimeError("simulated device failure")
-            self.steps += 1
-            if self.delay_s:
-                time.sleep(self.delay_s)
-            yield ev
-
     def batch(self, prefill_budget=None):
-        """The batch the server's scheduler drives, with the same counting, delay and failure."""
+        """The batch the server's scheduler drives, with the counting, delay and failure."""
         return _StepBatch(self, self._engine.batch(prefill_budget))
 
 
 class _StepBatch:
-    """A ``BatchGenerator`` whose steps count tokens, sleep and fail like ``StepEngine.stream``."""
+    """A ``BatchGenerator`` whose steps count tokens, sleep and fail (``StepEngine``)."""
 
     def __init__(self, owner: StepEngine, batch):
         self._owner = owner

@@ -26,14 +26,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Request(BaseModel):
+class BaseCompletionRequest(BaseModel):
     """Fields shared by chat and text completions.
 
-    Fields OpenAI defines but ``SamplingParams`` lacks are passed on by name
-    when ``SamplingParams`` grows them; until then, a non-default value is a
-    400 naming the field. Extra fields (``top_k``, ``min_p``, ``strategy``,
-    ...) are passed on when ``SamplingParams`` has a field of that name, and a
-    400 otherwise.
+    OpenAI's sampling fields are ``SamplingParams`` fields of the same name.
+    Extra fields (``top_k``, ``min_p``, ``strategy``, ...) are passed on when
+    ``SamplingParams`` has a field of that name, and a 400 otherwise.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -68,41 +66,27 @@ class _Request(BaseModel):
         Raises ``APIError`` 400 naming the field as the client spelled it.
         """
         known = set(SamplingParams.field_names())
-        wire: dict[str, Any] = {}
-        for name, value in self:  # declared fields
+        kwargs: dict[str, Any] = {}
+        for name, value in self:  # declared fields: each is a SamplingParams field or our own
             if name not in _OWN_FIELDS and name not in _IGNORED and value is not None:
-                wire[name] = value
+                kwargs[name] = value
         for name, value in (self.model_extra or {}).items():
             if name in _IGNORED or value is None:
                 continue
             if name not in known:
                 raise APIError(400, f"{name}: unknown field (not an OpenAI field nor a decoding setting; "
                                     f"see GET /strategies)", param=name, code="unknown_field")
-            wire[name] = value
-
-        kwargs: dict[str, Any] = {}
-        for name, value in wire.items():
-            if name in known:
-                kwargs[name] = value
-            elif _is_off(name, value):
-                continue  # an OpenAI default that changes nothing
-            else:
-                raise APIError(400, f"{name}: not supported by this server yet", param=name,
-                               code="unsupported_parameter")
+            kwargs[name] = value
         if isinstance(kwargs.get("stop"), str):
             kwargs["stop"] = [kwargs["stop"]]
         max_tokens = self._max_tokens()
         kwargs["max_new_tokens"] = default_max_tokens if max_tokens is None else max_tokens
         top = self._top_logprobs()
         if top:
-            # The engine reports alternatives through an int SamplingParams field (``logprobs``).
-            if "logprobs" in known:
-                kwargs["logprobs"] = top
-            elif "top_logprobs" in known:
-                kwargs["top_logprobs"] = top
+            kwargs["logprobs"] = top  # the engine's alternatives per token (TokenEvent.top_logprobs)
         if self.seed is not None:
             kwargs["seed"] = self.seed + choice
-        rename = {"max_new_tokens": self._max_tokens_name()}
+        rename = {"max_new_tokens": self.max_tokens_name()}
         try:
             if "strategy" in kwargs or (kwargs.get("num_beams") or 1) > 1:
                 return SamplingParams(**kwargs)
@@ -112,7 +96,8 @@ class _Request(BaseModel):
         except TypeError as exc:  # a value of the wrong shape for a dataclass field
             raise APIError(400, str(exc), code="invalid_value") from None
 
-    def _max_tokens_name(self) -> str:
+    def max_tokens_name(self) -> str:
+        """The request's output-length field as the client spelled it (errors name it)."""
         return "max_tokens"
 
 
@@ -133,9 +118,9 @@ def _openai_default_strategy(kwargs: dict[str, Any]) -> SamplingParams:
             pass  # greedy may refuse filters: sampling at temperature 0 is greedy too
     wanted = _filters_set(kwargs)
     for s in strategies():
-        if s.selector is not SAMPLE or not wanted <= _fields_of(s):
+        if s.selector is not SAMPLE or not wanted <= set(s.fields):
             continue
-        if any(field not in kwargs for field in (getattr(s, "defaults", None) or {})):
+        if any(field not in kwargs for field in s.defaults):
             continue
         try:
             return SamplingParams(**{**kwargs, "strategy": s.name})
@@ -143,32 +128,17 @@ def _openai_default_strategy(kwargs: dict[str, Any]) -> SamplingParams:
             if exc.field not in wanted:
                 raise  # a bad value, not a filter this strategy lacks: report it
     SamplingParams(**{**kwargs, "strategy": "sample"})  # raises, naming the field
-    missing = sorted(wanted - _fields_of(resolve("sample")))
+    missing = sorted(wanted - set(resolve("sample").fields))
     raise ParamError(missing[0], "no sampling strategy runs all of " + ", ".join(sorted(wanted)))
-
-
-def _fields_of(strategy) -> set[str]:
-    """The SamplingParams fields a strategy reads."""
-    own = getattr(strategy, "fields", None)
-    return set(own) if own is not None else set(strategy.transforms) | set(strategy.params)
 
 
 def _filters_set(kwargs: dict[str, Any]) -> set[str]:
     """Settings the request switched on that only some sampling strategies run."""
-    sets = [_fields_of(s) for s in strategies() if s.selector is SAMPLE]
+    sets = [set(s.fields) for s in strategies() if s.selector is SAMPLE]
     distinguishing = set().union(*sets) - set.intersection(*sets) if sets else set()
     meta = {f.name: f.metadata for f in dataclasses.fields(SamplingParams)}
     return {k for k in distinguishing & set(kwargs)
             if "off" not in meta.get(k, {}) or kwargs[k] != meta[k]["off"]}
-
-
-def _is_off(name: str, value: Any) -> bool:
-    """True when an unsupported OpenAI setting has its neutral value."""
-    if name in ("presence_penalty", "frequency_penalty"):
-        return value == 0
-    if name == "logit_bias":
-        return not value
-    return False
 
 
 class ChatMessage(BaseModel):
@@ -190,7 +160,7 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(BaseCompletionRequest):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
@@ -201,7 +171,7 @@ class ChatCompletionRequest(_Request):
     def _max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
-    def _max_tokens_name(self) -> str:
+    def max_tokens_name(self) -> str:
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
     def _top_logprobs(self) -> int:
@@ -213,7 +183,7 @@ class ChatCompletionRequest(_Request):
                 for m in self.messages]
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(BaseCompletionRequest):
     """``POST /v1/completions``: ``prompt`` is text or a list of token ids."""
 
     prompt: str | list[int] | list[str]
@@ -241,8 +211,3 @@ class CompletionRequest(_Request):
                                param="prompt", code="unsupported_parameter")
             prompt = prompt[0]
         return prompt
-
-
-def sampling_fields() -> dict[str, str]:
-    """Every ``SamplingParams`` field with its help text (what requests may set)."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(SamplingParams)}

@@ -1,33 +1,32 @@
-"""OpenAI response objects: chat and text completion chunks, whole responses,
-logprobs in both shapes. Plain dicts, built from ``TokenEvent``s."""
+"""The OpenAI handlers' logic: a checked request becomes queued jobs, and their
+``TokenEvent``s become OpenAI objects (plain dicts): whole responses, or SSE
+chunks ending in ``data: [DONE]``, with logprobs in both OpenAI shapes.
+
+    intake = Intake.ready(request)
+    return await chat_completion(intake, req, request)   # or text_completion
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Request
+from fastapi.sse import ServerSentEvent
 
-def alternatives(ev) -> list[tuple[int, float]]:
-    """``ev.top_logprobs`` as ``(token_id, logprob)`` pairs, most likely first.
+from decoding import SamplingParams
 
-    The engine may not report alternatives at all (``None``); items may be
-    pairs, dicts or objects with ``token_id``/``logprob``.
-    """
-    top = getattr(ev, "top_logprobs", None)
-    if not top:
-        return []
-    if isinstance(top, dict):
-        top = list(top.items())
-    pairs = []
-    for alt in top:
-        if isinstance(alt, dict):
-            pairs.append((int(alt.get("token_id", alt.get("id"))), float(alt["logprob"])))
-        elif isinstance(alt, (tuple, list)):
-            pairs.append((int(alt[0]), float(alt[1])))
-        else:
-            pairs.append((int(alt.token_id), float(alt.logprob)))
-    return pairs
+from ..errors import APIError
+from ..intake import Intake
+from ..jobs import GenerationError, JobGroup
+from ..sse import error_event, event_stream
+from .protocol import BaseCompletionRequest, ChatCompletionRequest, CompletionRequest
 
 
+# -- tokens as OpenAI shows them ------------------------------------------------------
 class TokenText:
     """Token id -> the string OpenAI shows in logprobs (cached per id)."""
 
@@ -49,8 +48,9 @@ def chat_logprob(ev, top_n: int, token_text: TokenText) -> dict:
     tok = token_text(ev.token_id)
     return {
         "token": tok, "logprob": ev.logprob, "bytes": list(tok.encode("utf-8")),
-        "top_logprobs": [{"token": token_text(t), "logprob": lp, "bytes": list(token_text(t).encode("utf-8"))}
-                         for t, lp in alternatives(ev)[:top_n]],
+        "top_logprobs": [{"token": token_text(alt.token_id), "logprob": alt.logprob,
+                          "bytes": list(token_text(alt.token_id).encode("utf-8"))}
+                         for alt in ev.top_logprobs[:top_n]],
     }
 
 
@@ -63,10 +63,11 @@ class CompletionLogprobs:
         self.offset = 0
 
     def entry(self, ev) -> dict[str, list]:
+        """The lists for one token; ``text_offset`` counts the text shown before it."""
         tok = self.token_text(ev.token_id)
         top: dict[str, float] = {}
-        for t, lp in alternatives(ev)[:self.top_n]:
-            top.setdefault(self.token_text(t), lp)  # ids that decode alike: keep the likelier
+        for alt in ev.top_logprobs[:self.top_n]:
+            top.setdefault(self.token_text(alt.token_id), alt.logprob)  # ids that decode alike: keep the likelier
         out = {"tokens": [tok], "token_logprobs": [ev.logprob], "top_logprobs": [top],
                "text_offset": [self.offset]}
         self.offset += len(ev.text)
@@ -74,6 +75,7 @@ class CompletionLogprobs:
 
     @staticmethod
     def merge(entries: list[dict[str, list]]) -> dict[str, list]:
+        """Several tokens' entries as one (their lists joined in order)."""
         merged: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for e in entries:
             for key in merged:
@@ -82,6 +84,7 @@ class CompletionLogprobs:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's ``usage`` object."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
@@ -93,3 +96,141 @@ def chunk(kind: str, cid: str, created: int, model: str, choices: list[dict], wi
     if with_usage:
         out["usage"] = usage_value
     return out
+
+
+# -- the handlers -----------------------------------------------------------------------
+@dataclass
+class _Started:
+    """A request whose jobs are queued, and what every answer to it repeats."""
+
+    intake: Intake
+    req: BaseCompletionRequest
+    ids: list[int]
+    group: JobGroup
+    id: str
+    model: str
+    token_text: TokenText
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def _start(intake: Intake, req: BaseCompletionRequest, prompt, chat: bool, field_name: str,
+           id_prefix: str) -> _Started:
+    """Check the model, encode the prompt (``prompt()`` is called only then), make one
+    ``SamplingParams`` per choice, queue them."""
+    intake.check_model(req.model)
+    ids = intake.encode(prompt(), chat=chat, field=field_name)
+    group = intake.submit(ids, _choice_params(intake, req, ids))
+    return _Started(intake, req, ids, group, f"{id_prefix}-{uuid.uuid4().hex[:24]}",
+                    intake.settings.model_name, TokenText(intake.engine.tokenizer))
+
+
+def _choice_params(intake: Intake, req: BaseCompletionRequest, ids: list[int]) -> list[SamplingParams]:
+    """One SamplingParams per choice; the default max_tokens fits what the context has left."""
+    default = intake.default_max_tokens(ids)
+    params = [req.to_sampling_params(choice=i, default_max_tokens=default) for i in range(req.n)]
+    intake.check_room(ids, params[0].max_new_tokens, req.max_tokens_name())
+    return params
+
+
+async def chat_completion(intake: Intake, req: ChatCompletionRequest, request: Request):
+    """``POST /v1/chat/completions``: a ``chat.completion``, or its chunks as SSE."""
+    s = _start(intake, req, req.chat_messages, True, "messages", "chatcmpl")
+    top_n = req.top_logprobs or 0
+
+    def logprobs(evs):
+        return {"content": [chat_logprob(ev, top_n, s.token_text) for ev in evs]} if req.logprobs else None
+
+    if req.stream:
+        first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None} for i in range(req.n)]
+        return _stream(s, "chat.completion.chunk", first, {"delta": {}}, lambda i, evs: {
+            "index": i, "delta": {"content": "".join(ev.text for ev in evs)}, "logprobs": logprobs(evs)})
+    events = await _collect(s.group, req.n, request)
+    choices = [{"index": i, "message": {"role": "assistant", "content": "".join(e.text for e in evs)},
+                "logprobs": logprobs(evs), "finish_reason": evs[-1].finish_reason if evs else "stop"}
+               for i, evs in enumerate(events)]
+    return {"id": s.id, "object": "chat.completion", "created": s.created, "model": s.model, "choices": choices,
+            "usage": usage(len(s.ids), sum(len(e) for e in events))}
+
+
+async def text_completion(intake: Intake, req: CompletionRequest, request: Request):
+    """``POST /v1/completions``: a ``text_completion``, or its chunks as SSE."""
+    s = _start(intake, req, req.prompt_value, False, "prompt", "cmpl")
+    top_n = req.logprobs or 0
+    want_logprobs = req.logprobs is not None
+    if req.stream:
+        trackers = [CompletionLogprobs(top_n, s.token_text) for _ in range(req.n)]
+
+        def delta(i, evs):
+            logprobs = CompletionLogprobs.merge([trackers[i].entry(ev) for ev in evs]) if want_logprobs else None
+            return {"index": i, "text": "".join(ev.text for ev in evs), "logprobs": logprobs}
+
+        return _stream(s, "text_completion", [], {"text": ""}, delta)
+    events = await _collect(s.group, req.n, request)
+    choices = []
+    for i, evs in enumerate(events):
+        logprobs = None
+        if want_logprobs:
+            tracker = CompletionLogprobs(top_n, s.token_text)
+            logprobs = CompletionLogprobs.merge([tracker.entry(ev) for ev in evs])
+        choices.append({"index": i, "text": "".join(e.text for e in evs), "logprobs": logprobs,
+                        "finish_reason": evs[-1].finish_reason if evs else "stop"})
+    return {"id": s.id, "object": "text_completion", "created": s.created, "model": s.model, "choices": choices,
+            "usage": usage(len(s.ids), sum(len(e) for e in events))}
+
+
+def _stream(s: _Started, kind: str, first: list[dict], closing: dict, delta):
+    """The SSE body both OpenAI routes share: ``first`` chunks, one chunk per batch of
+    events (``delta(i, evs)``), a ``closing`` chunk with the finish reason, usage, [DONE]."""
+    with_usage = s.req.include_usage
+
+    async def chunks():
+        def make(choices, usage_value=None):
+            return ServerSentEvent(data=chunk(kind, s.id, s.created, s.model, choices, with_usage, usage_value))
+
+        if first:
+            yield make(first)
+        completion_tokens = 0
+        try:
+            # A client that reads slower than tokens come gets the backlog as one merged chunk.
+            async for i, evs in s.group.batches():
+                completion_tokens += len(evs)
+                yield make([{**delta(i, evs), "finish_reason": None}])
+                if evs[-1].finish_reason:
+                    yield make([{"index": i, **closing, "logprobs": None, "finish_reason": evs[-1].finish_reason}])
+        except GenerationError as exc:
+            yield error_event(exc)
+            return
+        if with_usage:
+            yield make([], usage(len(s.ids), completion_tokens))
+        yield ServerSentEvent(raw_data="[DONE]")
+
+    state = s.intake.state
+    return event_stream(chunks(), state.settings.keepalive_s, on_close=s.group.cancel, metrics=state.metrics)
+
+
+async def _collect(group: JobGroup, n: int, request: Request) -> list[list]:
+    """Every choice's events, for the non-streaming answers. A client that hangs
+    up while it waits cancels the generation too (nothing else would notice)."""
+    events: list[list] = [[] for _ in range(n)]
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, group))
+    try:
+        async for index, ev in group:
+            events[index].append(ev)
+    except GenerationError as exc:
+        raise APIError(500, f"generation failed: {type(exc.cause).__name__}: {exc.cause}", type="server_error",
+                       code="generation_failed") from None
+    finally:
+        watcher.cancel()
+        if not group.finished:  # we were cancelled (disconnect, shutdown): stop the work too
+            group.cancel()
+    return events
+
+
+async def _cancel_on_disconnect(request: Request, group: JobGroup) -> None:
+    # The body is read already, so the next ASGI message is the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            group.cancel()
+            return

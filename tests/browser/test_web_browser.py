@@ -6,7 +6,6 @@ the reason, where /usr/bin/chromium or the playwright package is missing.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import socket
@@ -16,10 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from decoding import SamplingParams
-from generator import TokenEvent
 from server import Settings, create_app
 from server_harness import LiveServer, StepEngine
 
@@ -35,41 +32,6 @@ if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (make test-browser installs it)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make test-browser)",
                              exc_type=ImportError)
-
-# Engines of the merged tree report alternatives themselves (SamplingParams.logprobs ->
-# TokenEvent.top_logprobs); before that, the tests add them from a full forward pass.
-NATIVE_ALTERNATIVES = ("logprobs" in SamplingParams.field_names()
-                       and "top_logprobs" in {f.name for f in dataclasses.fields(TokenEvent)})
-
-
-@dataclasses.dataclass(frozen=True)
-class _EventWithAlternatives(TokenEvent):
-    top_logprobs: tuple = ()
-
-
-class WithAlternatives:
-    """Adds the raw distribution's top 5 to each event, computed by a separate
-    forward pass over prompt + tokens so far (an engine without ``top_logprobs``)."""
-
-    def __init__(self, engine, n: int = 5):
-        self._engine = engine
-        self.n = n
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def stream(self, prompt, params=None, chat=False):
-        ids = list(prompt) if isinstance(prompt, list) else self._engine.encode(prompt, chat=chat)
-        tokenizer = self._engine.tokenizer
-        for ev in self._engine.stream(prompt, params, chat):
-            with torch.no_grad():
-                logits = self._engine.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
-            top = torch.topk(torch.log_softmax(logits, -1), self.n)
-            alts = tuple({"token_id": int(t), "text": tokenizer.decode([int(t)]), "logprob": float(lp)}
-                         for t, lp in zip(top.indices, top.values))
-            ids.append(ev.token_id)
-            yield _EventWithAlternatives(**{f.name: getattr(ev, f.name) for f in dataclasses.fields(TokenEvent)},
-                                         top_logprobs=alts)
 
 
 class DroppingProxy:
@@ -132,8 +94,7 @@ class DroppingProxy:
 # -- fixtures -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slow_engine(tiny_engine):
-    engine = tiny_engine if NATIVE_ALTERNATIVES else WithAlternatives(tiny_engine)
-    return StepEngine(engine, delay_s=0.03)  # slow enough to watch tokens arrive
+    return StepEngine(tiny_engine, delay_s=0.03)  # slow enough to watch tokens arrive
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import pytest
 
 from decoding import SamplingParams
 from generator import TokenEvent
-from server.scheduler import JobGroup, Scheduler
+from server.jobs import JobGroup
+from server.scheduler import Scheduler
 from server_harness import CHAT, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401 (serve: a fixture)
 
 
@@ -54,6 +55,7 @@ def test_rows_leave_at_once_and_the_batch_shrinks(serve, tiny_engine):
         # b hung up: its row leaves and its slot is free, a goes on alone.
         assert wait_until(lambda: scheduler.batch_size == 1 and scheduler.active_count == 1, timeout=5)
         assert tiny_engine.runner.free_count == tiny_engine.runner.num_slots - 1
+        assert tiny_engine.free_slots == tiny_engine.runner.free_count  # what the scheduler reads
         next(a_events)
     assert wait_until(lambda: tiny_engine.runner.free_count == tiny_engine.runner.num_slots, timeout=5)
 
@@ -163,7 +165,7 @@ def test_a_reader_that_falls_behind_gets_merged_events():
         for ev in events[2:]:
             worker._send(group, (0, ev))
             worker._flush()
-        worker._send(group, JobGroup._END)
+        worker._send(group, JobGroup.END)
         worker._flush()
         await asyncio.sleep(0.1)  # the reader was slow: the backlog aged
         rest = [pair async for pair in reads]

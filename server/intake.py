@@ -1,0 +1,113 @@
+"""The one door a generation request passes before the scheduler sees it.
+
+    intake = Intake.ready(request)                   # 503 while the model loads
+    intake.check_model(req.model)                    # 404: not the model we serve
+    ids = intake.encode(prompt, chat, field="prompt")  # 400: bad, too long, no room
+    max_new = intake.default_max_tokens(ids)         # what the context has left
+    intake.check_room(ids, params.max_new_tokens, "max_tokens")
+    group = intake.submit(ids, [params, ...])        # 429: the queue is full
+
+Every limit a request meets lives here: the model name, the prompt's encoding
+and length (``max_prompt_tokens``), prompt + output against the context (the
+model's, or ``max_total_tokens`` when smaller), the default ``max_tokens`` and
+the waiting queue. ``require_api_key`` (a FastAPI dependency) guards the routes.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import Request
+
+from decoding import ParamError, SamplingParams
+
+from .errors import APIError
+from .jobs import JobGroup
+from .scheduler import SchedulerFull
+
+
+def require_api_key(request: Request) -> None:
+    """With an API key configured, every ``/v1`` route needs ``Authorization: Bearer <key>``
+    (``/api/stream`` also takes ``?api_key=``: ``EventSource`` cannot send headers)."""
+    key = request.app.state.settings.api_key
+    if not key:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        given = request.query_params.get("api_key", "") if request.url.path == "/api/stream" else ""
+    if not given or not secrets.compare_digest(given.strip().encode(), key.encode()):
+        raise APIError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+class Intake:
+    """A request's checks against the server's settings and the loaded engine."""
+
+    def __init__(self, state):
+        self.state = state
+        self.settings = state.settings
+        self.engine = state.engine
+        self.scheduler = state.scheduler
+
+    @classmethod
+    def ready(cls, request: Request) -> "Intake":
+        """The intake of a loaded model; 503 before (or after a failed load)."""
+        state = request.app.state
+        if state.load_error is not None:
+            raise APIError(503, f"the model failed to load: {state.load_error}", code="model_load_failed")
+        if state.scheduler is None:
+            raise APIError(503, "the model is still loading; retry shortly", code="model_loading",
+                           headers={"Retry-After": "2"})
+        return cls(state)
+
+    @property
+    def context(self) -> int:
+        """Tokens a request may hold in all (prompt + output): the model's context, or less
+        when the server sets ``max_total_tokens``."""
+        limit = self.settings.max_total_tokens
+        return min(self.engine.context_length, limit) if limit else self.engine.context_length
+
+    def check_model(self, name: str | None) -> None:
+        """404 unless ``name`` (when given) is the served model, by its public or its own name."""
+        if name is not None and name not in (self.settings.model_name, self.engine.name):
+            raise APIError(404, f"model {name!r} does not exist; this server serves "
+                                f"{self.settings.model_name!r}", param="model", code="model_not_found")
+
+    def encode(self, prompt, chat: bool, field: str) -> list[int]:
+        """The prompt's token ids; 400 (naming ``field``) when it cannot be encoded, is
+        longer than ``max_prompt_tokens``, or leaves no room in the context."""
+        try:
+            ids = self.engine.encode(prompt, chat=chat)
+        except ParamError as exc:
+            raise APIError(400, f"{field}: {exc.message}", param=field, code="invalid_value") from None
+        limit = self.settings.max_prompt_tokens
+        if limit and len(ids) > limit:
+            raise APIError(400, f"{field}: the prompt is {len(ids)} tokens; this server takes at most {limit}",
+                           param=field, code="prompt_too_long")
+        if len(ids) >= self.context:
+            raise APIError(400, f"{field}: the prompt is {len(ids)} tokens; the model's context is "
+                                f"{self.context} tokens", param=field, code="context_length_exceeded")
+        return ids
+
+    def default_max_tokens(self, ids: list[int] | None = None) -> int:
+        """``max_tokens`` for a request that names none: the server's default, capped by
+        what the context has left after ``ids`` (when the prompt is known already)."""
+        default = self.settings.default_max_tokens
+        return default if ids is None else min(default, self.context - len(ids))
+
+    def check_room(self, ids: list[int], max_new_tokens: int, param: str) -> None:
+        """400 (naming ``param``, the field as the client spelled it) when the prompt plus
+        ``max_new_tokens`` does not fit the context."""
+        if len(ids) + max_new_tokens > self.context:
+            raise APIError(400, f"{param}: prompt ({len(ids)} tokens) + {param} ({max_new_tokens}) exceeds "
+                                f"the context of {self.context} tokens",
+                           param=param, code="context_length_exceeded")
+
+    def submit(self, ids: list[int], params: list[SamplingParams]) -> JobGroup:
+        """Queue one job per entry of ``params`` (all or none); 429 when the queue is full."""
+        try:
+            return self.scheduler.submit([(ids, p) for p in params])
+        except SchedulerFull as exc:
+            retry = str(self.settings.retry_after_s)
+            raise APIError(429, f"the server is busy: {exc}; retry after {retry} s", code="queue_full",
+                           headers={"Retry-After": retry}) from None

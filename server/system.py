@@ -1,0 +1,60 @@
+"""The routes about the server itself rather than a generation: ``/health``,
+``/metrics`` (Prometheus text), ``/strategies`` (the decoding catalogue) and
+``/v1/models``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+import decoding
+
+from .intake import require_api_key
+
+router = APIRouter()
+
+
+@router.get("/v1/models", dependencies=[Depends(require_api_key)])
+async def list_models(request: Request):
+    """The one model this server serves, as OpenAI lists models."""
+    settings = request.app.state.settings
+    return {"object": "list", "data": [{"id": settings.model_name, "object": "model",
+                                        "created": request.app.state.started, "owned_by": "tokenflow"}]}
+
+
+@router.get("/strategies")
+async def list_strategies():
+    """The decoding catalogue as data (``decoding.describe()``): strategies, processors,
+    and every setting a request may use with its bounds and help."""
+    return JSONResponse(decoding.describe())
+
+
+@router.get("/health")
+async def health(request: Request):
+    """``ready`` (200) once the model is loaded, with what it runs on and the queue;
+    ``loading`` or ``error`` (503) before."""
+    state = request.app.state
+    if state.load_error is not None:
+        status, code = "error", 503
+    elif state.scheduler is None:
+        status, code = "loading", 503
+    else:
+        status, code = "ready", 200
+    body = {"status": status, "model": state.settings.model_name}
+    if state.load_error is not None:
+        body["error"] = state.load_error
+    if state.scheduler is not None:
+        engine, scheduler = state.engine, state.scheduler
+        body.update(device=str(engine.device), dtype=str(engine.dtype).replace("torch.", ""),
+                    quant=engine.quant, activations=engine.activations, context_length=engine.context_length,
+                    queue_depth=scheduler.queue_depth, running=scheduler.active_count,
+                    worker_thread=scheduler.worker_thread)
+    return JSONResponse(body, status_code=code)
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    """Prometheus text format, the queue and batch gauges read now."""
+    state = request.app.state
+    return Response(state.metrics.render(state.scheduler), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,79 @@
+"""``GET /api/stream``'s query string -> ``decoding.SamplingParams``.
+
+``EventSource`` can only send a URL, so every setting arrives as text and is
+read by its ``SamplingParams`` field's type: numbers, booleans (``true``/``1``/
+``on``...), ``none``, repeated or comma-separated lists (``stop=a&stop=b``,
+``stop_token_ids=1,2``) and JSON for structured values (``logit_bias={"50256":-100}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from decoding import ParamError, SamplingParams
+
+from ..errors import APIError, from_param_error
+
+# Query keys that are not settings: the prompt, how to read it, resume and auth.
+REQUEST_KEYS = ("prompt", "chat", "last_event_id", "api_key")
+_FIELD_ALIASES = {"max_tokens": "max_new_tokens"}
+
+
+def params_from_query(query, default_max_tokens: int) -> SamplingParams:
+    """``SamplingParams`` from query-string values, converted by each field's type;
+    400 naming the key for an unknown key or a value that does not read."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(SamplingParams)}
+    kwargs = {}
+    for key in query.keys():
+        if key in REQUEST_KEYS:
+            continue
+        name = _FIELD_ALIASES.get(key, key)
+        if name not in types:
+            raise APIError(400, f"{key}: unknown parameter (see GET /strategies)", param=key, code="unknown_field")
+        values = query.getlist(key)
+        try:
+            kwargs[name] = _convert(types[name], values)
+        except ValueError:
+            raise APIError(400, f"{key}: cannot read {values[-1]!r} as {types[name]} (structured values are JSON)",
+                           param=key, code="invalid_value") from None
+    kwargs.setdefault("max_new_tokens", default_max_tokens)
+    try:
+        return SamplingParams(**kwargs)
+    except ParamError as exc:
+        raise from_param_error(exc) from None
+
+
+def is_true(text: str | None) -> bool:
+    """A query flag such as ``chat=1``: on for ``1``, ``true``, ``yes``, ``on``."""
+    return (text or "").lower() in ("1", "true", "yes", "on")
+
+
+def _convert(kind: str, values: list[str]):
+    """The last of ``values`` (or all of them, for a list field) as a field of type ``kind``
+    (the annotation's text); ``ValueError`` when it does not read."""
+    if kind.startswith(("dict", "tuple[tuple")):
+        try:
+            return json.loads(values[-1])
+        except json.JSONDecodeError as exc:
+            raise ValueError(str(exc)) from None
+    if kind.startswith("tuple["):
+        cast = int if kind.startswith("tuple[int") else str
+        return tuple(cast(v) for part in values for v in ([part] if cast is str else part.split(",")) if v != "")
+    text = values[-1]
+    if text.lower() in ("none", "null") and "None" in kind:
+        return None
+    if kind.startswith("bool"):
+        low = text.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        if "str" in kind:
+            return text  # early_stopping: bool | str ("never")
+        raise ValueError(text)
+    if kind.startswith("int"):
+        return int(text)
+    if kind.startswith("float"):
+        return float(text)
+    return text
