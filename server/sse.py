@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, ServerSentEvent, format_sse_event
 from starlette.background import BackgroundTask
+
+from generator.eval.timing import decode_rate
 
 from .errors import error_body
 from .scheduler import GenerationError, JobGroup
@@ -147,8 +150,8 @@ class ResumableStream:
         if job.first_token_at is not None:
             stats["ttft_ms"] = round((job.first_token_at - job.submitted_at) * 1000, 2)
             stats["duration_ms"] = round((job.last_token_at - job.submitted_at) * 1000, 2)
-            span = job.last_token_at - job.first_token_at
-            stats["tokens_per_s"] = round((job.tokens - 1) / span, 2) if span > 0 else None
+            rate = decode_rate(job.tokens, job.first_token_at, job.last_token_at)
+            stats["tokens_per_s"] = round(rate, 2) if math.isfinite(rate) else None
         if job.started_at is not None:
             stats["queue_ms"] = round((job.started_at - job.submitted_at) * 1000, 2)
         return stats
