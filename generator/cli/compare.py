@@ -23,7 +23,7 @@ from typing import Any
 
 from decoding import SamplingParams, resolve
 
-from ..eval import text as metrics
+from ..eval.text import distinct_n, nan_mean, repetition_rate, self_bleu
 from ..eval.likelihood import mean_logprob, perplexity
 from .columns import LiveColumns
 from .common import CLIError, add_model_flags, is_sampling, parse_engine_args, parse_strategy_spec, read_prompts_file
@@ -138,9 +138,9 @@ def run_summary(run: Run) -> dict[str, Any]:
         "tokens_per_s": n / run.own_time if run.own_time > 0 else float("nan"),
         "mean_logprob": mean_logprob(lps),
         "perplexity": perplexity(lps),
-        "distinct_1": metrics.distinct_n([ids], 1),
-        "distinct_2": metrics.distinct_n([ids], 2),
-        "repetition_rate": metrics.repetition_rate(ids, 4),
+        "distinct_1": distinct_n([ids], 1),
+        "distinct_2": distinct_n([ids], 2),
+        "repetition_rate": repetition_rate(ids, 4),
         "events": run.events,
     }
 
@@ -164,14 +164,14 @@ def strategy_summary(runs: list[Run]) -> dict[str, Any]:
         "runs": len(runs),
         "tokens": tokens / len(runs) if runs else 0,
         "tokens_per_s": tokens / own if own > 0 else float("nan"),
-        "ttft_ms": metrics.nan_mean([r.ttft * 1000 for r in runs if r.ttft is not None]),
+        "ttft_ms": nan_mean([r.ttft * 1000 for r in runs if r.ttft is not None]),
         "mean_logprob": mean_logprob(all_lps),
         "perplexity": perplexity(all_lps),
-        "distinct_1": metrics.nan_mean([metrics.distinct_n(seqs, 1) for seqs in ids_by_prompt]),
-        "distinct_2": metrics.nan_mean([metrics.distinct_n(seqs, 2) for seqs in ids_by_prompt]),
-        "repetition_rate": metrics.nan_mean([metrics.repetition_rate(s, 4) for seqs in ids_by_prompt
+        "distinct_1": nan_mean([distinct_n(seqs, 1) for seqs in ids_by_prompt]),
+        "distinct_2": nan_mean([distinct_n(seqs, 2) for seqs in ids_by_prompt]),
+        "repetition_rate": nan_mean([repetition_rate(s, 4) for seqs in ids_by_prompt
                                              for s in seqs]),
-        "self_bleu": metrics.nan_mean([metrics.self_bleu(seqs) for seqs in ids_by_prompt if len(seqs) > 1]),
+        "self_bleu": nan_mean([self_bleu(seqs) for seqs in ids_by_prompt if len(seqs) > 1]),
     }
 
 
