@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,19 +27,23 @@ import torch
 
 from decoding import SamplingParams
 from generator import Engine
+from generator.eval.quality import agreement
+from generator.eval.timing import median, stream_timing
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def _rates(start: float, stamps: list[float]) -> dict:
-    n = len(stamps)
-    decode = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 and stamps[-1] > stamps[0] else float("nan")
-    return {"ttft_ms": (stamps[0] - start) * 1000, "decode_tok_s": decode, "tokens": n}
+    """One run's time to first token and decode rate (``timing.stream_timing``)."""
+    t = stream_timing(start, stamps)
+    return {"ttft_ms": t["ttft_ms"], "decode_tok_s": t["decode_tps"], "tokens": t["tokens"]}
 
 
 def _median_run(runs: list[dict]) -> dict:
-    best = sorted(runs, key=lambda r: r["decode_tok_s"])[len(runs) // 2]
-    return dict(best, ttft_ms=statistics.median(r["ttft_ms"] for r in runs), runs=runs)
+    """The run of median decode rate (a real run: the upper middle one for an even
+    count), with the median time to first token over all runs."""
+    middle = sorted(runs, key=lambda r: r["decode_tok_s"])[len(runs) // 2]
+    return dict(middle, ttft_ms=median([r["ttft_ms"] for r in runs]), runs=runs)
 
 
 def bench_ours(ids: list[int], args, head: str = "auto") -> tuple[dict, list[int]]:
@@ -181,7 +184,7 @@ def main() -> None:
     agree = {}
     for name, toks in token_sets.items():
         if name != "ours" and toks:
-            n = next((i for i, (a, b) in enumerate(zip(token_sets["ours"], toks)) if a != b), min(len(toks), len(token_sets["ours"])))
+            n = agreement(token_sets["ours"], toks)
             agree[name] = n
             print(f"greedy ids: ours and {name} agree on the first {n} tokens")
     out = Path(args.out)

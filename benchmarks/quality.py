@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from generator import Engine
-from generator.eval.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_logprob, perplexity
+from generator.eval.likelihood import mean_logprob, perplexity, text_logprobs
+from generator.eval.quality import AGREEMENT_PROMPTS, LIKELIHOOD_TEXT, agreement, greedy_ids
 
 FORMATS = {"fp32": dict(dtype="float32", quant="none"), "bf16": dict(dtype="bfloat16", quant="none"),
            "int8": dict(dtype="auto", quant="int8"), "int4": dict(dtype="auto", quant="int4"),
@@ -39,12 +40,13 @@ def main() -> None:
         if name == "fp32":
             ref_ids = ids
         agree = [agreement(ids[p], ref_ids[p]) for p in AGREEMENT_PROMPTS]
-        lp = mean_logprob(engine)
+        logprobs = text_logprobs(engine, LIKELIHOOD_TEXT)
+        lp, ppl = mean_logprob(logprobs), perplexity(logprobs)
         rows.append(dict(format=name, agreement=agree, mean_agreement=sum(agree) / len(agree),
                          full_matches=sum(a == args.tokens for a in agree), mean_logprob=lp,
-                         perplexity=perplexity(lp), seconds=round(time.perf_counter() - t0, 1)))
+                         perplexity=ppl, seconds=round(time.perf_counter() - t0, 1)))
         print(f"{name:5s} agreement/{args.tokens} {agree} mean {rows[-1]['mean_agreement']:.1f}  "
-              f"ppl {perplexity(lp):.3f} (mean logprob {lp:.4f})", flush=True)
+              f"ppl {ppl:.3f} (mean logprob {lp:.4f})", flush=True)
         del engine
     ref_ppl = rows[0]["perplexity"]
     for r in rows:

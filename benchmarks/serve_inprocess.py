@@ -13,15 +13,16 @@ generates exactly ``--max-tokens`` tokens. Prints the medians; writes no file.
 from __future__ import annotations
 
 import argparse
-import statistics
 import threading
 import time
 
+from generator.eval.timing import median, stream_timing
+
 
 def _stats(start: float, stamps: list[float]) -> tuple[float, float]:
-    ttft = stamps[0] - start
-    tps = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    return ttft * 1000, tps
+    """Time to first token (ms) and decode tokens/s of one run."""
+    t = stream_timing(start, stamps)
+    return t["ttft_ms"], t["decode_tps"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device={engine.device} dtype={str(engine.dtype).replace('torch.', '')} tokens={args.max_tokens} "
           f"runs={args.runs} (medians)")
     for name, rows in results.items():
-        ttft = statistics.median(r[0] for r in rows)
-        tps = statistics.median(r[1] for r in rows)
+        ttft = median([r[0] for r in rows])
+        tps = median([r[1] for r in rows])
         print(f"  {name:22s} ttft {ttft:7.1f} ms   decode {tps:6.1f} tok/s")
     return 0
 

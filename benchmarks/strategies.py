@@ -32,8 +32,9 @@ import torch
 
 from decoding import ParamError, SamplingParams, resolve, strategies
 from decoding.selectors import ARGMAX, BEAM, SAMPLE
-from generator.eval import text as metrics
-from generator.cli.compare import is_sampling, load_engine, parse_engine_args, parse_strategy_spec
+from generator import Engine
+from generator.cli.common import is_sampling, parse_engine_args, parse_strategy_spec
+from generator.eval.timing import pooled_timing
 
 # The selectors transformers' generate() has (mirostat, for one, it has not).
 _PEER_SELECTORS = (ARGMAX, SAMPLE, BEAM)
@@ -214,28 +215,26 @@ def run_theirs(model, ids: list[int], kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One side's numbers over all measured runs: ITL percentiles over every gap
-    pooled, decode tok/s as all decode tokens over all decode time."""
-    gaps = [(b - a) * 1000 for r in runs for a, b in zip(r["stamps"], r["stamps"][1:])]
-    per_run = [metrics.latency_summary(r["start"], r["stamps"], r["prompt_tokens"]) for r in runs]
-    decode_tokens = sum(max(len(r["stamps"]) - 1, 0) for r in runs)
-    decode_time = sum(r["stamps"][-1] - r["stamps"][0] for r in runs if len(r["stamps"]) > 1)
-    tokens = sum(len(r["stamps"]) for r in runs)
-    total = sum(r["stamps"][-1] - r["start"] for r in runs if r["stamps"])
+    """One side's numbers over all measured runs (``timing.pooled_timing``): ITL
+    percentiles over every gap pooled, decode tok/s as all decode tokens over all
+    decode time. A side that could not stream (beam in transformers) has no ITL,
+    decode or prefill rate: its tokens all arrived at the end."""
+    t = pooled_timing([(r["start"], r["stamps"], r["prompt_tokens"]) for r in runs])
     streamed = all(r.get("streamed", True) for r in runs)
+    nan = float("nan")
     return {
         "runs": len(runs),
-        "tokens_per_run": tokens / len(runs) if runs else 0,
-        "ttft_ms": metrics.nan_mean([s["ttft_ms"] for s in per_run]),
-        "itl_p50_ms": metrics.percentile(gaps, 50) if streamed else float("nan"),
-        "itl_p95_ms": metrics.percentile(gaps, 95) if streamed else float("nan"),
-        "itl_p99_ms": metrics.percentile(gaps, 99) if streamed else float("nan"),
-        "decode_tps": decode_tokens / decode_time if streamed and decode_time > 0 else float("nan"),
-        "e2e_tps": tokens / total if total > 0 else float("nan"),
-        "prefill_tps": metrics.nan_mean([s["prefill_tps"] for s in per_run]) if streamed else float("nan"),
-        "peak_rss_mb": max((r["peak_rss_mb"] for r in runs), default=float("nan")),
+        "tokens_per_run": t["tokens"] / len(runs) if runs else 0,
+        "ttft_ms": t["ttft_ms"],
+        "itl_p50_ms": t["itl_p50_ms"] if streamed else nan,
+        "itl_p95_ms": t["itl_p95_ms"] if streamed else nan,
+        "itl_p99_ms": t["itl_p99_ms"] if streamed else nan,
+        "decode_tps": t["decode_tps"] if streamed else nan,
+        "e2e_tps": t["tokens_per_s"],
+        "prefill_tps": t["prefill_tps"] if streamed else nan,
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in runs), default=nan),
         "streamed": streamed,
-        "itl_ms": gaps if streamed else [],
+        "itl_ms": t["itl_ms"] if streamed else [],
     }
 
 
@@ -447,7 +446,7 @@ def load_peer_model(model: str | None, device: torch.device, dtype: torch.dtype)
 def read_prompts(path: str | None) -> list[str]:
     if not path:
         return list(DEFAULT_PROMPTS)
-    from generator.cli.compare import read_prompts_file
+    from generator.cli.common import read_prompts_file
 
     return read_prompts_file(path)
 
@@ -466,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peer", action="store_true", help="skip transformers generate()")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--engine-arg", action="append", metavar="KEY=VALUE",
-                   help="extra Engine.load option, e.g. quant=int4 (passed through if Engine.load takes it)")
+                   help="extra Engine.load option, e.g. quant=int4")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output folder")
     return p
 
@@ -498,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from generator.cli.main import CLIError
+    from generator.cli.common import CLIError
     from generator.loading import ModelLoadError, pick_device, pick_dtype
 
     err = Console(stderr=True)
@@ -518,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.strategies:  # asked for by name: a bad spec is the user's error
                     raise
                 skipped.append({"spec": spec, "reason": f"no usable default settings: {exc}"})
-        engine = load_engine(args.model, args.device, args.dtype, parse_engine_args(args.engine_arg))
+        engine = Engine.load(args.model, device=args.device, dtype=args.dtype, **parse_engine_args(args.engine_arg))
         device = pick_device(args.device)
         peer = None if args.no_peer else load_peer_model(args.model, device, pick_dtype(args.dtype, device))
     except (CLIError, ParamError, ModelLoadError, KeyError) as exc:

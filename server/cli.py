@@ -23,7 +23,7 @@ def _bounded_int(low: int, high: int | None = None):
 
 def add_commands(sub) -> None:
     """Add ``serve`` to the ``tokenflow`` subcommands."""
-    from generator.cli.main import add_model_flags
+    from generator.cli.common import add_model_flags
 
     from .settings import Settings
 

@@ -2,7 +2,8 @@
 side, then what each produced and what it cost.
 
 Strategies are given as ``name:key=value,...`` (``sample:temperature=0.8,top_k=50``);
-every key is a ``SamplingParams`` field, checked by ``SamplingParams`` itself.
+every key is a ``SamplingParams`` field, checked by ``SamplingParams`` itself
+(``common.parse_strategy_spec``).
 By default the streams advance round-robin, one token each in turn, so they grow
 side by side; each stream's timings count only the time spent producing *its*
 tokens (``--sequential`` runs them one after another instead, in wall time).
@@ -11,7 +12,6 @@ tokens (``--sequential`` runs them one after another instead, in wall time).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import sys
@@ -21,135 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from decoding import ParamError, SamplingParams
+from decoding import SamplingParams
 
-from ..eval import text as metrics
-
-# -- parsing "name:key=value,..." -------------------------------------------
-
-_FIELDS = {f.name: f for f in dataclasses.fields(SamplingParams)}
-
-
-def _coerce(name: str, kind: str, text: str) -> Any:
-    """One ``key=value`` value as the type of its ``SamplingParams`` field."""
-    low = text.strip().lower()
-    try:
-        if "None" in kind and low in ("none", "null"):
-            return None
-        if kind.startswith("tuple[int"):
-            return int(text)
-        if kind.startswith("tuple[str"):
-            return text
-        if kind.startswith("bool"):
-            if low in ("true", "1", "yes"):
-                return True
-            if low in ("false", "0", "no"):
-                return False
-            if "str" in kind:
-                return text
-            raise ValueError
-        if kind.startswith("int"):
-            return int(text)
-        if kind.startswith("float"):
-            return float(text)
-        if kind.startswith("str"):
-            return text
-    except ValueError:
-        expected = {"int": "an integer", "float": "a number", "bool": "true or false"}
-        want = next((v for k, v in expected.items() if kind.startswith(k) or kind.startswith(f"tuple[{k}")),
-                    f"a value of type {kind}")
-        raise ParamError(name, f"expected {want}, got {text!r}") from None
-    # A field type this parser does not know (e.g. a dict): JSON if it parses, else text.
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_strategy_spec(spec: str, **defaults: Any) -> SamplingParams:
-    """``"sample:temperature=0.8,top_k=50"`` -> validated ``SamplingParams``.
-
-    ``name`` alone, ``name:k=v,...`` or just ``k=v,...`` (default strategy).
-    Repeat a key for list fields (``stop=a,stop=b``). ``defaults`` fill fields the
-    spec leaves out. Errors are ``ParamError`` naming the field.
-    """
-    text = spec.strip()
-    if ":" in text:
-        name, _, rest = text.partition(":")
-    elif "=" in text:
-        name, rest = "", text
-    else:
-        name, rest = text, ""
-    name = name.strip()
-    given: dict[str, Any] = {}
-    if name:
-        given["strategy"] = name
-    elif ":" in text:
-        raise ParamError("strategy", f"no strategy name before ':' in {spec!r}")
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not eq:
-            raise ParamError(key or "strategy", f"expected key=value, got {item!r} in {spec!r}")
-        if key not in _FIELDS:
-            known = ", ".join(n for n in _FIELDS if n != "strategy")
-            raise ParamError(key, f"unknown setting in {spec!r}; known: {known}")
-        kind = str(_FIELDS[key].type)
-        val = _coerce(key, kind, value.strip())
-        if kind.startswith("tuple["):
-            given[key] = (*given.get(key, ()), val)
-        else:
-            given[key] = val
-    merged = {**{k: v for k, v in defaults.items() if v is not None}, **given}
-    return SamplingParams(**merged)
-
-
-def is_sampling(params: SamplingParams) -> bool:
-    """True when the strategy draws at random (so different seeds give different texts)."""
-    return not params.is_greedy and params.resolved_strategy.selector.samples
-
-
-# -- engine options shared with the benchmark --------------------------------
-
-def parse_engine_args(items: list[str] | None) -> dict[str, Any]:
-    """``["quant=int4", "compile=false"]`` -> ``{"quant": "int4", "compile": False}``."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ParamError("engine_arg", f"expected key=value, got {item!r}")
-        out[key.strip().replace("-", "_")] = _guess_value(value.strip())
-    return out
-
-
-def _guess_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def load_engine(model: str | None, device: str, dtype: str, options: dict[str, Any] | None = None):
-    """``Engine.load`` with extra keyword options passed through only if this
-    version of ``Engine.load`` takes them (else a ``ParamError`` naming the option)."""
-    from ..engine import Engine
-
-    options = dict(options or {})
-    accepted = inspect.signature(Engine.load).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    for key in options:
-        if key not in accepted and not takes_any:
-            known = ", ".join(k for k in accepted if k not in ("cls", "model", "device", "dtype"))
-            raise ParamError("engine_arg", f"Engine.load has no option {key!r} (it takes: {known or 'none'})")
-    return Engine.load(model, device=device, dtype=dtype, **options)
-
+from ..eval.text import distinct_n, nan_mean, repetition_rate, self_bleu
+from ..eval.likelihood import mean_logprob, perplexity
+from .columns import LiveColumns
+from .common import CLIError, add_model_flags, is_sampling, parse_engine_args, parse_strategy_spec, read_prompts_file
+from .replay import StreamRecorder
 
 # -- running -----------------------------------------------------------------
 
@@ -169,55 +47,6 @@ class Run:
     @property
     def stream_id(self) -> str:
         return f"p{self.prompt_index}.s{self.spec_index}.k{self.sample}"
-
-
-class LiveColumns:
-    """Streams shown side by side in the terminal, one rich panel per column."""
-
-    def __init__(self, titles: list[str], console=None, title: str = ""):
-        from rich.console import Console
-
-        self.titles = list(titles)
-        self.texts = ["" for _ in titles]
-        self.title = title
-        self.console = console or Console()
-        self._live = None
-
-    def reset(self, index: int, title: str | None = None) -> None:
-        self.texts[index] = ""
-        if title is not None:
-            self.titles[index] = title
-
-    def append(self, index: int, text: str) -> None:
-        self.texts[index] += text
-
-    def __rich__(self):
-        from rich.panel import Panel
-        from rich.table import Table
-        from rich.text import Text
-
-        grid = Table.grid(expand=True, padding=(0, 1))
-        for _ in self.titles:
-            grid.add_column(ratio=1)
-        grid.add_row(*(Panel(Text(t), title=title, title_align="left")
-                       for t, title in zip(self.texts, self.titles)))
-        if self.title:
-            outer = Table.grid(expand=True)
-            outer.add_row(Text(self.title, style="bold"))
-            outer.add_row(grid)
-            return outer
-        return grid
-
-    def __enter__(self) -> "LiveColumns":
-        from rich.live import Live
-
-        self._live = Live(self, console=self.console, refresh_per_second=12)
-        self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._live.__exit__(*exc)
-        self._live = None
 
 
 def plan_runs(specs: list[SamplingParams], n_prompts: int, samples: int, seed: int) -> list[Run]:
@@ -307,11 +136,11 @@ def run_summary(run: Run) -> dict[str, Any]:
         "tokens": n,
         "ttft_ms": run.ttft * 1000 if run.ttft is not None else float("nan"),
         "tokens_per_s": n / run.own_time if run.own_time > 0 else float("nan"),
-        "mean_logprob": metrics.mean_logprob(lps),
-        "perplexity": metrics.perplexity(lps),
-        "distinct_1": metrics.distinct_n([ids], 1),
-        "distinct_2": metrics.distinct_n([ids], 2),
-        "repetition_rate": metrics.repetition_rate(ids, 4),
+        "mean_logprob": mean_logprob(lps),
+        "perplexity": perplexity(lps),
+        "distinct_1": distinct_n([ids], 1),
+        "distinct_2": distinct_n([ids], 2),
+        "repetition_rate": repetition_rate(ids, 4),
         "events": run.events,
     }
 
@@ -335,14 +164,14 @@ def strategy_summary(runs: list[Run]) -> dict[str, Any]:
         "runs": len(runs),
         "tokens": tokens / len(runs) if runs else 0,
         "tokens_per_s": tokens / own if own > 0 else float("nan"),
-        "ttft_ms": metrics.nan_mean([r.ttft * 1000 for r in runs if r.ttft is not None]),
-        "mean_logprob": metrics.mean_logprob(all_lps),
-        "perplexity": metrics.perplexity(all_lps),
-        "distinct_1": metrics.nan_mean([metrics.distinct_n(seqs, 1) for seqs in ids_by_prompt]),
-        "distinct_2": metrics.nan_mean([metrics.distinct_n(seqs, 2) for seqs in ids_by_prompt]),
-        "repetition_rate": metrics.nan_mean([metrics.repetition_rate(s, 4) for seqs in ids_by_prompt
+        "ttft_ms": nan_mean([r.ttft * 1000 for r in runs if r.ttft is not None]),
+        "mean_logprob": mean_logprob(all_lps),
+        "perplexity": perplexity(all_lps),
+        "distinct_1": nan_mean([distinct_n(seqs, 1) for seqs in ids_by_prompt]),
+        "distinct_2": nan_mean([distinct_n(seqs, 2) for seqs in ids_by_prompt]),
+        "repetition_rate": nan_mean([repetition_rate(s, 4) for seqs in ids_by_prompt
                                              for s in seqs]),
-        "self_bleu": metrics.nan_mean([metrics.self_bleu(seqs) for seqs in ids_by_prompt if len(seqs) > 1]),
+        "self_bleu": nan_mean([self_bleu(seqs) for seqs in ids_by_prompt if len(seqs) > 1]),
     }
 
 
@@ -403,35 +232,8 @@ def summary_table(report: dict[str, Any]):
 
 # -- the subcommand -------------------------------------------------------------
 
-def read_prompts_file(path: str) -> list[str]:
-    """Prompts from JSON Lines: each line ``{"prompt": "..."}`` or a JSON string."""
-    from .main import CLIError
-
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise CLIError(f"--prompts: cannot read {path}: {exc.strerror}") from None
-    prompts = []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CLIError(f"--prompts: {path}:{no}: not JSON ({exc.msg})") from None
-        prompt = obj.get("prompt") if isinstance(obj, dict) else obj
-        if not isinstance(prompt, str) or not prompt:
-            raise CLIError(f"--prompts: {path}:{no}: expected {{\"prompt\": \"...\"}} or a JSON string")
-        prompts.append(prompt)
-    if not prompts:
-        raise CLIError(f"--prompts: {path} has no prompts")
-    return prompts
-
-
 def add_commands(sub) -> None:
     """Add ``tokenflow compare`` to the CLI."""
-    from .main import add_model_flags
-
     cmp = sub.add_parser(
         "compare", help="run several strategies on a prompt, side by side, and compare them",
         description="Run each --strategy on the prompt(s), stream them side by side, then show a table per "
@@ -459,8 +261,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from .main import CLIError
-
+    """Run the strategies, show them live, print the table, write ``--json``."""
     if not args.specs:
         raise CLIError("give at least one --strategy")
     if args.samples < 1:
@@ -474,7 +275,9 @@ def cmd_compare(args) -> int:
     specs = [parse_strategy_spec(s, **defaults) for s in args.specs]  # ParamError -> one line
     labels = list(args.specs)
     options = parse_engine_args(args.engine_arg)
-    engine = load_engine(args.model, args.device, args.dtype, options)
+    from ..engine import Engine  # heavy imports only once the flags are good
+
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, **options)
 
     from rich.console import Console
 
@@ -484,8 +287,6 @@ def cmd_compare(args) -> int:
     view = None if args.no_live else LiveColumns(labels, console=console)
     recorder = None
     if args.record:
-        from .replay import StreamRecorder
-
         streams = {r.stream_id: f"{labels[r.spec_index]} #{r.sample} (prompt {r.prompt_index})"
                    for r in plan_runs(specs, len(prompts), args.samples, args.seed)}
         recorder = StreamRecorder(args.record, {"command": "compare", "prompts": prompts, "specs": labels,

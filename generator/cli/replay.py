@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from ..events import TokenEvent
+from .columns import LiveColumns
+from .common import CLIError
 
 FORMAT_VERSION = 1
 
@@ -125,8 +127,7 @@ def add_commands(sub) -> None:
 
 
 def cmd_replay(args) -> int:
-    from .main import CLIError
-
+    """Play a recording to stdout (one stream) or side by side (several)."""
     if not args.speed > 0:
         raise CLIError(f"--speed must be > 0, got {args.speed}")
     try:
@@ -148,8 +149,7 @@ def cmd_replay(args) -> int:
         out.write("\n")
         out.flush()
         return 0
-    from .compare import LiveColumns  # several streams: side by side, as compare showed them
-
+    # Several streams: side by side, as compare showed them.
     labels = header.get("streams") or {}
     view = LiveColumns([labels.get(s, s) for s in streams])
     index = {s: i for i, s in enumerate(streams)}

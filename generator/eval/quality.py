@@ -1,12 +1,9 @@
 """Quality checks of a weight format against the float32 reference: greedy token
-agreement and the mean log-likelihood of a fixed text (used by tests, the peer
-benchmark and the README's table)."""
+agreement on fixed prompts, and the log-likelihood of a fixed text (score it with
+``likelihood.text_logprobs(engine, LIKELIHOOD_TEXT)``). Used by tests, the quality
+benchmark and the README's table."""
 
 from __future__ import annotations
-
-import math
-
-import torch
 
 from decoding import SamplingParams
 
@@ -42,23 +39,3 @@ def agreement(ours: list[int], ref: list[int]) -> int:
             break
         n += 1
     return n
-
-
-@torch.inference_mode()
-def mean_logprob(engine, text: str = LIKELIHOOD_TEXT) -> float:
-    """Mean log-probability per token of ``text`` under the engine's weights
-    (``exp(-x)`` is the perplexity)."""
-    ids = engine.tokenizer(text)["input_ids"]
-    runner = engine.runner
-    slots = runner.acquire(1)
-    try:
-        logits = runner.all_logits(slots[0], ids)  # (T, V) float32
-    finally:
-        runner.release(slots)
-    logp = torch.log_softmax(logits[:-1], dim=-1)
-    target = torch.tensor(ids[1:], device=logp.device)
-    return float(logp.gather(1, target[:, None]).mean())
-
-
-def perplexity(mean_lp: float) -> float:
-    return math.exp(-mean_lp)

@@ -10,11 +10,14 @@ events are forgotten.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.sse import ServerSentEvent
+
+from generator.eval.timing import decode_rate
 
 from ..jobs import GenerationError, JobGroup
 from ..sse import error_event
@@ -68,8 +71,8 @@ class ResumableStream:
         if job.first_token_at is not None:
             stats["ttft_ms"] = round((job.first_token_at - job.submitted_at) * 1000, 2)
             stats["duration_ms"] = round((job.last_token_at - job.submitted_at) * 1000, 2)
-            span = job.last_token_at - job.first_token_at
-            stats["tokens_per_s"] = round((job.tokens - 1) / span, 2) if span > 0 else None
+            rate = decode_rate(job.tokens, job.first_token_at, job.last_token_at)
+            stats["tokens_per_s"] = round(rate, 2) if math.isfinite(rate) else None
         if job.started_at is not None:
             stats["queue_ms"] = round((job.started_at - job.submitted_at) * 1000, 2)
         return stats

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from decoding import ParamError, SamplingParams
-from generator.cli.compare import parse_engine_args, parse_strategy_spec
+from generator.cli.common import parse_engine_args, parse_strategy_spec
 from generator.cli.replay import read_recording, replay_events, stream_texts
 
 CLI = [sys.executable, "-m", "generator.cli"]
@@ -147,3 +147,23 @@ def test_replay_keeps_the_recorded_pace():
     out = list(replay_events(events, speed=2.0, sleep=sleep, clock=lambda: now[0]))
     assert [e["text"] for e in out] == ["a", "b", "c"]
     assert slept == pytest.approx([0.25, 0.75])  # offsets 0.5 s and 2.0 s at double speed
+
+
+def test_flags_and_specs_read_values_the_same_way():
+    from generator.cli.common import CLIParser, add_sampling_flags, field_value, sampling_params_from_args
+
+    for name, text, value in [("top_k", "50", 50), ("temperature", "0.8", 0.8), ("seed", "none", None),
+                              ("early_stopping", "never", "never"), ("ignore_eos", "yes", True),
+                              ("logit_bias", "42=-5.5", (42, -5.5)), ("bad_words_ids", "12,34", (12, 34)),
+                              ("stop_token_ids", "3", 3), ("stop", "the end", "the end")]:
+        assert field_value(name, text) == value, name
+    spec = parse_strategy_spec("sample:logit_bias=42=-5.5,logit_bias=7=1,stop_token_ids=3,stop_token_ids=4")
+    parser = CLIParser(prog="t")
+    add_sampling_flags(parser)
+    flags = parser.parse_args(["--strategy", "sample", "--logit-bias", "42=-5.5", "--logit-bias", "7=1",
+                               "--stop-token-ids", "3", "--stop-token-ids", "4"])
+    assert spec == sampling_params_from_args(flags) == SamplingParams(
+        strategy="sample", logit_bias={42: -5.5, 7: 1.0}, stop_token_ids=(3, 4))
+    with pytest.raises(ParamError, match="ID=BIAS") as info:
+        parse_strategy_spec("greedy:logit_bias=42")
+    assert info.value.field == "logit_bias"

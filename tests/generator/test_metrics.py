@@ -1,53 +1,39 @@
-"""The metric functions of `tokenflow compare` and the benchmarks, on hand-made inputs."""
+"""The text metrics of `tokenflow compare` and the benchmarks, on hand-made inputs."""
 
 import math
 
-import numpy as np
 import pytest
 
-from generator.eval import text as metrics
-
-
-def test_percentile_interpolates_linearly_like_numpy():
-    vals = [10.0, 20.0, 30.0, 40.0]
-    assert metrics.percentile(vals, 50) == 25.0
-    assert metrics.percentile(vals, 0) == 10.0 and metrics.percentile(vals, 100) == 40.0
-    assert metrics.percentile(vals, 95) == pytest.approx(38.5)  # 30 + 0.85 * (40 - 30)
-    assert metrics.percentile([7.0], 99) == 7.0
-    assert math.isnan(metrics.percentile([], 50))
-    rng = np.random.default_rng(0).random(101)
-    assert metrics.percentile(rng, 99) == pytest.approx(float(np.percentile(rng, 99)))
-    with pytest.raises(ValueError):
-        metrics.percentile(vals, 101)
+from generator.eval import text
 
 
 def test_distinct_n_counts_unique_ngrams_pooled_over_sequences():
-    assert metrics.distinct_n([[1, 2, 3, 4]], 1) == 1.0
-    assert metrics.distinct_n([[1, 1, 1, 1]], 1) == 0.25
+    assert text.distinct_n([[1, 2, 3, 4]], 1) == 1.0
+    assert text.distinct_n([[1, 1, 1, 1]], 1) == 0.25
     # bigrams (1,2) (2,1) (1,2): 2 unique of 3
-    assert metrics.distinct_n([[1, 2, 1, 2]], 2) == pytest.approx(2 / 3)
+    assert text.distinct_n([[1, 2, 1, 2]], 2) == pytest.approx(2 / 3)
     # two identical samples: every n-gram appears twice across them
-    assert metrics.distinct_n([[5, 6, 7], [5, 6, 7]], 1) == 0.5
-    assert metrics.distinct_n([[5, 6, 7], [8, 9]], 2) == 1.0
-    assert math.isnan(metrics.distinct_n([[1]], 2))
+    assert text.distinct_n([[5, 6, 7], [5, 6, 7]], 1) == 0.5
+    assert text.distinct_n([[5, 6, 7], [8, 9]], 2) == 1.0
+    assert math.isnan(text.distinct_n([[1]], 2))
 
 
 def test_repetition_rate_is_the_share_of_repeated_ngrams():
-    assert metrics.repetition_rate([1, 2, 3, 4, 5, 6], 2) == 0.0
+    assert text.repetition_rate([1, 2, 3, 4, 5, 6], 2) == 0.0
     # a loop: "1 2 1 2 1 2" has bigrams 12 21 12 21 12 -> 2 unique of 5, 3 repeats
-    assert metrics.repetition_rate([1, 2, 1, 2, 1, 2], 2) == pytest.approx(3 / 5)
-    assert metrics.repetition_rate([9] * 10, 4) == pytest.approx(6 / 7)
-    assert math.isnan(metrics.repetition_rate([1, 2, 3], 4))
+    assert text.repetition_rate([1, 2, 1, 2, 1, 2], 2) == pytest.approx(3 / 5)
+    assert text.repetition_rate([9] * 10, 4) == pytest.approx(6 / 7)
+    assert math.isnan(text.repetition_rate([1, 2, 3], 4))
 
 
 def test_self_bleu_is_one_for_identical_and_zero_for_disjoint_samples():
     same = [[1, 2, 3, 4, 5, 6]] * 3
-    assert metrics.self_bleu(same) == pytest.approx(1.0)
+    assert text.self_bleu(same) == pytest.approx(1.0)
     disjoint = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]
-    assert metrics.self_bleu(disjoint) == 0.0
-    partial = metrics.self_bleu([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9, 9], [7, 8, 7, 8, 7, 8]])
+    assert text.self_bleu(disjoint) == 0.0
+    partial = text.self_bleu([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9, 9], [7, 8, 7, 8, 7, 8]])
     assert 0.0 < partial < 1.0
-    assert math.isnan(metrics.self_bleu([[1, 2, 3]]))
+    assert math.isnan(text.self_bleu([[1, 2, 3]]))
 
 
 def test_self_bleu_matches_nltk_sentence_bleu_by_hand():
@@ -56,22 +42,4 @@ def test_self_bleu_matches_nltk_sentence_bleu_by_hand():
     a, b = [1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 8, 9, 7]
     sm = SmoothingFunction().method1
     expected = (sentence_bleu([b], a, smoothing_function=sm) + sentence_bleu([a], b, smoothing_function=sm)) / 2
-    assert metrics.self_bleu([a, b]) == pytest.approx(expected)
-
-
-def test_logprob_and_perplexity():
-    lps = [math.log(0.5), math.log(0.25), None]
-    assert metrics.mean_logprob(lps) == pytest.approx((math.log(0.5) + math.log(0.25)) / 2)
-    assert metrics.perplexity(lps) == pytest.approx(math.sqrt(8))  # geometric mean of 1/p
-    assert metrics.perplexity([0.0, 0.0]) == 1.0
-    assert math.isnan(metrics.perplexity([]))
-
-
-def test_latency_summary_from_timestamps():
-    s = metrics.latency_summary(10.0, [10.1, 10.2, 10.3, 10.5], prompt_tokens=20)
-    assert s["tokens"] == 4
-    assert s["ttft_ms"] == pytest.approx(100.0)
-    assert s["itl_p50_ms"] == pytest.approx(100.0)
-    assert s["itl_mean_ms"] == pytest.approx(400 / 3)
-    assert s["decode_tps"] == pytest.approx(3 / 0.4)
-    assert s["prefill_tps"] == pytest.approx(200.0)
+    assert text.self_bleu([a, b]) == pytest.approx(expected)

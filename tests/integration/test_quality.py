@@ -5,8 +5,10 @@ perplexity of a fixed text."""
 import pytest
 import torch
 
-from generator import Engine, cpukernel
-from generator.eval.quality import AGREEMENT_PROMPTS, agreement, greedy_ids, mean_logprob, perplexity
+from generator import Engine
+from generator.eval.likelihood import perplexity, text_logprobs
+from generator.eval.quality import AGREEMENT_PROMPTS, LIKELIHOOD_TEXT, agreement, greedy_ids
+from generator.kernels import ops
 from generator.weights.formats import GGUFQ4Source, Int4Linear, dequantize_q4_1
 
 pytestmark = pytest.mark.integration
@@ -41,8 +43,8 @@ def test_int4_weights_are_the_ggufs_own(default_engine, int4_engine):
 def test_int4_perplexity_and_greedy_agreement_bf16_activations(default_engine):
     engine = Engine.load(device="cpu", quant="int4", compile=False, activations="bf16")
     assert engine.activations == "bf16"
-    ref_ppl = perplexity(mean_logprob(default_engine))
-    ppl = perplexity(mean_logprob(engine))
+    ref_ppl = perplexity(text_logprobs(default_engine, LIKELIHOOD_TEXT))
+    ppl = perplexity(text_logprobs(engine, LIKELIHOOD_TEXT))
     assert ppl <= ref_ppl * 1.02, (ppl, ref_ppl)
     agree = [agreement(greedy_ids(engine, p, 64), greedy_ids(default_engine, p, 64)) for p in AGREEMENT_PROMPTS]
     # Measured [29, 17, 6, 31, 64, 41]: where a run leaves float32's is a near-tie that any
@@ -50,14 +52,14 @@ def test_int4_perplexity_and_greedy_agreement_bf16_activations(default_engine):
     assert sum(agree) / len(agree) >= 16 and max(agree) == 64, agree
 
 
-@pytest.mark.skipif(not cpukernel.int8_activations(), reason="int8 activations need AVX512_VNNI and our kernels")
+@pytest.mark.skipif(not ops.int8_activations(), reason="int8 activations need AVX512_VNNI and our kernels")
 def test_int4_perplexity_and_greedy_agreement_int8_activations(default_engine, int4_engine):
     """The default where the CPU has VNNI: inputs of the int4 layers rounded to int8 per
     row and group of 32 (as llama.cpp does for this GGUF). Perplexity stays within 2% of
     float32; greedy runs follow it as far as with bf16 activations (and plain bf16 weights)."""
     assert int4_engine.activations == "int8"
-    ref_ppl = perplexity(mean_logprob(default_engine))
-    ppl = perplexity(mean_logprob(int4_engine))
+    ref_ppl = perplexity(text_logprobs(default_engine, LIKELIHOOD_TEXT))
+    ppl = perplexity(text_logprobs(int4_engine, LIKELIHOOD_TEXT))
     assert abs(ppl / ref_ppl - 1) <= 0.02, (ppl, ref_ppl)
     agree = [agreement(greedy_ids(int4_engine, p, 64), greedy_ids(default_engine, p, 64)) for p in AGREEMENT_PROMPTS]
     # Measured [64, 59, 6, 23, 19, 41] (mean 35.3); bf16 activations: [29, 17, 6, 31, 64, 41].
@@ -66,4 +68,5 @@ def test_int4_perplexity_and_greedy_agreement_int8_activations(default_engine, i
 
 def test_int8_perplexity_within_two_percent(default_engine):
     engine = Engine.load(device="cpu", quant="int8", compile=False)
-    assert perplexity(mean_logprob(engine)) <= perplexity(mean_logprob(default_engine)) * 1.02
+    assert (perplexity(text_logprobs(engine, LIKELIHOOD_TEXT))
+            <= perplexity(text_logprobs(default_engine, LIKELIHOOD_TEXT)) * 1.02)

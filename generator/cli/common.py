@@ -1,0 +1,258 @@
+"""What every ``tokenflow`` command shares: the one-line error, the parser that
+raises it, the decoding and model flags, and settings read from text (strategy
+specs ``name:key=value,...``, engine options ``key=value``, prompt files).
+
+Nothing here imports torch, transformers or rich beyond ``decoding``: building
+the parser (``tokenflow --help``) stays light; the commands load the rest when run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from decoding import ParamError, SamplingParams
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+class CLIParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one ``CLIError`` line, not usage + exit."""
+
+    def error(self, message: str):
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+# -- one value of a SamplingParams field, from text --------------------------------
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SamplingParams)}
+
+
+def field_value(name: str, text: str) -> Any:
+    """One value of ``SamplingParams`` field ``name`` from text: what a flag
+    (``--top-k 50``) and a spec item (``top_k=50``) both go through.
+
+    The field's type says how to read it: ``int``, ``float``, ``str``; ``bool``
+    (true/false, 1/0, yes/no); ``bool | str`` (those or ``never``); ``none`` for a
+    field that may be unset. A list field takes one element per occurrence (the
+    flag or key is repeated): a token id, a text, an ``ID=BIAS`` pair for the bias
+    map, ``ID,ID,...`` for one banned sequence. A bad value is a ``ParamError``
+    naming the field; ``SamplingParams`` checks the bounds.
+    """
+    kind = str(_FIELDS[name].type)
+    low = text.strip().lower()
+    if "None" in kind and low in ("none", "null"):
+        return None
+    try:
+        if kind.startswith("dict[int"):
+            key, sep, value = text.partition("=")
+            if not sep:
+                raise ValueError
+            return int(key), float(value)
+        if kind.startswith("tuple[tuple[int"):
+            return tuple(int(part) for part in text.split(","))
+        if kind.startswith("tuple[int") or kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+        if kind.startswith("bool"):
+            if low in ("true", "1", "yes"):
+                return True
+            if low in ("false", "0", "no"):
+                return False
+            if kind == "bool | str" and low == "never":
+                return "never"
+            raise ValueError
+    except ValueError:
+        raise ParamError(name, f"expected {_EXPECTED.get(kind.removesuffix(' | None'), kind)}, got {text!r}") from None
+    return text  # str and tuple[str, ...]: the text as it is
+
+
+_EXPECTED = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "bool | str": "true, false or never",
+    "dict[int, float]": "ID=BIAS (e.g. 42=-5.5)", "tuple[tuple[int, ...], ...]": "comma-separated token ids",
+    "tuple[int, ...]": "an integer token id",
+}
+
+
+def _is_list(name: str) -> bool:
+    """A field given once per element (``--stop a --stop b``, ``stop=a,stop=b``)."""
+    return str(_FIELDS[name].type).startswith(("tuple[", "dict["))
+
+
+# -- flags ------------------------------------------------------------------------
+
+_METAVARS = {"dict[int, float]": "ID=BIAS", "tuple[tuple[int, ...], ...]": "ID[,ID...]", "tuple[str, ...]": "TEXT",
+             "tuple[int, ...]": "ID", "bool | str": "{true,false,never}"}
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``SamplingParams`` field, help text from the field itself."""
+    group = parser.add_argument_group("decoding (see `tokenflow strategies`)")
+    for f in dataclasses.fields(SamplingParams):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        kind = str(f.type)
+        if kind == "bool":
+            group.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+        elif _is_list(f.name) or kind in _METAVARS:
+            group.add_argument(flag, dest=f.name, action="append" if _is_list(f.name) else "store",
+                               type=_flag_type(f.name), metavar=_METAVARS.get(kind), help=help_text)
+        else:
+            shown = "the strategy's, else off" if f.default is None and "off" in f.metadata else f.default
+            group.add_argument(flag, dest=f.name, type=_flag_type(f.name), default=None,
+                               help=f"{help_text} (default: {shown})")
+
+
+def _flag_type(name: str):
+    """An argparse ``type`` for field ``name``: ``field_value``, its error the parser's one line."""
+    def parse(text: str) -> Any:
+        try:
+            return field_value(name, text)
+        except ParamError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+    return parse
+
+
+def sampling_params_from_args(args: argparse.Namespace) -> SamplingParams:
+    """Build the validated settings from parsed flags (only the ones given)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingParams)
+             if getattr(args, f.name, None) is not None}
+    return _settings(given)
+
+
+def _settings(given: dict[str, Any]) -> SamplingParams:
+    """``SamplingParams`` from values read by ``field_value``; a map field's repeated
+    ``(key, value)`` pairs become its dict (a later pair for the same key wins)."""
+    for name in given:
+        if str(_FIELDS[name].type).startswith("dict["):
+            given[name] = dict(given[name])
+    return SamplingParams(**given)
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose the model and how it runs (``Engine.load``'s options)."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None,
+                       help="default SmolLM2-135M-Instruct (from PyPI), a local HF folder, a .gguf file, or a hub id")
+    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    group.add_argument("--quant", default="auto", choices=["auto", "none", "int8", "int4"],
+                       help="weight-only quantization; auto: int4 from the GGUF's Q4_1 blocks on CPU "
+                            "when --dtype is auto and the source is such a GGUF, else none. int4/int8 run on "
+                            "tokenflow's own AVX512_BF16 kernels where the CPU has them (built on first use, "
+                            "~7 s); TOKENFLOW_INT4_KERNEL=aten uses PyTorch's")
+    group.add_argument("--head", default="auto", choices=["auto", "none", "int8", "int4"],
+                       help="the output head's weights (28M of the model's 135M); auto: int8 with --quant int8/int4 "
+                            "(the GGUF stores it in 8 bits), else dense. int4 reads a third fewer bytes per "
+                            "token at a small quality cost (see the README's quality table)")
+    group.add_argument("--activations", default="auto", choices=["auto", "bf16", "int8"],
+                       help="what the int4 layers and an int8/int4 head multiply their codes by: int8 (the inputs "
+                            "rounded per row and group of 32, as llama.cpp does for this GGUF; AVX512_VNNI, 64 "
+                            "products an instruction, 1.5x faster at 16 rows) or bf16 (the inputs as they are). "
+                            "auto: int8 where the CPU has AVX512_VNNI, else bf16; TOKENFLOW_ACTIVATIONS sets what "
+                            "auto means")
+    group.add_argument("--dense-prefill", action="store_true",
+                       help="quantized layers keep a bf16 copy of their weights for prompt chunks of 32+ tokens: "
+                            "about 2x faster prefill with PyTorch's int kernels, about the same with tokenflow's own "
+                            "(+214 MB), at the cost of rounding the weights a second time")
+    group.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
+                       help="compile the one-token decode step with torch.compile (also: TOKENFLOW_COMPILE=1); "
+                            "faster steps after a compile of several seconds per batch shape")
+    group.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+                       help="run the decode step eagerly (the default)")
+
+
+# -- settings from text -------------------------------------------------------------
+
+def parse_strategy_spec(spec: str, **defaults: Any) -> SamplingParams:
+    """``"sample:temperature=0.8,top_k=50"`` -> validated ``SamplingParams``.
+
+    ``name`` alone, ``name:k=v,...`` or just ``k=v,...`` (default strategy).
+    Repeat a key for list fields (``stop=a,stop=b``, ``logit_bias=42=-5``); values
+    are read by ``field_value``. ``defaults`` fill fields the spec leaves out.
+    Errors are ``ParamError`` naming the field.
+    """
+    text = spec.strip()
+    if ":" in text:
+        name, _, rest = text.partition(":")
+    elif "=" in text:
+        name, rest = "", text
+    else:
+        name, rest = text, ""
+    name = name.strip()
+    given: dict[str, Any] = {}
+    if name:
+        given["strategy"] = name
+    elif ":" in text:
+        raise ParamError("strategy", f"no strategy name before ':' in {spec!r}")
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq:
+            raise ParamError(key or "strategy", f"expected key=value, got {item!r} in {spec!r}")
+        if key not in _FIELDS:
+            known = ", ".join(n for n in _FIELDS if n != "strategy")
+            raise ParamError(key, f"unknown setting in {spec!r}; known: {known}")
+        val = field_value(key, value.strip())
+        given[key] = (*given.get(key, ()), val) if _is_list(key) else val
+    merged = {**{k: v for k, v in defaults.items() if v is not None}, **given}
+    return _settings(merged)
+
+
+def is_sampling(params: SamplingParams) -> bool:
+    """True when the strategy draws at random (so different seeds give different texts)."""
+    return not params.is_greedy and params.resolved_strategy.selector.samples
+
+
+def parse_engine_args(items: list[str] | None) -> dict[str, Any]:
+    """``["quant=int4", "compile=false"]`` -> ``{"quant": "int4", "compile": False}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ParamError("engine_arg", f"expected key=value, got {item!r}")
+        out[key.strip().replace("-", "_")] = _guess_value(value.strip())
+    return out
+
+
+def _guess_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_prompts_file(path: str) -> list[str]:
+    """Prompts from JSON Lines: each line ``{"prompt": "..."}`` or a JSON string."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise CLIError(f"--prompts: cannot read {path}: {exc.strerror}") from None
+    prompts = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CLIError(f"--prompts: {path}:{no}: not JSON ({exc.msg})") from None
+        prompt = obj.get("prompt") if isinstance(obj, dict) else obj
+        if not isinstance(prompt, str) or not prompt:
+            raise CLIError(f"--prompts: {path}:{no}: expected {{\"prompt\": \"...\"}} or a JSON string")
+        prompts.append(prompt)
+    if not prompts:
+        raise CLIError(f"--prompts: {path} has no prompts")
+    return prompts

@@ -1,0 +1,130 @@
+"""``tokenflow generate`` (stream a completion to stdout, token by token) and
+``tokenflow strategies`` (the decoding catalogue)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+from decoding import SamplingParams
+
+from ..eval.timing import stream_timing
+from .common import CLIError, add_model_flags, add_sampling_flags, sampling_params_from_args
+
+
+def add_commands(sub) -> None:
+    """Add ``tokenflow generate`` and ``tokenflow strategies`` to the CLI."""
+    gen = sub.add_parser("generate", help="stream a completion to stdout",
+                         description="Stream a completion to stdout, token by token.")
+    gen.add_argument("prompt", help="the prompt text, or - to read it from stdin")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    gen.add_argument("--stats", action="store_true",
+                     help="print time to first token, inter-token latency and tokens/s to stderr")
+    gen.add_argument("--record", metavar="FILE.jsonl",
+                     help="also write every event with its wall-clock offset here (see `tokenflow replay`)")
+    add_model_flags(gen)
+    add_sampling_flags(gen)
+    gen.set_defaults(func=cmd_generate)
+    strat = sub.add_parser("strategies", help="list the decoding strategies, their chains and parameters",
+                           description="List the decoding strategies (name, aliases, chain, parameters, "
+                           "reference) and the processors every strategy can switch on.")
+    strat.add_argument("--json", action="store_true",
+                       help="print the machine-readable catalogue (what GET /strategies serves)")
+    strat.set_defaults(func=cmd_strategies)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Stream one completion to stdout, each text delta flushed as it comes."""
+    from ..engine import Engine  # heavy imports only once the flags are good
+
+    params = sampling_params_from_args(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.prompt == "-":
+        prompt = prompt.rstrip("\n")
+    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, quant=args.quant, compile=args.compile,
+                         head=args.head, dense_prefill=args.dense_prefill, activations=args.activations)
+    if getattr(engine.runner, "compiled", False):
+        engine.runner.compile_notice = lambda text: print(f"[compile] {text}", file=sys.stderr, flush=True)
+    recorder = _open_recorder(args, engine, prompt, params)
+    start = time.perf_counter()
+    stamps: list[float] = []
+    out = sys.stdout
+    last = None
+    try:
+        for ev in engine.stream(prompt, params, chat=args.chat):
+            stamps.append(time.perf_counter())
+            if recorder is not None:
+                recorder.event(ev, at=stamps[-1])
+            if ev.text:
+                out.write(ev.text)
+                out.flush()
+            last = ev
+    finally:
+        if recorder is not None:
+            recorder.close()
+    out.write("\n")
+    out.flush()
+    if args.stats and stamps:
+        print(format_stats(start, stamps, last.finish_reason if last else None), file=sys.stderr)
+    return 0
+
+
+def _open_recorder(args: argparse.Namespace, engine, prompt: str, params: SamplingParams):
+    """A ``StreamRecorder`` for ``--record``, or None."""
+    if not args.record:
+        return None
+    from .replay import StreamRecorder
+
+    try:
+        return StreamRecorder(args.record, {"command": "generate", "prompt": prompt, "chat": args.chat,
+                                            "model": engine.name, "params": dataclasses.asdict(params)})
+    except OSError as exc:
+        raise CLIError(f"--record: cannot write {args.record}: {exc.strerror}") from None
+
+
+def format_stats(start: float, stamps: list[float], finish: str | None) -> str:
+    """One line: tokens, time to first token, inter-token latency, decode tokens/s."""
+    t = stream_timing(start, stamps)
+    if t["tokens"] > 1:
+        rest = (f"itl mean {t['itl_mean_ms']:.1f} ms p50 {t['itl_p50_ms']:.1f} ms, "
+                f"decode {t['decode_tps']:.1f} tok/s")
+    else:
+        rest = "itl n/a"
+    return (f"[stats] {t['tokens']} tokens in {t['total_s']:.2f} s ({t['tokens_per_s']:.1f} tok/s overall), "
+            f"ttft {t['ttft_ms']:.0f} ms, {rest}, finish={finish}")
+
+
+def cmd_strategies(args: argparse.Namespace) -> int:
+    """Print the decoding catalogue: as text, or as the JSON ``GET /strategies`` serves."""
+    from decoding import describe
+
+    catalogue = describe()
+    if args.json:
+        import json
+
+        print(json.dumps(catalogue, indent=2))
+        return 0
+    params = catalogue["params"]
+
+    def show(name: str, defaults: dict) -> str:
+        value = defaults.get(name, params[name]["default"])
+        if value is None and params[name]["off"] is not None:
+            value = params[name]["off"]  # unset and no strategy default: off
+        return f"{name}={value}"
+
+    print("strategies (tokenflow generate --strategy NAME):")
+    for s in catalogue["strategies"]:
+        aliases = f" (aliases: {', '.join(s['aliases'])})" if s["aliases"] else ""
+        print(f"\n  {s['name']}{aliases}\n    {s['description']}")
+        print(f"    chain: {s['chain']}")
+        if s["params"]:
+            print(f"    params: {', '.join(show(p, s['defaults']) for p in s['params'])}")
+        print(f"    reference: {s['reference']}")
+    print("\nprocessors (any strategy but beam; on when their parameter is set, applied first, in this order):")
+    for p in catalogue["processors"]:
+        print(f"\n  {p['name']}: {p['description']}")
+        print(f"    params: {', '.join(show(n, {}) for n in p['params'])}")
+        print(f"    reference: {p['reference']}")
+    return 0
