@@ -13,12 +13,12 @@ import torch
 
 from decoding import SamplingParams
 from generator.batch import BatchGenerator
-from generator.model.runner import _Slots
+from generator.model.runner import Slots
 
 PROMPT = "Once upon a time"
 
 
-class FixedLogitsRunner(_Slots):
+class FixedLogitsRunner(Slots):
     """The slot interface with logits that depend only on the slot's own token
     sequence (its last token and length), seeded: row independence is exact."""
 

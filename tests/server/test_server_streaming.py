@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from generator.config import EngineConfig
 from server import Settings, create_app
 from server_harness import CHAT, LiveServer, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401
 
@@ -247,7 +248,7 @@ def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
         return tiny_engine
 
     monkeypatch.setattr(Engine, "load", staticmethod(slow_load))
-    server = LiveServer(create_app(Settings(model="whatever")), wait_ready=False)
+    server = LiveServer(create_app(Settings(engine=EngineConfig(model="whatever"))), wait_ready=False)
     try:
         health = httpx.get(server.url + "/health")
         assert health.status_code == 503 and health.json()["status"] == "loading"
@@ -262,7 +263,7 @@ def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
         raise OSError("no such model folder")
 
     monkeypatch.setattr(Engine, "load", staticmethod(broken_load))
-    server = LiveServer(create_app(Settings(model="nowhere")), wait_ready=False)
+    server = LiveServer(create_app(Settings(engine=EngineConfig(model="nowhere"))), wait_ready=False)
     try:
         assert wait_until(lambda: httpx.get(server.url + "/health").json()["status"] == "error")
         res = httpx.post(server.url + "/v1/completions", json={"prompt": "hi"})
