@@ -37,6 +37,7 @@ from decoding.selectors import make_generator
 
 from .detok import TextStream
 from .events import TokenEvent, top_logprobs
+from .model.runner import Runner
 
 
 def finish_reason(tok: int, stop_ids: set[int], text: TextStream, at_limit: bool) -> str | None:
@@ -92,10 +93,10 @@ class BatchGenerator:
 
     def __init__(self, engine, prefill_budget: int | None = None):
         self.engine = engine
-        self.runner = engine.runner
+        self.runner: Runner = engine.runner
         self.device = engine.device
         self.tokenizer = engine.tokenizer
-        self.prefill_budget = int(prefill_budget or getattr(self.runner, "prefill_chunk", 256))
+        self.prefill_budget = int(prefill_budget or self.runner.prefill_chunk)
         self._handles = itertools.count()
         self.rows: dict[int, _Row] = {}  # insertion order is batch order
         self._prefills: list[_Prefill] = []
