@@ -22,7 +22,7 @@ import threading
 import time
 import types
 from collections.abc import Sequence
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -43,8 +43,10 @@ def _own_code(method):
                                                func.__closure__), method.__self__)
 
 
+@runtime_checkable
 class Runner(Protocol):
-    """What the engine, ``BatchGenerator``, evaluation and the server use of a runner."""
+    """What the engine, ``BatchGenerator`` and the server use of a runner. (The real
+    runners also score a whole text, ``all_logits(slot, ids) -> [T, V]``, for evaluation.)"""
 
     num_slots: int
     max_len: int  # positions per slot
@@ -71,8 +73,6 @@ class Runner(Protocol):
     def decode(self, slots: Sequence[int], token_ids: torch.Tensor) -> torch.Tensor: ...
 
     def copy_slots(self, src: SlotList, dst: SlotList, length: int | None = None) -> None: ...
-
-    def all_logits(self, slot: int, ids: Sequence[int]) -> torch.Tensor: ...
 
 
 class Slots:
