@@ -131,13 +131,12 @@ class Slots:
 class FastRunner(Slots):
     """Slots over ``FastLlama``'s static cache; the decode step optionally compiled."""
 
-    def __init__(self, model, compile: bool = False, prefill_chunk: int = 256, kv_bucket: int = 256,
-                 dynamic: bool = False):
+    # The compiled step reads the cache up to the longest row rounded up to this, so its
+    # static shapes are rebuilt only when a row crosses a bucket.
+    KV_BUCKET = 256
+
+    def __init__(self, model, compile: bool = False, prefill_chunk: int = 256):
         super().__init__(model.num_slots, model.max_len)
-        # Attention reads the cache up to the longest row rounded up to kv_bucket, so a
-        # static-shape compiled step is rebuilt only when a row crosses a bucket.
-        self.kv_bucket = max(1, int(kv_bucket))
-        self.dynamic = dynamic
         self.model = model
         self.device = model.embed.device
         self.dtype = model.dtype
@@ -151,11 +150,10 @@ class FastRunner(Slots):
         self._shapes_seen: set[tuple[int, int]] = set()
         self._step = model.decode_step
         if self.compiled:
-            # Static shapes by default (a graph per batch size and cache bucket; dynamic=True
-            # makes them symbols), and no guards on the weights: they never change after
-            # load (1.4 -> 0.3 ms a step).
+            # Static shapes (a graph per batch size and cache bucket), and no guards on the
+            # weights: they never change after load (1.4 -> 0.3 ms a step).
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            self._step = torch.compile(_own_code(model.fused_decode_step), fullgraph=True, dynamic=dynamic, options={
+            self._step = torch.compile(_own_code(model.fused_decode_step), fullgraph=True, dynamic=False, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
     @torch.inference_mode()
@@ -312,14 +310,10 @@ class FastRunner(Slots):
 
     def _compiled_decode(self, slots: list[int], positions: list[int], token_ids: torch.Tensor) -> torch.Tensor:
         """Static shapes for the compiled step: the cache read up to a bucket, gathered by slot."""
-        kv_len = min(-(-(max(positions) + 1) // self.kv_bucket) * self.kv_bucket, self.max_len)
+        kv_len = min(-(-(max(positions) + 1) // self.KV_BUCKET) * self.KV_BUCKET, self.max_len)
         slot_t = torch.tensor(slots, device=self.device)
         pos_t = torch.tensor(positions, device=self.device)
         kv_positions = torch.arange(kv_len, device=self.device)
-        if self.dynamic:
-            # Batch size and context length as symbols: one graph, but a slower compile.
-            for t in (token_ids, slot_t, pos_t, kv_positions):
-                torch._dynamo.maybe_mark_dynamic(t, 0)
         shape = (len(slots), kv_len)
         new_shape = shape not in self._shapes_seen
         self._shapes_seen.add(shape)
