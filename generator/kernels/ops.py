@@ -36,10 +36,9 @@ _lock = threading.Lock()
 def use(choice: str) -> str:
     """Switch ours on (``auto``: where they run) or off (``aten``) for this process; returns
     the previous choice. Weights already packed keep their layout (and so their kernel)."""
-    global _choice
+    global _choice, _status
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"unknown kernels {choice!r}; choose from {', '.join(KERNEL_CHOICES)}")
-    global _status
     previous, _choice, _status = requested(), choice, None
     return previous
 
