@@ -247,7 +247,7 @@ def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
         release.wait(10)
         return tiny_engine
 
-    monkeypatch.setattr(Engine, "load", staticmethod(slow_load))
+    monkeypatch.setattr(Engine, "from_config", staticmethod(slow_load))
     server = LiveServer(create_app(Settings(engine=EngineConfig(model="whatever"))), wait_ready=False)
     try:
         health = httpx.get(server.url + "/health")
@@ -262,7 +262,7 @@ def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
     def broken_load(*args, **kwargs):
         raise OSError("no such model folder")
 
-    monkeypatch.setattr(Engine, "load", staticmethod(broken_load))
+    monkeypatch.setattr(Engine, "from_config", staticmethod(broken_load))
     server = LiveServer(create_app(Settings(engine=EngineConfig(model="nowhere"))), wait_ready=False)
     try:
         assert wait_until(lambda: httpx.get(server.url + "/health").json()["status"] == "error")
