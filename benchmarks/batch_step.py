@@ -76,6 +76,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     engine = Engine.load(device="cpu", num_slots=max(batches), head=args.head, dense_prefill=args.dense_prefill,
                          activations=args.activations)
+    print(engine.config.summary())
     step_ms(engine, 1, 4)  # warm-up
     rows = []
     print(f"{'rows':>4} {'ms/step':>8} {'tok/s':>7} {'vs 1 row':>8}")
@@ -103,7 +104,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(machine=platform.machine(), processor=platform.processor(),
                                    threads=torch.get_num_threads(), torch=torch.__version__, head=args.head,
-                                   activations=engine.activations,
+                                   activations=engine.activations, engine=engine.config.as_dict(),
                                    dense_prefill=args.dense_prefill, steps=rows, prefill_ms=prefill, kernels_us=micro,
                                    time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), indent=2))
     print(f"wrote {out}")

@@ -36,8 +36,9 @@ from decoding.sampler import RowState
 from decoding.selectors import make_generator
 
 from .detok import TextStream
-from .kernels import ops
+from . import kernels
 from .events import TokenEvent, top_logprobs
+from .model.runner import Runner
 
 
 def finish_reason(tok: int, stop_ids: set[int], text: TextStream, at_limit: bool) -> str | None:
@@ -93,12 +94,12 @@ class BatchGenerator:
 
     def __init__(self, engine, prefill_budget: int | None = None):
         self.engine = engine
-        self.runner = engine.runner
+        self.runner: Runner = engine.runner
         self.device = engine.device
         self.tokenizer = engine.tokenizer
         # the fused argmax + logprob for all-greedy CPU batches, where our kernels run
-        self.greedy_pick = ops.greedy_pick if torch.device(self.device).type == "cpu" and ops.available() else None
-        self.prefill_budget = int(prefill_budget or getattr(self.runner, "prefill_chunk", 256))
+        self.greedy_pick = kernels.greedy_pick if torch.device(self.device).type == "cpu" and kernels.ours() else None
+        self.prefill_budget = int(prefill_budget or self.runner.prefill_chunk)
         self._handles = itertools.count()
         self.rows: dict[int, _Row] = {}  # insertion order is batch order
         self._prefills: list[_Prefill] = []

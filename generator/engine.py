@@ -10,12 +10,14 @@ import torch
 
 from decoding import ParamError, SamplingParams
 
+from . import kernels
 from .batch import BatchGenerator
+from .config import EngineConfig, ResolvedConfig
 from .events import TokenEvent
-from .model.llama import FastLlama, supports
-from .loading import ModelLoadError, load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
-from .weights.formats import QUANTS, has_q4_1, resolve_activations
-from .model.runner import FastRunner, HFRunner, compile_enabled
+from .loading import load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
+from .model.hf import HFRunner
+from .model.llama import FastLlama
+from .model.runner import FastRunner, Runner
 
 Prompt = str | list[int]
 
@@ -23,42 +25,20 @@ Prompt = str | list[int]
 class Engine:
     """A model, its tokenizer and the hand-written generation loop around them."""
 
-    def __init__(self, model, tokenizer, gguf_path: Path | None = None, name: str = "tokenflow",
-                 quant: str = "none", dtype: torch.dtype | None = None, compile: bool | None = None,
-                 num_slots: int = 8, max_len: int = 2048, prefill_chunk: int = 256, head: str = "auto",
-                 dense_prefill: bool = False, activations: str = "auto"):
-        """Wrap a loaded HF model. Llama models run on ``FastLlama`` (static slot cache,
-        ``quant`` weights, compiled decode step); others on the ``HFRunner`` fallback."""
-        if quant not in QUANTS:
-            raise ModelLoadError(f"unknown quant {quant!r}; choose from auto, {', '.join(QUANTS)}")
-        device = next(model.parameters()).device
-        if quant == "int4" and device.type != "cpu":
-            # The packed int4 kernel used here is PyTorch's CPU one.
-            raise ModelLoadError(f"quant='int4' runs on CPU only, not {device.type}")
+    def __init__(self, model, tokenizer, config: ResolvedConfig, name: str = "tokenflow"):
+        """Wrap a loaded HF model as ``config`` (``EngineConfig.resolve``) settled it: Llama
+        models run on ``FastLlama`` (static slot cache, ``quant`` weights, compiled decode
+        step), others on the ``HFRunner`` fallback."""
         self.model = model
         self.tokenizer = tokenizer
-        self.gguf_path = gguf_path
+        self.config = config
         self.name = name
-        model_ctx = int(getattr(model.config, "max_position_embeddings", 2048))
-        max_len = min(max_len, model_ctx)
-        dtype = dtype or next(model.parameters()).dtype
-        if supports(model):
-            try:
-                activations = resolve_activations(activations)
-            except ValueError as exc:
-                raise ModelLoadError(str(exc)) from None
-            fast = FastLlama.from_hf(model, quant=quant, dtype=dtype, gguf_path=gguf_path,
-                                     num_slots=num_slots, max_len=max_len, head=head,
-                                     dense_prefill=dense_prefill, activations=activations)
-            self.runner = FastRunner(fast, compile=compile, prefill_chunk=prefill_chunk)
-        elif quant != "none":
-            raise ModelLoadError(f"quant={quant!r} needs a Llama-architecture model, "
-                                 f"not {model.config.model_type!r}")
+        self.runner: Runner
+        if config.runner == "fast":
+            self.runner = FastRunner(FastLlama.from_hf(model, config), compile=config.compile,
+                                     prefill_chunk=config.prefill_chunk)
         else:
-            self.runner = HFRunner(model, num_slots=num_slots, max_len=max_len)
-        self.quant = quant
-        # What int4 layers multiply their codes by: "bf16" or "int8" (quant.resolve_activations).
-        self.activations = getattr(getattr(self.runner, "model", None), "activations", "bf16")
+            self.runner = HFRunner(model, num_slots=config.num_slots, max_len=config.max_len)
         self.device = self.runner.device
         self.dtype = self.runner.dtype  # the activations' dtype
         self.context_length = self.runner.max_len
@@ -67,34 +47,45 @@ class Engine:
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str = "auto",
              dtype: str | torch.dtype = "auto", quant: str = "auto", compile: bool | None = None,
-             **runner_options) -> "Engine":
-        """Load the default model (``model=None``), a local HF folder, a ``.gguf``
-        file or a hub id. ``device="auto"`` picks CUDA when present.
+             **options) -> "Engine":
+        """Load the default model (``model=None``), a local HF folder, a ``.gguf`` file or
+        a hub id. ``device="auto"`` picks CUDA when present. The other settings are
+        ``EngineConfig``'s fields (see there): ``quant`` (``none``, ``int8``, ``int4`` or
+        ``auto``: int4 on CPU when ``dtype`` is ``auto`` and the source is a Llama GGUF with
+        Q4_1 projections, the default model), ``compile`` (default: ``TOKENFLOW_COMPILE``),
+        ``num_slots``, ``max_len``, ``prefill_chunk``, ``head``, ``dense_prefill``,
+        ``activations``, ``kernels``."""
+        if isinstance(dtype, torch.dtype):
+            dtype = str(dtype).removeprefix("torch.")
+        return cls.from_config(EngineConfig(model=None if model is None else str(model), device=device,
+                                            dtype=dtype, quant=quant, compile=compile, **options))
 
-        ``quant``: ``none`` (``dtype`` weights), ``int8`` or ``int4`` weight-only
-        (bf16 activations; int4 from the GGUF's Q4_1 blocks when the source is a
-        GGUF), or ``auto``: int4 on CPU when ``dtype`` is ``auto`` and the source
-        is a Llama GGUF with Q4_1 projections (the default model), else none.
-        ``compile``: compile the decode step (default: off unless ``TOKENFLOW_COMPILE=1``).
-        ``runner_options``: ``num_slots``, ``max_len``, ``prefill_chunk``, ``head`` (the output
-        head's format: ``auto`` = int8 with an int format, else dense; ``int8``, ``int4``, ``none``),
-        ``dense_prefill`` (off by default: quantized layers keep a bf16 copy of their weights
-        for prompt chunks, about 2x faster prefill at the cost of a second rounding),
-        ``activations`` (int4 layers: ``auto`` = int8 where the CPU has AVX512_VNNI, else
-        bf16; ``$TOKENFLOW_ACTIVATIONS`` overrides auto; see ``quant.resolve_activations``)."""
-        dev = pick_device(device)
-        source, gguf = resolve_model(model)
-        torch_dtype = pick_dtype(dtype, dev)
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "Engine":
+        """Load the model ``config`` names and build the engine it asks for."""
+        if config.kernels == "aten":
+            kernels.use("aten")  # PyTorch's kernels for the whole process (as TOKENFLOW_INT4_KERNEL=aten)
+        dev = pick_device(config.device)
+        source, gguf = resolve_model(config.model)
         # The HF model stays float32 on CPU: it is the reference and the source of the weights.
-        hf_model, tokenizer = load_model_and_tokenizer(source, dev, torch_dtype)
-        if quant == "auto":
-            # Only the GGUF's own 4-bit codes are lossless w.r.t. the source; re-quantizing
-            # float weights is a second rounding, so a plain HF folder stays in its dtype.
-            lossless = gguf is not None and supports(hf_model) and has_q4_1(gguf)
-            quant = "int4" if (dtype == "auto" and dev.type == "cpu" and lossless) else "none"
-        name = "tokenflow" if model is None else Path(str(model)).name
-        return cls(hf_model, tokenizer, gguf_path=gguf, name=name, quant=quant, dtype=torch_dtype,
-                   compile=compile_enabled(compile), **runner_options)
+        hf_model, tokenizer = load_model_and_tokenizer(source, dev, pick_dtype(config.dtype, dev))
+        name = "tokenflow" if config.model is None else Path(config.model).name
+        return cls(hf_model, tokenizer, config.resolve(hf_model, gguf), name=name)
+
+    @property
+    def quant(self) -> str:
+        """The body's weight format: ``none``, ``int8`` or ``int4``."""
+        return self.config.quant
+
+    @property
+    def activations(self) -> str:
+        """What int layers multiply their codes by: ``bf16`` or ``int8``."""
+        return self.config.activations
+
+    @property
+    def gguf_path(self) -> Path | None:
+        """The GGUF the weights came from, if any."""
+        return None if self.config.gguf is None else Path(self.config.gguf)
 
     # -- prompt -------------------------------------------------------------
     def encode(self, prompt: Prompt | list[dict], chat: bool = False) -> list[int]:

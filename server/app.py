@@ -24,7 +24,7 @@ log = logging.getLogger("tokenflow.server")
 
 def create_app(settings: Settings | None = None, engine=None, host: WorkerHost | None = None) -> FastAPI:
     """The app. Pass ``engine`` to serve an already loaded ``generator.Engine``
-    (tests do); otherwise the lifespan loads ``settings.model`` in a thread. The
+    (tests do); otherwise the lifespan loads ``settings.engine`` in a thread. The
     scheduler's worker loop runs on ``host``'s thread if given, else on its own thread."""
     settings = settings or Settings()
 
@@ -65,13 +65,12 @@ async def _load(app: FastAPI, engine) -> None:
         if engine is None:
             from generator import Engine
 
-            log.info("loading model %s", settings.model or "(default)")
             # One KV-cache slot per batch row (beams and n > 1 take several).
+            config = settings.engine.replace(num_slots=settings.max_active)
+            log.info("loading model %s", config.model or "(default)")
+
             def load():
-                return Engine.load(settings.model, settings.device, settings.dtype, quant=settings.quant,
-                                   head=settings.head, dense_prefill=settings.dense_prefill,
-                                   activations=settings.activations, compile=settings.compile,
-                                   num_slots=settings.max_active)
+                return Engine.from_config(config)
 
             host = state.worker_host  # all torch work on one thread: see WorkerHost
             engine = await (asyncio.wrap_future(host.submit(load)) if host is not None else asyncio.to_thread(load))
@@ -80,7 +79,8 @@ async def _load(app: FastAPI, engine) -> None:
         scheduler.start(state.worker_host)
         state.engine = engine
         state.scheduler = scheduler
-        log.info("model ready on %s", engine.device)
+        config = getattr(engine, "config", None)  # a test double may have none
+        log.info("model ready: %s", config.summary() if config is not None else engine.device)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - reported by /health and as 503, never a traceback

@@ -63,14 +63,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .settings import Settings
 
-    settings = Settings(host=args.host, port=args.port, model=args.model, device=args.device, dtype=args.dtype,
+    from generator.config import EngineConfig
+
+    settings = Settings(host=args.host, port=args.port, engine=EngineConfig.from_args(args),
                         model_name=args.model_name, api_key=args.api_key or None, max_waiting=args.max_waiting,
                         max_active=args.max_active, resume_grace_s=args.resume_grace,
                         max_prompt_tokens=args.max_prompt_tokens, max_total_tokens=args.max_total_tokens,
-                        stall_timeout_s=args.stall_timeout, compile=getattr(args, "compile", None),
-                        quant=getattr(args, "quant", "auto"), head=getattr(args, "head", "auto"),
-                        dense_prefill=getattr(args, "dense_prefill", False),
-                        activations=getattr(args, "activations", "auto"))
+                        stall_timeout_s=args.stall_timeout)
     server = uvicorn.Server(uvicorn.Config(None, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=5))
 

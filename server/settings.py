@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from generator.config import EngineConfig
+
 
 def _env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
@@ -20,20 +22,14 @@ def _env_int(name: str, default: int) -> int:
 class Settings:
     """Everything the app needs to know that is not a request.
 
-    ``model=None`` means the default model. ``api_key`` set makes every ``/v1``
+    ``engine``: the model and how it runs (``EngineConfig``; its ``num_slots`` is
+    ``max_active``, one KV-cache slot per batch row). ``api_key`` set makes every ``/v1``
     route require ``Authorization: Bearer <key>``.
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
-    model: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    quant: str = "auto"  # weight-only quantization (see Engine.load)
-    head: str = "auto"  # the output head's format (see Engine.load)
-    dense_prefill: bool = False  # bf16 copy of quantized weights for prompt chunks (see Engine.load)
-    activations: str = "auto"  # int4 layers: int8 (VNNI) or bf16 inputs (see Engine.load)
-    compile: bool | None = None  # the compiled decode step; None: the TOKENFLOW_COMPILE switch
+    engine: EngineConfig = field(default_factory=EngineConfig)
     model_name: str = "tokenflow"  # the id that /v1/models lists and requests name
     api_key: str | None = field(default_factory=lambda: os.environ.get("TOKENFLOW_API_KEY") or None)
     # Limits (flags of `tokenflow serve`, or these environment variables).

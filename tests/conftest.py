@@ -52,6 +52,15 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
+def build_fast_llama(hf_model, **options):
+    """Our ``FastLlama`` of ``hf_model`` as ``EngineConfig(**options)`` resolves for it
+    (``quant=``, ``head=``, ``activations=``, ``num_slots=``, ``max_len=``, ...)."""
+    from generator.config import EngineConfig
+    from generator.model.llama import FastLlama
+
+    return FastLlama.from_hf(hf_model, EngineConfig(**options).resolve(hf_model))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

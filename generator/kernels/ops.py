@@ -1,163 +1,99 @@
-"""Our own CPU kernels: int4/int8 weight-only matmuls and one-token attention (``int4_gemm.c``).
+"""Each op is one function: our kernel where it runs, PyTorch's otherwise.
 
-The same weights and arithmetic class as PyTorch's ``_weight_int4pack_mm_for_cpu``
-(float32 sums of bf16 inputs times ``(q - 8) * scale + zero``), but with bf16 dot
-products over the 4-bit codes and the scale and zero point applied once per group of
-32 (see the C file). Measured here (2-core AVX-512, cold caches): 3072x576 at 1 row
+Which runs is settled once per process: ``TOKENFLOW_INT4_KERNEL=aten`` (read on the
+first question) or ``use("aten")`` turn ours off; else ours run where ``build.load()``
+can build and load them (AVX512_BF16 and a C compiler). ``status()`` says which runs
+and why. Nothing outside this package asks: the elementwise ops (``rms_norm``,
+``silu_mul``, ``greedy_pick``, ``rope_write``, ``decode_attention``) fall back inside,
+and the matmuls follow the layout their weights were packed in, which the weight
+formats choose once at load with ``ours()`` (``pack*`` make ours; ``pack_int4_aten``
+and a plain int8 matrix are PyTorch's).
+
+Our matmuls have the arithmetic class of PyTorch's ``_weight_int4pack_mm_for_cpu``
+(float32 sums of bf16 inputs times ``(q - 8) * scale + zero``), with bf16 dot products
+over the 4-bit codes and the scale and zero point applied once per group of 32 (see
+``csrc/int4_gemm.c``). Measured here (2-core AVX-512, cold caches): 3072x576 at 1 row
 40 vs 56 us, at 16 rows 183 vs 352 us; the 49152x576 head at 1 row 518 vs 816 us.
-
-The C kernels (``int4_gemm.c``) and their operator wrappers (``int4_op.cpp``:
-``torch.ops.tokenflow.int4_mm`` / ``int8_mm`` / ``decode_attention`` / ``rms_norm``) are compiled on
-first use with the system's compilers (``cc -O3 -march=native -fopenmp`` and ``c++``
-against PyTorch's headers, about 7 s) into ``kernels/`` of the cache folder
-(``~/.cache/tokenflow``, or ``$TOKENFLOW_HOME``), keyed by the sources, the CPU's flags
-and the torch version, and loaded with ``torch.ops.load_library``. Registered ops run
-the same in eager code and in the compiled decode step. The library links libgomp by
-its soname, which resolves to the copy PyTorch already loaded: one OpenMP thread team
-for both. Where building is not possible (no compiler, no AVX512_BF16, or
-``TOKENFLOW_INT4_KERNEL=aten``) ``available()`` is false and the int4/int8 layers use
-PyTorch's kernels (and attention PyTorch's ops).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import logging
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from . import build
 
-SOURCE = Path(__file__).parent / "csrc" / "int4_gemm.c"
-OP_SOURCE = Path(__file__).parent / "csrc" / "int4_op.cpp"
-GROUP = 32
+GROUP = 32  # values per scale/zero group: the GGUF's Q4_1 block and every kernel's group
+KERNEL_CHOICES = ("auto", "aten")
 
-_loaded = False
-_tried = False
+_choice: str | None = None  # None: not asked yet (then TOKENFLOW_INT4_KERNEL decides)
+_status: dict | None = None  # settled on the first question after each use()
 _lock = threading.Lock()
 
 
-def _cache_dir() -> Path:
-    from ..loading import cache_dir  # the model cache's folder ($TOKENFLOW_HOME, XDG, ~/.cache)
-
-    return cache_dir() / "kernels"
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (read once: every int linear asks at load)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+def use(choice: str) -> str:
+    """Switch ours on (``auto``: where they run) or off (``aten``) for this process; returns
+    the previous choice. Weights already packed keep their layout (and so their kernel)."""
+    global _choice, _status
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"unknown kernels {choice!r}; choose from {', '.join(KERNEL_CHOICES)}")
+    previous, _choice, _status = requested(), choice, None
+    return previous
 
 
-def _cpu_has_avx512_bf16() -> bool:
-    return {"avx512f", "avx512bw", "avx512_bf16"} <= _cpu_flags()
+def requested() -> str:
+    """The process's choice: ``use()``'s, else ``$TOKENFLOW_INT4_KERNEL`` (``aten`` or auto)."""
+    global _choice
+    if _choice is None:
+        env = os.environ.get("TOKENFLOW_INT4_KERNEL", "").strip().lower()
+        _choice = "aten" if env == "aten" else "auto"
+    return _choice
 
 
-def _run(cmd: list[str]) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+def status() -> dict:
+    """Which kernels run and why: ``{"tier": "avx512" | "aten", "reason": str,
+    "int8_activations": bool}`` (builds ours on the first call where they can run)."""
+    global _status
+    if _status is None:
+        with _lock:  # one build at a time
+            if _status is None:
+                _status = _settle()
+    return dict(_status)
 
 
-def _build() -> Path:
-    """Compile the kernels and their op wrappers once per source version, CPU and torch."""
-    from torch.utils import cpp_extension
-
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-    if cc is None or cxx is None:
-        raise RuntimeError("no C/C++ compiler found")
-    c_flags = ["-O3", "-march=native", "-fopenmp", "-fPIC"]
-    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    cxx_flags = ["-O2", "-std=c++17", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-                 *(f"-I{p}" for p in cpp_extension.include_paths())]
-    # -march=native: the build is for this CPU, so the CPU's flags are part of the key.
-    key = b"".join((SOURCE.read_bytes(), OP_SOURCE.read_bytes(), " ".join(c_flags + cxx_flags).encode(),
-                    " ".join(sorted(_cpu_flags())).encode(), torch.__version__.encode()))
-    out = _cache_dir() / f"tokenflow_kernels-{hashlib.sha256(key).hexdigest()[:16]}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch_lib = Path(torch.__file__).parent / "lib"
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        kernel_o, op_o, so = Path(tmp) / "kernel.o", Path(tmp) / "op.o", Path(tmp) / out.name
-        _run([cc, *c_flags, "-c", str(SOURCE), "-o", str(kernel_o)])
-        _run([cxx, *cxx_flags, "-c", str(OP_SOURCE), "-o", str(op_o)])
-        _run([cxx, "-shared", "-fopenmp", str(op_o), str(kernel_o), f"-L{torch_lib}", "-lc10", "-ltorch_cpu",
-              "-o", str(so)])
-        os.replace(so, out)  # atomic: a parallel build never leaves half a file
-    return out
+def _settle() -> dict:
+    if requested() == "aten":
+        return {"tier": "aten", "reason": "turned off (TOKENFLOW_INT4_KERNEL=aten or kernels.use)",
+                "int8_activations": False}
+    loaded, why = build.load()
+    if not loaded:
+        return {"tier": "aten", "reason": why, "int8_activations": False}
+    return {"tier": why, "reason": "built for this CPU", "int8_activations": build.has_vnni()}
 
 
-def available() -> bool:
-    """Whether the kernels are built and loaded (builds them on the first call)."""
-    global _loaded, _tried
-    if _tried:
-        return _loaded
-    with _lock:
-        if _tried:
-            return _loaded
-        _tried = True
-        if os.environ.get("TOKENFLOW_INT4_KERNEL", "").strip().lower() == "aten":
-            return False
-        if not _cpu_has_avx512_bf16():
-            log.info("int4/int8 kernels: no AVX512_BF16 on this CPU; using PyTorch's kernels")
-            return False
-        try:
-            torch.ops.load_library(str(_build()))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            detail = getattr(exc, "stderr", b"") or b""
-            log.warning("int4/int8 kernels unavailable (%s %s); using PyTorch's kernels", exc,
-                        detail.decode(errors="replace")[-500:])
-            return False
-        # Shapes for the compiler (it traces the ops without running them).
-        torch.library.register_fake("tokenflow::int4_mm")(_fake_int4_mm)
-        torch.library.register_fake("tokenflow::int4_q8_mm")(_fake_int4_mm)
-        torch.library.register_fake("tokenflow::int8_mm")(_fake_int8_mm)
-        torch.library.register_fake("tokenflow::int8_q8_mm")(_fake_int4_mm)
-        torch.library.register_fake("tokenflow::rms_norm")(lambda x, weight, eps: torch.empty_like(x))
-        torch.library.register_fake("tokenflow::greedy_pick")(
-            lambda logits: (logits.new_empty(logits.shape[0], dtype=torch.long), logits.new_empty(logits.shape[0])))
-        torch.library.register_fake("tokenflow::rope_write")(
-            lambda qkv, cos, sin, k_cache, v_cache, slots, positions, n_head:
-            qkv.new_empty(qkv.shape[0], n_head, k_cache.shape[3]))
-        torch.library.register_fake("tokenflow::silu_mul")(
-            lambda gu: gu.new_empty(*gu.shape[:-1], gu.shape[-1] // 2))
-        torch.library.register_fake("tokenflow::decode_attention")(
-            lambda q, k_cache, v_cache, slots, lengths, scale: torch.empty_like(q))
-        _loaded = True
-        return True
+def ours() -> bool:
+    """Whether our kernels run in this process (the weight formats ask once, at load)."""
+    return (_status or status())["tier"] != "aten"  # every eager op asks: no copy, no lock
 
 
 def int8_activations() -> bool:
-    """Whether ``int4_q8_mm`` (int8 activations, AVX512_VNNI) can run here."""
-    return available() and "avx512_vnni" in _cpu_flags()
+    """Whether ``int4_q8_mm``/``int8_q8_mm`` (int8 activations, AVX512_VNNI) run here."""
+    return (_status or status())["int8_activations"]
 
 
-def _fake_int4_mm(x: torch.Tensor, codes: torch.Tensor, _sz: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(x.shape[0], codes.shape[0] * 16)
+def _eager_ours(x: torch.Tensor) -> bool:
+    # The compiled step fuses PyTorch's elementwise ops itself, better than calling ours.
+    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and ours())
 
 
-def _fake_int8_mm(x: torch.Tensor, codes: torch.Tensor, _scales: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(x.shape[0], codes.shape[0] * 32)
-
-
+# -- packing: ours ---------------------------------------------------------------------
 def pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel's layout of int4 codes ``[N, K]`` (0..15) with per-group ``scale`` and
-    ``zero`` ``[N, K // 32]`` (rounded to bf16, as in PyTorch's kernel): ``(codes
-    [N/16, K/4, 32] uint8, sz [N/16, K/32, 32] bf16)``. See ``int4_gemm.c`` for the bytes."""
+    """Our layout of int4 codes ``[N, K]`` (0..15) with per-group ``scale`` and ``zero``
+    ``[N, K // 32]`` (rounded to bf16, as in PyTorch's kernel): ``(codes [N/16, K/4, 32]
+    uint8, sz [N/16, K/32, 32] bf16)``. See ``csrc/int4_gemm.c`` for the bytes."""
     n, k = codes.shape
     if n % 16 or k % GROUP:
         raise ValueError(f"the int4 kernel needs N a multiple of 16 and K of {GROUP}, got {n} x {k}")
@@ -166,11 +102,6 @@ def pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[
     s = scale.to(torch.bfloat16).view(n // 16, 16, k // GROUP).transpose(1, 2)
     z = zero.to(torch.bfloat16).view(n // 16, 16, k // GROUP).transpose(1, 2)
     return packed, torch.cat((s, z), dim=-1).contiguous()
-
-
-def int4_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
-    """``x [M, K]`` bf16 (on the CPU) times a packed int4 weight (``pack``) -> ``[M, N]`` bf16."""
-    return torch.ops.tokenflow.int4_mm(x, codes, sz)
 
 
 def pack_q8(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,14 +114,8 @@ def pack_q8(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tup
     return q8, sz
 
 
-def int4_q8_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
-    """``int4_mm`` with ``x`` rounded to int8 per row and group of 32 first (AVX512_VNNI:
-    64 products an instruction where bf16 does 32); codes from ``pack_q8``."""
-    return torch.ops.tokenflow.int4_q8_mm(x, codes, sz)
-
-
 def pack_int8(q: torch.Tensor) -> torch.Tensor:
-    """int8 codes ``[N, K]`` in the int8 kernel's layout ``[N/32, K/2, 64]``."""
+    """int8 codes ``[N, K]`` in our int8 kernel's layout ``[N/32, K/2, 64]``."""
     n, k = q.shape
     if n % 32 or k % 2:
         raise ValueError(f"the int8 kernel needs N a multiple of 32 and K even, got {n} x {k}")
@@ -209,48 +134,115 @@ def pack_int8_q8(q: torch.Tensor) -> torch.Tensor:
     return u.permute(0, 2, 1, 3).reshape(n // 16, k // 4, 64).contiguous()
 
 
-def int8_q8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``int8_mm`` with ``x`` rounded to int8 per row and group of 32 first (AVX512_VNNI);
-    codes from ``pack_int8_q8``."""
-    return torch.ops.tokenflow.int8_q8_mm(x, codes, scales)
+# -- packing: PyTorch's ----------------------------------------------------------------
+def pack_int4_aten(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's layout of the same int4 weight: ``(packed [N, K/2] uint8, scales_zeros
+    [K/32, N, 2] bf16)``, (scale, zero) per group and output channel."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
+    sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
+    return packed, sz.to(torch.bfloat16).contiguous()
+
+
+# -- matmuls: the layout says whose kernel ---------------------------------------------
+def int4_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
+    """``x [M, K]`` bf16 (on the CPU) times an int4 weight -> ``[M, N]`` bf16: ours for
+    ``pack``'s layout (3-d codes), PyTorch's for ``pack_int4_aten``'s."""
+    if codes.dim() == 2:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, codes, GROUP, sz)
+    return torch.ops.tokenflow.int4_mm(x, codes, sz)
+
+
+def int4_q8_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
+    """``int4_mm`` with ``x`` rounded to int8 per row and group of 32 first (AVX512_VNNI:
+    64 products an instruction where bf16 does 32); codes from ``pack_q8``. Ours only:
+    int8 activations are chosen only where it runs (``int8_activations()``)."""
+    return torch.ops.tokenflow.int4_q8_mm(x, codes, sz)
 
 
 def int8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``x [M, K]`` bf16 (on the CPU) times an int8 weight (``pack_int8``) with bf16 ``scales [N]``."""
+    """``x [M, K]`` bf16 (on the CPU) times an int8 weight with bf16 ``scales [N]``: ours
+    for ``pack_int8``'s layout (3-d codes), PyTorch's for the plain ``[N, K]`` matrix."""
+    if codes.dim() == 2:
+        return torch.ops.aten._weight_int8pack_mm(x, codes, scales)
     return torch.ops.tokenflow.int8_mm(x, codes, scales)
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
-                     lengths: torch.Tensor, scale: float) -> torch.Tensor:
-    """One-token attention of ``q [B, heads, D]`` (bf16) over cache rows ``slots [B]``
-    of ``k_cache``/``v_cache [slots, kv_heads, len, D]``, the first ``lengths[b]``
-    positions of each: float32 scores, softmax and sums, bf16 ``[B, heads, D]``."""
-    return torch.ops.tokenflow.decode_attention(q, k_cache, v_cache, slots, lengths, scale)
+def int8_q8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``int8_mm`` with ``x`` rounded to int8 per row and group of 32 first (AVX512_VNNI);
+    codes from ``pack_int8_q8``. Ours only, as ``int4_q8_mm``."""
+    return torch.ops.tokenflow.int8_q8_mm(x, codes, scales)
+
+
+# -- elementwise and attention ops: ours where they run, else PyTorch's ----------------
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm of ``x [..., D]`` with a float32 ``weight [D]``. Ours (one
+    op instead of nine) on bf16 CPU rows of a multiple of 16: the same bits but for a rare
+    1-unit rounding of the scale (another summation order)."""
+    if _eager_ours(x) and x.shape[-1] % 16 == 0:
+        return torch.ops.tokenflow.rms_norm(x, weight, eps)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight * h.to(x.dtype)).to(x.dtype)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of ``gate_up = [gate | up]`` (``[..., 2I]`` -> ``[..., I]``), each
+    op rounded to the input's dtype. Ours (one op instead of three, the same bits) on bf16
+    CPU rows where ``I`` is a multiple of 16."""
+    if _eager_ours(gate_up) and gate_up.shape[-1] % 32 == 0:
+        return torch.ops.tokenflow.silu_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
 
 
 def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of float32 CPU ``logits [B, V]``: ``(argmax [B], log_softmax at it [B])``,
-    torch.argmax's choice (the first of equal maxima) and its log-probability, in two
-    vector passes instead of a whole-row log_softmax and PyTorch's argmax."""
-    return torch.ops.tokenflow.greedy_pick(logits)
+    """Per row of float32 ``logits [B, V]``: ``(argmax [B], log_softmax at it [B])``, torch.argmax's
+    choice (the first of equal maxima) and its log-probability. Ours on the CPU (two vector
+    passes instead of a whole-row log_softmax and PyTorch's argmax), else PyTorch's ops."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and ours():
+        return torch.ops.tokenflow.greedy_pick(logits)
+    ids = logits.argmax(-1)
+    return ids, logits.log_softmax(-1).gather(-1, ids[:, None]).squeeze(-1)
 
 
 def rope_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, n_head: int) -> torch.Tensor:
-    """A one-token step's RoPE and cache writes: ``qkv [B, (heads + 2 kv_heads) * D]`` bf16,
-    the bf16 tables ``cos``/``sin`` (sign folded in) ``[positions, D]``; writes the rotated
-    keys and the values into ``k_cache``/``v_cache [slots, kv_heads, len, D]`` at
-    ``(slots[b], positions[b])`` and returns the rotated queries ``[B, heads, D]``. The same
-    bits as the eager ops (each product and the sum rounded to bf16)."""
-    return torch.ops.tokenflow.rope_write(qkv, cos, sin, k_cache, v_cache, slots, positions, n_head)
+    """A one-token step's RoPE and cache writes: ``qkv [B, (heads + 2 kv_heads) * D]``, the
+    tables ``cos``/``sin`` (sign folded in: ``rotate_half(x) * sin == roll(x, D/2) * sin``)
+    ``[positions, D]``; writes the rotated keys and the values into ``k_cache``/``v_cache
+    [slots, kv_heads, len, D]`` at ``(slots[b], positions[b])`` and returns the rotated
+    queries ``[B, heads, D]``. Ours (bf16 on the CPU, D a multiple of 16) gives the bits
+    of PyTorch's ops (each product and the sum rounded to bf16)."""
+    d = k_cache.shape[3]
+    if _eager_ours(qkv) and d % 16 == 0:
+        return torch.ops.tokenflow.rope_write(qkv, cos, sin, k_cache, v_cache, slots, positions, n_head)
+    b, n_kv = qkv.shape[0], k_cache.shape[1]
+    if (positions >= k_cache.shape[2]).any() or (slots >= k_cache.shape[0]).any():
+        raise RuntimeError("rope_write: slot out of range or position out of range")
+    qk = qkv[:, : (n_head + n_kv) * d].view(b, n_head + n_kv, d)
+    qk = qk * cos[positions][:, None] + torch.roll(qk, d // 2, dims=-1) * sin[positions][:, None]
+    k_cache[slots, :, positions] = qk[:, n_head:]
+    v_cache[slots, :, positions] = qkv[:, (n_head + n_kv) * d:].view(b, n_kv, d)
+    return qk[:, :n_head]
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` of bf16 ``gate_up = [gate | up]`` (``[..., 2I]`` -> ``[..., I]``),
-    rounded to bf16 after each op as the eager forward does, in one op."""
-    return torch.ops.tokenflow.silu_mul(gate_up)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' LlamaRMSNorm on bf16 ``x [..., D]`` with a float32 ``weight [D]``, one op."""
-    return torch.ops.tokenflow.rms_norm(x, weight, eps)
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+                     lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """One-token attention of ``q [B, heads, D]`` over cache rows ``slots [B]`` of
+    ``k_cache``/``v_cache [slots, kv_heads, len, D]``, the first ``lengths[b]`` positions of
+    each: float32 scores, softmax and sums, ``[B, heads, D]`` in ``q``'s dtype. Ours on bf16
+    CPU tensors with D a multiple of 16; else the same arithmetic with PyTorch's ops."""
+    if _eager_ours(q) and q.shape[-1] % 16 == 0:
+        return torch.ops.tokenflow.decode_attention(q, k_cache, v_cache, slots, lengths, scale)
+    if (lengths > k_cache.shape[2]).any() or (lengths < 1).any():
+        raise RuntimeError("decode_attention: lengths must be in [1, cache length]")
+    b, nh, d = q.shape
+    n_kv, kv_len = k_cache.shape[1], int(lengths.max())
+    keys = k_cache[slots, :, :kv_len].float()  # (B, kv_heads, kv, D)
+    values = v_cache[slots, :, :kv_len].float()
+    qg = q.float().view(b, n_kv, nh // n_kv, d)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)) * scale  # (B, kv_heads, group, kv)
+    visible = torch.arange(kv_len, device=q.device)[None, :] < lengths[:, None]
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1), values)
+    return out.view(b, nh, d).to(q.dtype)

@@ -1,5 +1,5 @@
 """A Llama forward written for generation: static slot KV cache, fused projections,
-weights in any format of ``quant.py``.
+weights in any format of ``weights/`` (built from one ``ResolvedConfig``).
 
 One function, ``forward``, serves both prefill (one slot, T tokens) and decode
 (B slots, one token each, every row at its own position). Each layer owns its
@@ -17,20 +17,20 @@ attention) closely enough that greedy and beam ids match ``generate()``.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..kernels import ops as cpukernel
-from ..weights.formats import (HEAD_DENSE_MIN_ROWS, QUANTS, DenseLinear, GGUFQ4Source, Int4Linear, Int8Linear, make_linear,
-                    resolve_activations)
+from .. import kernels
+from ..weights.formats import HEAD_DENSE_MIN_ROWS, DenseLinear, Int4Linear, Int8Linear, make_linear
+from ..weights.gguf import GGUFQ4Source
+from .attention import cached_attention
+
+if TYPE_CHECKING:
+    from ..config import ResolvedConfig
 
 SUPPORTED_MODEL_TYPES = ("llama",)
-# Without our attention kernel: from this many rows on, a one-token step computes attention
-# as float32 matmuls instead of SDPA (measured crossover: 2-4 rows favour SDPA, 16 rows 46
-# vs 49-52 ms a step).
-BATCH_ATTENTION_ROWS = 8
 
 
 def supports(model) -> bool:
@@ -86,32 +86,27 @@ class FastLlama(nn.Module):
         self.register_buffer("rope_sin", torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(dtype))
         for layer in layers:
             layer.allocate_cache(num_slots, max_len, self.n_kv, self.head_dim, dtype)
+        # Our RoPE + cache-write and attention ops take a bf16 CPU cache with head_dim % 16.
+        self._cache_fits_kernels = (dtype == torch.bfloat16 and self.embed.device.type == "cpu"
+                                    and self.head_dim % 16 == 0)
 
     # -- building -----------------------------------------------------------
     @classmethod
-    def from_hf(cls, model, quant: str = "none", dtype: torch.dtype = torch.float32,
-                gguf_path: Path | None = None, num_slots: int = 8, max_len: int = 2048,
-                head: str = "auto", dense_prefill: bool = False, activations: str = "auto") -> "FastLlama":
-        """Take the weights of an HF ``LlamaForCausalLM``; with ``quant="int4"`` and a
-        GGUF whose projections are Q4_1, the int4 codes come from the GGUF's blocks.
-        ``head``: the output head's format, ``none`` (dense), ``int8``, ``int4``, or ``auto``:
-        int8 for both int formats (the GGUF keeps it in 8 bits, Q8_0), dense otherwise.
-        ``dense_prefill``: quantized layers also keep a bf16 copy of the weights their
-        kernel computes with, used for prompt chunks of ``quant.DENSE_MIN_ROWS`` tokens
-        or more (prefill about 2x faster; +214 MB for the default model). Off by
-        default: rounding the dequantized weights to bf16 is a second rounding, and
-        greedy agreement with float32 drops (see the README).
-        ``activations``: what the int4 layers multiply their codes by, ``bf16`` or ``int8``
-        (``quant.resolve_activations``; ``auto``: int8 where the CPU has AVX512_VNNI)."""
+    def from_hf(cls, model, config: "ResolvedConfig") -> "FastLlama":
+        """Take the weights of an HF ``LlamaForCausalLM`` in the formats ``config`` settled
+        (``EngineConfig.resolve``): ``quant`` for the body (with ``int4`` and a GGUF whose
+        projections are Q4_1, the int4 codes come from the GGUF's blocks), ``head`` for the
+        output head (int8 under ``auto``: the GGUF keeps it in 8 bits, Q8_0), ``activations``
+        for what int layers multiply by, and ``dense_prefill``: quantized layers also keep a
+        bf16 copy of the weights their kernel computes with, used for prompt chunks of
+        ``formats.DENSE_MIN_ROWS`` tokens or more (prefill about 2x faster; +214 MB for the
+        default model; a second rounding, so greedy agreement with float32 drops: README)."""
         cfg = model.config
-        # What the int4 layers and an int head multiply their codes by: bf16 or int8 inputs.
-        acts = resolve_activations(activations) if quant != "none" or head in ("int8", "int4") else "bf16"
+        quant, head, acts, dtype = config.quant, config.head, config.activations, config.torch_dtype
         sd = {k: v.detach() for k, v in model.state_dict().items()}
         gguf = None
-        if quant == "int4" and gguf_path is not None:
-            gguf = GGUFQ4Source(gguf_path, cfg.num_attention_heads, cfg.num_key_value_heads)
-        if quant != "none":
-            dtype = torch.bfloat16  # the int kernels are fast only with bf16 activations on CPU
+        if quant == "int4" and config.gguf is not None:
+            gguf = GGUFQ4Source(config.gguf, cfg.num_attention_heads, cfg.num_key_value_heads)
         layers = []
         for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}."
@@ -135,41 +130,31 @@ class FastLlama(nn.Module):
         head_w = sd.get("lm_head.weight", embed)
         # The output head (tied to the embedding; 8 bits, Q8_0, in the GGUF) is 28M of the
         # model's 135M weights: a quarter of the bytes a step reads at int8, a sixth at int4.
-        if head == "auto":
-            head = "none" if quant == "none" else "int8"
-        if head not in QUANTS:
-            raise ValueError(f"unknown head format {head!r}; choose from auto, {', '.join(QUANTS)}")
         lm_head = make_linear(head_w, head, dtype, acts)
         if isinstance(lm_head, Int8Linear) and lm_head.codes is None:
             # Without our int8 kernel, batches of HEAD_DENSE_MIN_ROWS+ rows multiply by a bf16
             # copy of the same weights (+2 bytes a weight; PyTorch's kernel is compute-bound there).
             lm_head.keep_dense(min_rows=HEAD_DENSE_MIN_ROWS)
-        if dense_prefill:
+        if config.dense_prefill:
             for layer in layers:
                 for lin in (layer.qkv, layer.o, layer.gate_up, layer.down):
                     if isinstance(lin, (Int4Linear, Int8Linear)):
                         lin.keep_dense()
-        fast = cls(cfg, embed, layers, sd["model.norm.weight"], lm_head, dtype, num_slots, max_len)
+        fast = cls(cfg, embed, layers, sd["model.norm.weight"], lm_head, dtype, config.num_slots, config.max_len)
         fast.activations = acts
         return fast
 
     # -- the forward --------------------------------------------------------
-    @staticmethod
-    def _our_eager_op(x: torch.Tensor, width_multiple: int = 16) -> bool:
-        """Whether an elementwise step on ``x`` runs as one op of ours (cpukernel): eagerly,
-        on bf16 CPU tensors with rows a multiple of ``width_multiple`` wide. The compiled
-        step fuses PyTorch's ops itself."""
-        return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.compiler.is_compiling()
-                and x.shape[-1] % width_multiple == 0 and cpukernel.available())
+    @property
+    def kernel_attention(self) -> bool:
+        """Whether eager one-token steps attend with our kernels (``kernels.rope_write`` and
+        ``decode_attention``, a path of their own) rather than PyTorch's attention below.
+        Asked per forward, not fixed at load: a model packed with PyTorch's matmuls still
+        attends with ours while they run (the kernel tests compare exactly that)."""
+        return self._cache_fits_kernels and kernels.ours()
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if self._our_eager_op(x):
-            # One op instead of nine, the same bits but for a rare 1-unit rounding of the
-            # scale (another summation order).
-            return cpukernel.rms_norm(x, weight, self.eps)
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (weight * h.to(x.dtype)).to(x.dtype)  # as transformers' LlamaRMSNorm
+        return kernels.rms_norm(x, weight, self.eps)  # as transformers' LlamaRMSNorm
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
         return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin_signed
@@ -202,11 +187,9 @@ class FastLlama(nn.Module):
         rows = slots[:, None].expand(b, t)
         read = slots if first_slot is None else slice(first_slot, first_slot + b)
         scaling = hd ** -0.5
-        # Eager one-token steps on a bf16 cache: our attention kernel (cpukernel). The compiled
+        # Eager one-token steps attend with our kernel where it was chosen at load; the compiled
         # step keeps its fused loop (an A/B in one process: 168-172 tok/s either way).
-        # With it, the RoPE and cache writes are one op of ours too (both need head_dim % 16).
-        our_attention = (t == 1 and not reduce_attention and self.dtype == torch.bfloat16
-                         and x.device.type == "cpu" and hd % 16 == 0 and cpukernel.available())
+        our_attention = t == 1 and not reduce_attention and self.kernel_attention
         if our_attention:
             lengths = (positions[:, 0] + 1).clamp(max=kv_len)  # padding rows: any length works
             step_pos = positions[:, 0]
@@ -224,9 +207,9 @@ class FastLlama(nn.Module):
                 # RoPE and both cache writes in one op of ours (the same bits as the ops below),
                 # then every row's attention straight from its cache slot, float32 inside: 9-45 us
                 # a layer where SDPA took 53-635 and the float32 matmuls 45-130 (1-16 rows).
-                q1 = cpukernel.rope_write(qkv.view(b, -1), self.rope_cos, self.rope_sin, layer.k_cache,
+                q1 = kernels.rope_write(qkv.view(b, -1), self.rope_cos, self.rope_sin, layer.k_cache,
                                           layer.v_cache, slots, step_pos, nh)
-                attn = cpukernel.decode_attention(q1, layer.k_cache, layer.v_cache, slots, lengths,
+                attn = kernels.decode_attention(q1, layer.k_cache, layer.v_cache, slots, lengths,
                                                   scaling).view(b, 1, nh * hd)
             else:
                 # q and k heads side by side: one RoPE over both.
@@ -235,16 +218,11 @@ class FastLlama(nn.Module):
                 v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
                 layer.k_cache[rows, :, positions] = k  # (B, T) cells <- (B, T, kv_heads, D)
                 layer.v_cache[rows, :, positions] = v
-                attn = self._cached_attention(layer, q, read, kv_len, visible, mask, reduce_attention)
+                attn = cached_attention(layer.k_cache, layer.v_cache, q, read, kv_len, visible, mask,
+                                        reduce_attention)
             x = x + layer.o(attn)
             h = self._norm(x, layer.mlp_norm)
-            gate_up = layer.gate_up(h)
-            if self._our_eager_op(gate_up, 32):  # one op instead of three, the same bits
-                act = cpukernel.silu_mul(gate_up)
-            else:
-                gate, up = gate_up.chunk(2, dim=-1)
-                act = torch.nn.functional.silu(gate) * up
-            x = x + layer.down(act)
+            x = x + layer.down(kernels.silu_mul(layer.gate_up(h)))
         if last_at is not None:
             x = x[torch.arange(b, device=x.device), last_at]
         elif last_only:
@@ -253,47 +231,6 @@ class FastLlama(nn.Module):
             x = x[keep]
         x = self._norm(x, self.final_norm)
         return self.lm_head(x).float()
-
-    def _cached_attention(self, layer: Layer, q: torch.Tensor, read, kv_len: int, visible: torch.Tensor,
-                          mask: torch.Tensor, reduce: bool) -> torch.Tensor:
-        """Attention of ``q [B, T, heads, D]`` over the cache rows ``read`` (a slice: a view,
-        no copy) up to ``kv_len``, with PyTorch's ops -> ``[B, T, heads * D]``."""
-        b, t, nh, hd = q.shape
-        keys = layer.k_cache[read, :, :kv_len]  # (B, kv_heads, kv, D)
-        values = layer.v_cache[read, :, :kv_len]
-        if t == 1 and not reduce and b < BATCH_ATTENTION_ROWS:
-            # One eager op instead of a dozen for a one-token step of few rows.
-            attn = torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(1, 2), keys, values, attn_mask=visible[:, None], scale=hd ** -0.5, enable_gqa=True)
-            return attn.transpose(1, 2).reshape(b, t, nh * hd)
-        if t == 1 and not reduce:
-            # Many rows: the two small matmuls in float32 (the cache upcast on the fly) beat
-            # SDPA's flash kernel, which splits tiny work into many blocks (16 rows x 64
-            # positions: 130 vs 635 us a layer), and are no less exact (flash also keeps
-            # scores in float32).
-            return self._attention(q.float(), keys.float(), values.float(), mask, False).to(q.dtype)
-        return self._attention(q, keys, values, mask, reduce)
-
-    def _attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-                   reduce: bool) -> torch.Tensor:
-        """Grouped-query attention without repeating K/V: the query heads of one KV head
-        are stacked with the time steps. ``q [B, T, heads, D]`` -> ``[B, T, heads * D]``."""
-        b, t, nh, hd = q.shape
-        nkv = keys.shape[1]
-        group = nh // nkv
-        scaling = hd ** -0.5
-        qg = q.view(b, t, nkv, group, hd).permute(0, 2, 3, 1, 4).reshape(b, nkv, group * t, hd)
-        if reduce:
-            scores = (qg.float()[:, :, :, None, :] * keys.float()[:, :, None, :, :]).sum(-1) * scaling
-        else:
-            scores = torch.matmul(qg, keys.transpose(-1, -2)) * scaling
-        scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(qg.dtype)
-        if reduce:
-            attn = (probs.float()[..., None] * values.float()[:, :, None, :, :]).sum(-2).to(qg.dtype)
-        else:
-            attn = torch.matmul(probs, values)  # (B, kv_heads, group * T, D)
-        return attn.view(b, nkv, group, t, hd).permute(0, 3, 1, 2, 4).reshape(b, t, nh * hd)
 
     def decode_step(self, token_ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
                     kv_positions: torch.Tensor, first_slot: int | None = None,

@@ -1,8 +1,8 @@
 """The model side of the loop: slots of a KV cache, chunked prefill, one-token decode.
 
 A runner owns a KV cache of ``num_slots`` rows, each up to ``max_len`` positions,
-allocated once. A sequence lives in a slot; the engine (and later the batched
-scheduler) only talks to this interface:
+allocated once. A sequence lives in a slot; the engine, ``BatchGenerator`` and the
+server talk to a runner only through ``Runner``:
 
     slots = runner.acquire(n)                  # reserve n free slots
     logits = runner.prefill(slot, ids)         # [1, V]; chunked, start=0 resets the slot
@@ -10,20 +10,19 @@ scheduler) only talks to this interface:
     runner.copy_slots(src, dst, length)        # beams and n > 1 forks
     runner.release(slots)
 
-``FastRunner`` runs ``fastmodel.FastLlama`` (static cache, compiled decode
-step, int4/int8/bf16/fp32 weights). ``HFRunner`` drives any ``transformers``
-causal LM with one ``DynamicCache`` per slot: slow, but the reference and the
-fallback for architectures ``FastLlama`` does not cover.
+``FastRunner`` (here) runs ``llama.FastLlama`` (static cache, compiled decode step,
+int4/int8/bf16/fp32 weights); ``hf.HFRunner`` drives any ``transformers`` causal LM
+(the reference, and the fallback for other architectures). ``Slots`` is the host-side
+bookkeeping both (and the tests' doubles) share.
 """
 
 from __future__ import annotations
 
-import copy
-import os
 import threading
 import time
 import types
 from collections.abc import Sequence
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -32,17 +31,6 @@ SlotList = Sequence[int] | torch.Tensor
 
 class SlotsExhausted(RuntimeError):
     """Every KV-cache slot is in use."""
-
-
-def compile_enabled(flag: bool | None) -> bool:
-    """``flag`` if given, else the ``TOKENFLOW_COMPILE`` switch (off unless ``1``/``true``/``yes``).
-
-    Off by default: compiling costs seconds for every new batch size and cache bucket,
-    more than it saves in a short CLI run or a server whose batch size changes each step.
-    """
-    if flag is not None:
-        return bool(flag)
-    return os.environ.get("TOKENFLOW_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _own_code(method):
@@ -55,8 +43,44 @@ def _own_code(method):
                                                func.__closure__), method.__self__)
 
 
-class _Slots:
-    """Host-side bookkeeping shared by the runners: free slots and each slot's length."""
+@runtime_checkable
+class Runner(Protocol):
+    """What the engine, ``BatchGenerator`` and the server use of a runner. (The real
+    runners also score a whole text, ``all_logits(slot, ids) -> [T, V]``, for evaluation.)"""
+
+    num_slots: int
+    max_len: int  # positions per slot
+    prefill_chunk: int  # most prompt tokens one forward takes (the batch's default budget)
+    device: torch.device
+    dtype: torch.dtype  # the activations'
+    compiled: bool  # whether decode runs a compiled step
+    forward_calls: int  # forwards run so far (tests check when work happens)
+
+    @property
+    def free_count(self) -> int: ...
+
+    def acquire(self, n: int = 1) -> list[int]: ...
+
+    def release(self, slots: Sequence[int]) -> None: ...
+
+    def length(self, slot: int) -> int: ...
+
+    def prefill(self, slot: int, ids: Sequence[int] | torch.Tensor, start: int = 0) -> torch.Tensor: ...
+
+    def prefill_many(self, slots: Sequence[int], id_lists: Sequence[Sequence[int]],
+                     starts: Sequence[int]) -> torch.Tensor: ...
+
+    def decode(self, slots: Sequence[int], token_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def copy_slots(self, src: SlotList, dst: SlotList, length: int | None = None) -> None: ...
+
+
+class Slots:
+    """Host-side bookkeeping shared by the runners: free slots and each slot's length.
+    A runner subclasses it and adds the model side (``prefill``, ``decode``, ...)."""
+
+    prefill_chunk = 256
+    compiled = False
 
     def __init__(self, num_slots: int, max_len: int):
         self.num_slots, self.max_len = num_slots, max_len
@@ -104,34 +128,32 @@ class _Slots:
                              f"more than the cache's {self.max_len}")
 
 
-class FastRunner(_Slots):
+class FastRunner(Slots):
     """Slots over ``FastLlama``'s static cache; the decode step optionally compiled."""
 
-    def __init__(self, model, compile: bool | None = None, prefill_chunk: int = 256, kv_bucket: int = 256,
-                 dynamic: bool = False):
+    # The compiled step reads the cache up to the longest row rounded up to this, so its
+    # static shapes are rebuilt only when a row crosses a bucket.
+    KV_BUCKET = 256
+
+    def __init__(self, model, compile: bool = False, prefill_chunk: int = 256):
         super().__init__(model.num_slots, model.max_len)
-        # Attention reads the cache up to the longest row rounded up to kv_bucket, so a
-        # static-shape compiled step is rebuilt only when a row crosses a bucket.
-        self.kv_bucket = max(1, int(kv_bucket))
-        self.dynamic = dynamic
         self.model = model
         self.device = model.embed.device
         self.dtype = model.dtype
         self.prefill_chunk = int(prefill_chunk)
         if self.prefill_chunk < 1:
             raise ValueError("prefill_chunk must be >= 1")
-        self.compiled = compile_enabled(compile)
+        self.compiled = bool(compile)
         # Called as notice(text) before and after each new compiled shape (the CLI prints
         # it on stderr: a first compile takes tens of seconds, a cached one a few).
-        self.compile_notice = None
+        self.compile_notice: Callable[[str], None] | None = None
         self._shapes_seen: set[tuple[int, int]] = set()
         self._step = model.decode_step
         if self.compiled:
-            # Static shapes by default (a graph per batch size and cache bucket; dynamic=True
-            # makes them symbols), and no guards on the weights: they never change after
-            # load (1.4 -> 0.3 ms a step).
+            # Static shapes (a graph per batch size and cache bucket), and no guards on the
+            # weights: they never change after load (1.4 -> 0.3 ms a step).
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            self._step = torch.compile(_own_code(model.fused_decode_step), fullgraph=True, dynamic=dynamic, options={
+            self._step = torch.compile(_own_code(model.fused_decode_step), fullgraph=True, dynamic=False, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
     @torch.inference_mode()
@@ -203,13 +225,11 @@ class FastRunner(_Slots):
     FLAT_PREFILL_MAX_PROMPT = 64
 
     def _flat_prefill_fits(self, id_lists: Sequence[Sequence[int]]) -> bool:
-        """Whether ``prefill_many`` can write these prompts as one-token rows: with our
-        attention kernel (bf16 on the CPU), at most ``prefill_chunk`` tokens in all and
-        none longer than ``FLAT_PREFILL_MAX_PROMPT`` (each row reads its prompt so far from
-        the cache: quadratic in a prompt's length)."""
-        from ..kernels import ops as cpukernel
-
-        return (self.dtype == torch.bfloat16 and self.device.type == "cpu" and cpukernel.available()
+        """Whether ``prefill_many`` can write these prompts as one-token rows: where the
+        model's one-token steps run our attention kernel, at most ``prefill_chunk`` tokens in
+        all and none longer than ``FLAT_PREFILL_MAX_PROMPT`` (each row reads its prompt so far
+        from the cache: quadratic in a prompt's length)."""
+        return (self.model.kernel_attention
                 and sum(len(ids) for ids in id_lists) <= self.prefill_chunk
                 and max(len(ids) for ids in id_lists) <= self.FLAT_PREFILL_MAX_PROMPT)
 
@@ -290,14 +310,10 @@ class FastRunner(_Slots):
 
     def _compiled_decode(self, slots: list[int], positions: list[int], token_ids: torch.Tensor) -> torch.Tensor:
         """Static shapes for the compiled step: the cache read up to a bucket, gathered by slot."""
-        kv_len = min(-(-(max(positions) + 1) // self.kv_bucket) * self.kv_bucket, self.max_len)
+        kv_len = min(-(-(max(positions) + 1) // self.KV_BUCKET) * self.KV_BUCKET, self.max_len)
         slot_t = torch.tensor(slots, device=self.device)
         pos_t = torch.tensor(positions, device=self.device)
         kv_positions = torch.arange(kv_len, device=self.device)
-        if self.dynamic:
-            # Batch size and context length as symbols: one graph, but a slower compile.
-            for t in (token_ids, slot_t, pos_t, kv_positions):
-                torch._dynamo.maybe_mark_dynamic(t, 0)
         shape = (len(slots), kv_len)
         new_shape = shape not in self._shapes_seen
         self._shapes_seen.add(shape)
@@ -325,63 +341,3 @@ class FastRunner(_Slots):
         self.model.copy_cache(src_t, dst_t, length)
         for d in dst_list:
             self.lengths[d] = length
-
-
-class HFRunner(_Slots):
-    """The same slot interface over a ``transformers`` model, one ``DynamicCache``
-    per slot (the reference, and the fallback for non-Llama architectures)."""
-
-    def __init__(self, model, num_slots: int = 8, max_len: int | None = None):
-        super().__init__(num_slots, max_len or int(getattr(model.config, "max_position_embeddings", 2048)))
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-        self.compiled = False
-        self.caches: dict[int, object] = {}
-
-    def _new_cache(self):
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config)
-
-    @torch.inference_mode()
-    def prefill(self, slot: int, ids: Sequence[int] | torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Run ``ids`` into ``slot`` (``start`` must be 0 or the slot's length)."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(1, -1)
-        if start == 0:
-            self.caches[slot] = self._new_cache()
-        elif start != self.lengths[slot]:
-            raise ValueError("HFRunner can only append to a slot (start == its length)")
-        self.lengths[slot] = start
-        self._check_room(slot, ids.shape[1])
-        self.forward_calls += 1
-        out = self.model(input_ids=ids, cache=self.caches[slot], use_cache=True, logits_to_keep=1)
-        self.lengths[slot] += ids.shape[1]
-        return out.logits[:, -1, :].float()
-
-    @torch.inference_mode()
-    def all_logits(self, slot: int, ids: Sequence[int]) -> torch.Tensor:
-        """Logits of every position ``[T, V]`` of ``ids`` written into ``slot`` (scoring)."""
-        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(1, -1)
-        self.caches[slot] = self._new_cache()
-        out = self.model(input_ids=ids, cache=self.caches[slot], use_cache=True)
-        self.lengths[slot] = ids.shape[1]
-        return out.logits[0].float()
-
-    @torch.inference_mode()
-    def decode(self, slots: Sequence[int], token_ids: torch.Tensor) -> torch.Tensor:
-        """One token per slot; rows run one after another (each has its own cache)."""
-        self.forward_calls += 1
-        rows = []
-        for i, s in enumerate(slots):
-            out = self.model(input_ids=token_ids.view(-1)[i: i + 1].view(1, 1), cache=self.caches[s], use_cache=True)
-            rows.append(out.logits[:, -1, :].float())
-            self.lengths[s] += 1
-        return torch.cat(rows)
-
-    def copy_slots(self, src: SlotList, dst: SlotList, length: int | None = None) -> None:
-        src_list = src.tolist() if isinstance(src, torch.Tensor) else list(src)
-        dst_list = dst.tolist() if isinstance(dst, torch.Tensor) else list(dst)
-        copies = [(copy.deepcopy(self.caches[s]), self.lengths[s]) for s in src_list]
-        for d, (cache, n) in zip(dst_list, copies):
-            self.caches[d], self.lengths[d] = cache, n

@@ -13,12 +13,12 @@ import torch
 
 from decoding import SamplingParams
 from generator.batch import BatchGenerator
-from generator.model.runner import _Slots
+from generator.model.runner import Slots
 
 PROMPT = "Once upon a time"
 
 
-class FixedLogitsRunner(_Slots):
+class FixedLogitsRunner(Slots):
     """The slot interface with logits that depend only on the slot's own token
     sequence (its last token and length), seeded: row independence is exact."""
 
@@ -194,3 +194,12 @@ def test_one_forward_per_step_on_the_real_runner(tiny_engine):
     # Greedy in a batch equals greedy alone here (batch effects on real models can differ in
     # the last bits; this tiny model's peaky logits leave no near-ties).
     assert greedy == [t for t, _, _ in alone(tiny_engine, params[0])]
+
+
+def test_runners_implement_the_runner_protocol(tiny_engine):
+    from generator.model.hf import HFRunner
+    from generator.model.runner import Runner
+
+    assert isinstance(tiny_engine.runner, Runner)
+    assert isinstance(HFRunner(tiny_engine.model, num_slots=2), Runner)
+    assert isinstance(FixedLogitsRunner(vocab=8), Runner)

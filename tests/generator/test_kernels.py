@@ -1,4 +1,4 @@
-"""Our int4/int8 CPU kernels (generator/int4_gemm.c) against PyTorch's own weight-only
+"""Our int4/int8 CPU kernels (generator/kernels/csrc/int4_gemm.c) against PyTorch's own weight-only
 kernels (the reference: the same weights and scales) and a float32 matmul, at row counts
 on and across the kernel's tile edges; and the linears and the model using them."""
 
@@ -9,16 +9,16 @@ import sys
 import pytest
 import torch
 
-from generator.kernels import ops as cpukernel
-from generator.model.llama import FastLlama
-from generator.weights.formats import GROUP, Int4Linear, Int8Linear
+from generator import kernels
+from generator.kernels import GROUP
 from generator.model.runner import FastRunner
+from generator.weights.formats import Int4Linear, Int8Linear
 
-from conftest import build_tiny_model
+from conftest import build_fast_llama, build_tiny_model
 
-needs_kernel = pytest.mark.skipif(not cpukernel.available(), reason="our kernels are off: no AVX512_BF16, no C compiler, or TOKENFLOW_INT4_KERNEL=aten")
+needs_kernel = pytest.mark.skipif(not kernels.ours(), reason="our kernels are off: no AVX512_BF16, no C compiler, or TOKENFLOW_INT4_KERNEL=aten")
 ROWS = [1, 3, 8, 9, 16]
-needs_vnni = pytest.mark.skipif(not cpukernel.int8_activations(), reason="int8 activations need our kernels and AVX512_VNNI")
+needs_vnni = pytest.mark.skipif(not kernels.int8_activations(), reason="int8 activations need our kernels and AVX512_VNNI")
 
 
 def _bf16_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -44,7 +44,7 @@ def test_int4_kernel_matches_pytorch_kernel(m):
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
     sz = torch.stack((scale, zero), dim=-1).transpose(0, 1).bfloat16().contiguous()
     ref = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, sz)
-    ours = cpukernel.int4_mm(x, *cpukernel.pack(codes, scale, zero))
+    ours = kernels.int4_mm(x, *kernels.pack(codes, scale, zero))
     assert ours.shape == (m, n) and ours.dtype == torch.bfloat16
     _bf16_close(ours, ref)
     # And the float32 truth of the same (bf16-rounded) scales and zero points.
@@ -62,7 +62,7 @@ def test_int4_kernel_with_int8_activations(m):
     codes, scale, zero = _int4_weight(n, k, seed=m)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(100 + m)).bfloat16()
     x[0, :32] = 0  # an all-zero group: step 0, no division by it
-    ours = cpukernel.int4_q8_mm(x, *cpukernel.pack_q8(codes, scale, zero))
+    ours = kernels.int4_q8_mm(x, *kernels.pack_q8(codes, scale, zero))
     assert ours.shape == (m, n) and ours.dtype == torch.bfloat16
     s, z = scale.bfloat16().float(), zero.bfloat16().float()
     xg = x.float().view(m, k // GROUP, GROUP)
@@ -77,7 +77,7 @@ def test_int4_kernel_with_int8_activations(m):
     truth = x.float() @ w.T
     assert (ours.float() - truth).abs().max() < 0.02 * truth.abs().max()
     # Rows are independent: the same row alone gives the same bits.
-    assert torch.equal(cpukernel.int4_q8_mm(x[-1:], *cpukernel.pack_q8(codes, scale, zero)), ours[-1:])
+    assert torch.equal(kernels.int4_q8_mm(x[-1:], *kernels.pack_q8(codes, scale, zero)), ours[-1:])
 
 
 @needs_vnni
@@ -90,7 +90,7 @@ def test_int8_kernel_with_int8_activations(m):
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
     scales = (torch.rand(n, generator=g) * 0.01 + 1e-3).bfloat16()
     x = torch.randn(m, k, generator=g).bfloat16()
-    ours = cpukernel.int8_q8_mm(x, cpukernel.pack_int8_q8(q), scales)
+    ours = kernels.int8_q8_mm(x, kernels.pack_int8_q8(q), scales)
     xg = x.float().view(m, k // GROUP, GROUP)
     step = xg.abs().amax(-1, keepdim=True) / 127
     xq = torch.where(step > 0, torch.round(xg / step), torch.zeros_like(xg))
@@ -99,7 +99,7 @@ def test_int8_kernel_with_int8_activations(m):
     truth = x.float() @ (q.float() * scales.float()[:, None]).T
     assert (ours.float() - truth).abs().max() < 0.02 * truth.abs().max()
     with pytest.raises(ValueError, match="N a multiple of 16"):
-        cpukernel.pack_int8_q8(torch.zeros(40, 64, dtype=torch.int8))
+        kernels.pack_int8_q8(torch.zeros(40, 64, dtype=torch.int8))
 
 
 @needs_kernel
@@ -111,28 +111,35 @@ def test_int8_kernel_matches_pytorch_kernel(m):
     scales = (torch.rand(n, generator=g) * 0.01 + 1e-3).bfloat16()
     x = torch.randn(m, k, generator=g).bfloat16()
     ref = torch.ops.aten._weight_int8pack_mm(x, q, scales)
-    ours = cpukernel.int8_mm(x, cpukernel.pack_int8(q), scales)
+    ours = kernels.int8_mm(x, kernels.pack_int8(q), scales)
     _bf16_close(ours, ref)
     _bf16_close(ours, x.float() @ (q.float() * scales.float()[:, None]).T)
 
 
 def test_pack_rejects_shapes_the_kernel_cannot_tile():
     with pytest.raises(ValueError, match="N a multiple of 16"):
-        cpukernel.pack(*_int4_weight(40, 64))
+        kernels.pack(*_int4_weight(40, 64))
     with pytest.raises(ValueError, match="N a multiple of 16"):
-        cpukernel.pack_q8(*_int4_weight(40, 64))
+        kernels.pack_q8(*_int4_weight(40, 64))
     with pytest.raises(ValueError, match="multiple of 32"):
-        cpukernel.pack_int8(torch.zeros(40, 64, dtype=torch.int8))
+        kernels.pack_int8(torch.zeros(40, 64, dtype=torch.int8))
 
 
 def _on_pytorchs_kernels(make):
     """``make()`` with our kernels switched off while it packs (PyTorch's layouts)."""
-    real = cpukernel.available
-    cpukernel.available = lambda: False
+    previous = kernels.use("aten")
     try:
         return make()
     finally:
-        cpukernel.available = real
+        kernels.use(previous)
+
+
+@pytest.fixture
+def pytorchs_kernels():
+    """Our kernels off for one test (as ``TOKENFLOW_INT4_KERNEL=aten`` does for a process)."""
+    previous = kernels.use("aten")
+    yield
+    kernels.use(previous)
 
 
 @needs_kernel
@@ -148,8 +155,8 @@ def test_linears_use_the_kernel_in_eager_and_pytorchs_otherwise():
         assert lin.codes is not None and ref.codes is None
         assert {n for n, b in lin.named_buffers() if b is not None} & {"packed", "scales_zeros", "qweight"} == set()
         y = lin(x)
-        expected = (cpukernel.int4_mm(x, lin.codes, lin.sz) if lin is lin4
-                    else cpukernel.int8_mm(x, lin.codes, lin.scales))
+        expected = (kernels.int4_mm(x, lin.codes, lin.sz) if lin is lin4
+                    else kernels.int8_mm(x, lin.codes, lin.scales))
         assert torch.equal(y, expected)  # the kernel's own output, not PyTorch's
         _bf16_close(y, ref(x))
         _bf16_close(lin.dequantized(), ref.dequantized())
@@ -159,7 +166,7 @@ def test_linears_use_the_kernel_in_eager_and_pytorchs_otherwise():
 
 def test_switch_turns_the_kernel_off():
     env = dict(os.environ, TOKENFLOW_INT4_KERNEL="aten")
-    out = subprocess.run([sys.executable, "-c", "from generator.kernels import ops; print(ops.available())"],
+    out = subprocess.run([sys.executable, "-c", "from generator import kernels; print(kernels.ours())"],
                          env=env, capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
                              os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout.strip() == "False"
@@ -171,8 +178,8 @@ def test_model_on_our_kernels_matches_pytorchs_kernels(quant):
     """The whole tiny model: prefill and a batched decode step on our kernels give the
     logits of PyTorch's kernels up to float rounding, and the same greedy tokens."""
     tiny = build_tiny_model(320)
-    ours = FastLlama.from_hf(tiny, quant=quant, num_slots=4, max_len=64, activations="bf16")
-    ref = _on_pytorchs_kernels(lambda: FastLlama.from_hf(tiny, quant=quant, num_slots=4, max_len=64,
+    ours = build_fast_llama(tiny, quant=quant, num_slots=4, max_len=64, activations="bf16")
+    ref = _on_pytorchs_kernels(lambda: build_fast_llama(tiny, quant=quant, num_slots=4, max_len=64,
                                                          activations="bf16"))
     assert all(m.codes is None for m in ref.modules() if isinstance(m, (Int4Linear, Int8Linear)))
     assert any(isinstance(m, (Int4Linear, Int8Linear)) and m.codes is not None for m in ours.modules())
@@ -199,8 +206,8 @@ def test_compiled_step_calls_our_ops():
     """The compiled decode step runs our kernels as registered ops (not PyTorch's int4/int8
     kernels, not a graph break) and gives the eager step's logits."""
     tiny = build_tiny_model(320)
-    compiled = FastRunner(FastLlama.from_hf(tiny, quant="int4", num_slots=2, max_len=64), compile=True)
-    eager = FastRunner(FastLlama.from_hf(tiny, quant="int4", num_slots=2, max_len=64), compile=False)
+    compiled = FastRunner(build_fast_llama(tiny, quant="int4", num_slots=2, max_len=64), compile=True)
+    eager = FastRunner(build_fast_llama(tiny, quant="int4", num_slots=2, max_len=64), compile=False)
     for r in (compiled, eager):
         r.prefill(0, [5, 9, 14, 200, 31])
     compiled.decode([0], torch.tensor([7]))  # compiles
@@ -237,7 +244,7 @@ def test_decode_attention_matches_float32_attention(rows, heads, kv_heads, d):
     lengths = torch.randint(1, cache_len + 1, (rows,), generator=g)
     edges = torch.tensor([16, 17, 1, 32, 50, 15])
     lengths[: min(rows, 6)] = edges[: min(rows, 6)] if rows > 1 else lengths[:1]
-    out = cpukernel.decode_attention(q, k_cache, v_cache, slots, lengths, 0.2)
+    out = kernels.decode_attention(q, k_cache, v_cache, slots, lengths, 0.2)
     assert out.shape == q.shape and out.dtype == torch.bfloat16
     group = heads // kv_heads
     for r in range(rows):
@@ -254,9 +261,9 @@ def test_decode_attention_rejects_bad_lengths():
     k = torch.zeros(2, 1, 8, 16).bfloat16()
     q = torch.zeros(1, 2, 16).bfloat16()
     with pytest.raises(RuntimeError, match="lengths"):
-        cpukernel.decode_attention(q, k, k, torch.tensor([0]), torch.tensor([9]), 1.0)
+        kernels.decode_attention(q, k, k, torch.tensor([0]), torch.tensor([9]), 1.0)
     with pytest.raises(RuntimeError, match="slot"):
-        cpukernel.decode_attention(q, k, k, torch.tensor([2]), torch.tensor([1]), 1.0)
+        kernels.decode_attention(q, k, k, torch.tensor([2]), torch.tensor([1]), 1.0)
 
 
 @needs_kernel
@@ -271,9 +278,13 @@ def test_rms_norm_matches_the_eager_formula(rows):
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)
     expected = (w * h.to(x.dtype)).to(x.dtype)
-    assert torch.equal(cpukernel.rms_norm(x, w, 1e-5), expected)
-    with pytest.raises(RuntimeError, match="multiple of 16"):
-        cpukernel.rms_norm(torch.zeros(2, 24).bfloat16(), torch.ones(24), 1e-5)
+    assert torch.equal(kernels.rms_norm(x, w, 1e-5), expected)
+    with pytest.raises(RuntimeError, match="multiple of 16"):  # the kernel's contract ...
+        torch.ops.tokenflow.rms_norm(torch.zeros(2, 24).bfloat16(), torch.ones(24), 1e-5)
+    odd = torch.randn(2, 24).bfloat16()  # ... which the op keeps by taking PyTorch's ops there
+    assert torch.equal(kernels.rms_norm(odd, torch.ones(24), 1e-5),
+                       (torch.ones(24) * (odd.float() * torch.rsqrt(odd.float().pow(2).mean(-1, keepdim=True)
+                                                                     + 1e-5)).bfloat16()).bfloat16())
 
 
 @needs_kernel
@@ -285,25 +296,26 @@ def test_silu_mul_matches_the_eager_ops():
         gate_up = (torch.randn(3, 5, 2 * 48, generator=g) * scale).bfloat16()
         gate, up = gate_up.chunk(2, dim=-1)
         expected = torch.nn.functional.silu(gate) * up
-        out = cpukernel.silu_mul(gate_up)
+        out = kernels.silu_mul(gate_up)
         assert out.shape == (3, 5, 48)
         assert torch.equal(out, expected)
     special = torch.tensor([-100.0, -88.0, 0.0, -0.0, 1e-30, 100.0, float("inf"), float("-inf")] * 2)
     gate_up = torch.cat((special, torch.full((16,), 1.5))).bfloat16()
-    torch.testing.assert_close(cpukernel.silu_mul(gate_up), torch.nn.functional.silu(gate_up[:16]) * gate_up[16:],
+    torch.testing.assert_close(kernels.silu_mul(gate_up), torch.nn.functional.silu(gate_up[:16]) * gate_up[16:],
                                atol=0, rtol=0, equal_nan=True)
-    with pytest.raises(RuntimeError, match="multiple of 16"):
-        cpukernel.silu_mul(torch.zeros(2, 40).bfloat16())
+    with pytest.raises(RuntimeError, match="multiple of 16"):  # the kernel's contract ...
+        torch.ops.tokenflow.silu_mul(torch.zeros(2, 40).bfloat16())
+    odd = torch.randn(2, 40).bfloat16()  # ... which the op keeps by taking PyTorch's ops there
+    assert torch.equal(kernels.silu_mul(odd), torch.nn.functional.silu(odd[:, :20]) * odd[:, 20:])
 
 
-def test_without_our_kernels_the_fallbacks_take_over(monkeypatch):
+def test_without_our_kernels_the_fallbacks_take_over(pytorchs_kernels):
     """With the kernels off: the int linears keep PyTorch's kernels, an int8 head multiplies
     batches of HEAD_DENSE_MIN_ROWS+ rows by its bf16 copy (fewer rows: the int8 kernel), and
     a batched one-token step (float32 matmul attention from 8 rows) equals each row alone."""
     from generator.weights.formats import HEAD_DENSE_MIN_ROWS
 
-    monkeypatch.setattr(cpukernel, "available", lambda: False)
-    model = FastLlama.from_hf(build_tiny_model(320), quant="int4", num_slots=8, max_len=64)
+    model = build_fast_llama(build_tiny_model(320), quant="int4", num_slots=8, max_len=64)
     head = model.lm_head
     assert isinstance(head, Int8Linear) and head.codes is None and head.dense is not None
     big = torch.randn(HEAD_DENSE_MIN_ROWS, 64).bfloat16()
@@ -320,7 +332,7 @@ def test_without_our_kernels_the_fallbacks_take_over(monkeypatch):
     names = {e.name for e in prof.events()}
     assert not any(n.startswith("tokenflow::") for n in names)
     assert "aten::_weight_int4pack_mm_for_cpu" in names
-    alone = FastRunner(FastLlama.from_hf(build_tiny_model(320), quant="int4", num_slots=1, max_len=64), compile=False)
+    alone = FastRunner(build_fast_llama(build_tiny_model(320), quant="int4", num_slots=1, max_len=64), compile=False)
     for slot, ids in enumerate(prompts):
         alone.prefill(0, ids)
         ref = alone.decode([0], tokens[slot: slot + 1])
@@ -332,10 +344,10 @@ def test_int8_activations_model_follows_bf16_and_runs_the_vnni_kernel():
     """The tiny model with int8 activations (the default where VNNI runs) stays within
     rounding of the bf16-activation model, greedy tokens alike, and runs int4_q8_mm."""
     tiny = build_tiny_model(320)
-    q8 = FastLlama.from_hf(tiny, quant="int4", num_slots=4, max_len=64, activations="int8")
-    bf = FastLlama.from_hf(tiny, quant="int4", num_slots=4, max_len=64, activations="bf16")
+    q8 = build_fast_llama(tiny, quant="int4", num_slots=4, max_len=64, activations="int8")
+    bf = build_fast_llama(tiny, quant="int4", num_slots=4, max_len=64, activations="bf16")
     assert q8.activations == "int8" and bf.activations == "bf16"
-    assert FastLlama.from_hf(tiny, quant="int4", num_slots=1, max_len=8).activations == "int8"  # auto
+    assert build_fast_llama(tiny, quant="int4", num_slots=1, max_len=8).activations == "int8"  # auto
     a, b = FastRunner(q8, compile=False), FastRunner(bf, compile=False)
     for slot, ids in enumerate([[5, 9, 14, 200, 31], [7, 7, 8], [100, 3, 54, 2, 9, 11, 250], [1]]):
         assert torch.nn.functional.cosine_similarity(a.prefill(slot, ids), b.prefill(slot, ids)).item() > 0.998
@@ -353,13 +365,13 @@ def test_int8_activations_model_follows_bf16_and_runs_the_vnni_kernel():
 
 
 def test_activations_setting(monkeypatch):
-    from generator.weights.formats import resolve_activations
+    from generator.config import resolve_activations
 
     monkeypatch.setenv("TOKENFLOW_ACTIVATIONS", "bf16")
     assert resolve_activations("auto") == "bf16"
     assert resolve_activations("BF16") == "bf16"
     monkeypatch.delenv("TOKENFLOW_ACTIVATIONS")
-    assert resolve_activations("auto") == ("int8" if cpukernel.int8_activations() else "bf16")
+    assert resolve_activations("auto") == ("int8" if kernels.int8_activations() else "bf16")
     with pytest.raises(ValueError, match="unknown activations 'fp8'"):
         resolve_activations("fp8")
     monkeypatch.setenv("TOKENFLOW_ACTIVATIONS", "fp8")
@@ -369,13 +381,13 @@ def test_activations_setting(monkeypatch):
     monkeypatch.delenv("TOKENFLOW_ACTIVATIONS")
     # A linear reports what its forwards multiply by: int8 only where the VNNI kernel takes
     # its shape (48 inputs are not groups of 32), and only resolved names.
-    vnni = cpukernel.int8_activations()
+    vnni = kernels.int8_activations()
     assert Int4Linear(*_int4_weight(64, 64), activations="int8").activations == ("int8" if vnni else "bf16")
     assert Int8Linear(torch.randn(64, 64), activations="int8").activations == ("int8" if vnni else "bf16")
     assert Int8Linear(torch.randn(64, 48), activations="int8").activations == "bf16"
     with pytest.raises(ValueError, match="resolve_activations"):
         Int8Linear(torch.randn(48, 64), activations="auto")
-    monkeypatch.setattr(cpukernel, "int8_activations", lambda: False)
+    monkeypatch.setattr(kernels, "int8_activations", lambda: False)
     assert resolve_activations("auto") == "bf16"
     with pytest.raises(ValueError, match="AVX512_VNNI"):
         resolve_activations("int8")
@@ -392,7 +404,7 @@ def test_greedy_pick_is_argmax_and_its_log_softmax(vocab):
     logits[2] = float("-inf")
     logits[3, vocab // 2] = logits[3, vocab - 1] = 1e9  # a tie between two far apart
     logits[4, -1] = 50.0  # the maximum in the scalar tail
-    ids, logprobs = cpukernel.greedy_pick(logits)
+    ids, logprobs = kernels.greedy_pick(logits)
     expected = logits.argmax(-1)
     assert torch.equal(ids, expected)
     ref = logits.log_softmax(-1).gather(-1, expected[:, None]).squeeze(-1)
@@ -408,12 +420,12 @@ def test_all_greedy_batches_sample_with_the_fused_pick(tiny_engine):
     handle = batch.add([1, 2, 3], SamplingParams(strategy="greedy", max_new_tokens=3))
     while handle in batch.rows and batch._sampler is None:
         batch.step()
-    assert batch._sampler.greedy_pick is cpukernel.greedy_pick
-    assert batch._sampler.subset([0]).greedy_pick is cpukernel.greedy_pick
+    assert batch._sampler.greedy_pick is kernels.greedy_pick
+    assert batch._sampler.subset([0]).greedy_pick is kernels.greedy_pick
     while batch.active:
         batch.step()
     logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
-    greedy = BatchSampler([SamplingParams(strategy="greedy")] * 4, greedy_pick=cpukernel.greedy_pick)
+    greedy = BatchSampler([SamplingParams(strategy="greedy")] * 4, greedy_pick=kernels.greedy_pick)
     with torch.profiler.profile() as prof:
         out = greedy(logits)
     assert "tokenflow::greedy_pick" in {e.name for e in prof.events()}
@@ -422,7 +434,7 @@ def test_all_greedy_batches_sample_with_the_fused_pick(tiny_engine):
     # Alternatives asked for, or a penalty: PyTorch's ops, the same choice.
     with torch.profiler.profile() as prof:
         out2 = BatchSampler([SamplingParams(strategy="greedy", logprobs=2)] * 4,
-                            greedy_pick=cpukernel.greedy_pick)(logits)
+                            greedy_pick=kernels.greedy_pick)(logits)
     assert "tokenflow::greedy_pick" not in {e.name for e in prof.events()}
     assert torch.equal(out2.token_ids, out.token_ids) and out2.top_ids is not None
 
@@ -431,14 +443,14 @@ def test_all_greedy_batches_sample_with_the_fused_pick(tiny_engine):
 def test_rope_write_equals_the_eager_rope_and_cache_writes():
     """The fused one-token RoPE + cache writes: the rotated queries, keys and the values
     land where the eager ops put them, bit for bit; bad slots and positions are refused."""
-    model = FastLlama.from_hf(build_tiny_model(320), quant="int4", num_slots=4, max_len=32)
+    model = build_fast_llama(build_tiny_model(320), quant="int4", num_slots=4, max_len=32)
     nh, nkv, d = model.n_head, model.n_kv, model.head_dim
     g = torch.Generator().manual_seed(3)
     rows = 3
     qkv = (torch.randn(rows, (nh + 2 * nkv) * d, generator=g) * 3).bfloat16()
     slots, positions = torch.tensor([2, 0, 3]), torch.tensor([5, 31, 32])  # 32: the scratch cell
     k_cache, v_cache = torch.zeros_like(model.layers[0].k_cache), torch.zeros_like(model.layers[0].v_cache)
-    q = cpukernel.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots, positions, nh)
+    q = kernels.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots, positions, nh)
     cos, sin = model.rope_cos[positions][:, None, :], model.rope_sin[positions][:, None, :]
     qk = model._rope(qkv[:, : (nh + nkv) * d].view(rows, nh + nkv, d), cos, sin)
     assert torch.equal(q, qk[:, :nh])
@@ -447,9 +459,9 @@ def test_rope_write_equals_the_eager_rope_and_cache_writes():
         assert torch.equal(v_cache[slots[r], :, positions[r]], qkv[r, (nh + nkv) * d:].view(nkv, d))
     assert int((k_cache != 0).any(-1).sum()) == rows * nkv  # nothing else written
     with pytest.raises(RuntimeError, match="position out of range"):
-        cpukernel.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots, positions + 1, nh)
+        kernels.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots, positions + 1, nh)
     with pytest.raises(RuntimeError, match="slot out of range"):
-        cpukernel.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots + 2, positions, nh)
+        kernels.rope_write(qkv, model.rope_cos, model.rope_sin, k_cache, v_cache, slots + 2, positions, nh)
 
 
 @needs_kernel
@@ -457,8 +469,8 @@ def test_flat_prefill_of_short_prompts_equals_one_prefill_each():
     """A burst of short prompts (one continuing at start > 0) written as one-token rows in
     one forward, no padding: each row gets the logits and cache of its own prefill."""
     tiny = build_tiny_model(320)
-    flat = FastRunner(FastLlama.from_hf(tiny, quant="int4", num_slots=4, max_len=128), compile=False)
-    ref = FastRunner(FastLlama.from_hf(tiny, quant="int4", num_slots=4, max_len=128), compile=False)
+    flat = FastRunner(build_fast_llama(tiny, quant="int4", num_slots=4, max_len=128), compile=False)
+    ref = FastRunner(build_fast_llama(tiny, quant="int4", num_slots=4, max_len=128), compile=False)
     used = []
     real = flat._prefill_flat
     flat._prefill_flat = lambda *args: used.append(len(args[1])) or real(*args)

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from decoding import ParamError, SamplingParams
-from generator.model.llama import FastLlama, linear_kinds
-from generator.weights.formats import Int4Linear, Int8Linear, dequantize_q4_1
-from generator.model.runner import FastRunner, HFRunner, SlotsExhausted
+from generator.model.hf import HFRunner
+from generator.model.llama import linear_kinds
+from generator.model.runner import FastRunner, SlotsExhausted
+from generator.weights.formats import Int4Linear, Int8Linear
+from generator.weights.gguf import dequantize_q4_1
 
-from conftest import build_tiny_model
+from conftest import build_fast_llama, build_tiny_model
 
 VOCAB = 320
 
@@ -22,7 +24,7 @@ def tiny_hf():
 
 
 def _runner(model, quant="none", compile=False, chunk=256, slots=4):
-    return FastRunner(FastLlama.from_hf(model, quant=quant, num_slots=slots, max_len=64), compile=compile,
+    return FastRunner(build_fast_llama(model, quant=quant, num_slots=slots, max_len=64), compile=compile,
                       prefill_chunk=chunk)
 
 
@@ -201,9 +203,9 @@ def test_two_compiled_models_in_one_process_keep_their_own_code(tiny_hf):
     """The compiled step skips dynamo's guards on the model's modules; a second model of
     another layout (here an int8 head, no head weight of the same name) must still get
     its own compiled code, not the first one's."""
-    runners = [FastRunner(FastLlama.from_hf(tiny_hf, quant="int8", head=head, num_slots=2, max_len=64),
+    runners = [FastRunner(build_fast_llama(tiny_hf, quant="int8", head=head, num_slots=2, max_len=64),
                           compile=True) for head in ("none", "int8")]
-    eager = [FastRunner(FastLlama.from_hf(tiny_hf, quant="int8", head=head, num_slots=2, max_len=64),
+    eager = [FastRunner(build_fast_llama(tiny_hf, quant="int8", head=head, num_slots=2, max_len=64),
                         compile=False) for head in ("none", "int8")]
     for r in runners + eager:
         r.prefill(0, list(range(3, 12)))
@@ -237,8 +239,8 @@ def test_dense_prefill_copy_is_used_for_long_chunks_only(tiny_hf, quant):
     from generator.weights.formats import DENSE_MIN_ROWS
 
     # bf16 activations: the copy stands for exactly what the bf16 kernel computes with.
-    packed = FastLlama.from_hf(tiny_hf, quant=quant, num_slots=1, max_len=64, activations="bf16")
-    dense = FastLlama.from_hf(tiny_hf, quant=quant, num_slots=1, max_len=64, dense_prefill=True,
+    packed = build_fast_llama(tiny_hf, quant=quant, num_slots=1, max_len=64, activations="bf16")
+    dense = build_fast_llama(tiny_hf, quant=quant, num_slots=1, max_len=64, dense_prefill=True,
                               activations="bf16")
     lin_p, lin_d = packed.layers[0].gate_up, dense.layers[0].gate_up
     assert getattr(lin_p, "dense", None) is None
@@ -266,10 +268,10 @@ def test_dense_prefill_copy_is_used_for_long_chunks_only(tiny_hf, quant):
     ("none", "auto", {"DenseLinear": 9}),
 ])
 def test_head_format_is_chosen_apart_from_the_body(tiny_hf, quant, head, kinds):
-    model = FastLlama.from_hf(tiny_hf, quant=quant, head=head, num_slots=1, max_len=32)
+    model = build_fast_llama(tiny_hf, quant=quant, head=head, num_slots=1, max_len=32)
     assert linear_kinds(model) == kinds
     runner = FastRunner(model, compile=False)
     logits = runner.prefill(0, list(range(3, 10)))
     assert logits.shape == (1, VOCAB) and torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="head"):
-        FastLlama.from_hf(tiny_hf, quant=quant, head="int3", num_slots=1, max_len=32)
+        build_fast_llama(tiny_hf, quant=quant, head="int3", num_slots=1, max_len=32)

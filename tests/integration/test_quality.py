@@ -5,11 +5,11 @@ perplexity of a fixed text."""
 import pytest
 import torch
 
-from generator import Engine
+from generator import Engine, kernels
 from generator.eval.likelihood import perplexity, text_logprobs
 from generator.eval.quality import AGREEMENT_PROMPTS, LIKELIHOOD_TEXT, agreement, greedy_ids
-from generator.kernels import ops
-from generator.weights.formats import GGUFQ4Source, Int4Linear, dequantize_q4_1
+from generator.weights.formats import Int4Linear
+from generator.weights.gguf import GGUFQ4Source, dequantize_q4_1
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_int4_perplexity_and_greedy_agreement_bf16_activations(default_engine):
     assert sum(agree) / len(agree) >= 16 and max(agree) == 64, agree
 
 
-@pytest.mark.skipif(not ops.int8_activations(), reason="int8 activations need AVX512_VNNI and our kernels")
+@pytest.mark.skipif(not kernels.int8_activations(), reason="int8 activations need AVX512_VNNI and our kernels")
 def test_int4_perplexity_and_greedy_agreement_int8_activations(default_engine, int4_engine):
     """The default where the CPU has VNNI: inputs of the int4 layers rounded to int8 per
     row and group of 32 (as llama.cpp does for this GGUF). Perplexity stays within 2% of

@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from generator.config import EngineConfig
 from server import Settings, create_app
 from server_harness import CHAT, LiveServer, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401
 
@@ -246,8 +247,8 @@ def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
         release.wait(10)
         return tiny_engine
 
-    monkeypatch.setattr(Engine, "load", staticmethod(slow_load))
-    server = LiveServer(create_app(Settings(model="whatever")), wait_ready=False)
+    monkeypatch.setattr(Engine, "from_config", staticmethod(slow_load))
+    server = LiveServer(create_app(Settings(engine=EngineConfig(model="whatever"))), wait_ready=False)
     try:
         health = httpx.get(server.url + "/health")
         assert health.status_code == 503 and health.json()["status"] == "loading"
@@ -261,8 +262,8 @@ def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
     def broken_load(*args, **kwargs):
         raise OSError("no such model folder")
 
-    monkeypatch.setattr(Engine, "load", staticmethod(broken_load))
-    server = LiveServer(create_app(Settings(model="nowhere")), wait_ready=False)
+    monkeypatch.setattr(Engine, "from_config", staticmethod(broken_load))
+    server = LiveServer(create_app(Settings(engine=EngineConfig(model="nowhere"))), wait_ready=False)
     try:
         assert wait_until(lambda: httpx.get(server.url + "/health").json()["status"] == "error")
         res = httpx.post(server.url + "/v1/completions", json={"prompt": "hi"})

@@ -16,7 +16,7 @@
  * Measured on this 2-core AVX-512 machine (cold caches): 3072x576 at 1 row 40 vs 56 us,
  * at 16 rows 183 vs 352 us.
  *
- * Layout (cpukernel.pack): channels in blocks of 32. codes[b][p] is 32 bytes for the
+ * Layout (generator.kernels.pack): channels in blocks of 32. codes[b][p] is 32 bytes for the
  * input pair p = (2p, 2p + 1): byte j of half h is channel 32b + 16h + j, low nibble
  * input 2p, high nibble input 2p + 1. sz[b][g] is 64 bf16: the 32 scales, then the 32
  * zero points of group g (inputs 32g .. 32g + 31) for the block's channels.
@@ -172,7 +172,7 @@ int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t
  * llama.cpp does for a Q4_1 matmul; vpdpbusd multiplies the unsigned 4-bit codes by
  * xq, four products a lane, 64 an instruction, summed exactly in int32:
  *   sum x (q - 8) s + z sum x  ~=  s d (sum xq q - 8 sum xq) + z sum x
- * (the zero point's term uses the exact float32 sum of x). Layout (cpukernel.pack_q8):
+ * (the zero point's term uses the exact float32 sum of x). Layout (generator.kernels.pack_q8):
  * channels in blocks of 16; codes[b][o] is 64 bytes for the inputs 8o .. 8o + 7: byte i
  * is channel 16b + i / 4, low nibble input 8o + i % 4, high nibble input 8o + 4 + i % 4.
  * sz as the bf16 kernel's. */
@@ -276,7 +276,7 @@ int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint
  * One scale s per output channel, codes q in -127..127 stored as q + 128 (unsigned, for
  * vpdpbusd's unsigned operand), x rounded to int8 per row and group of 32 as above:
  *   y = s sum_g d_g (sum (q + 128) xq - 128 sum xq)
- * Layout (cpukernel.pack_int8_q8): channels in blocks of 16; codes[b][o] is 64 bytes for
+ * Layout (generator.kernels.pack_int8_q8): channels in blocks of 16; codes[b][o] is 64 bytes for
  * the inputs 4o .. 4o + 3: byte i is channel 16b + i / 4, input 4o + i % 4. */
 #define DEFINE_Q8H_TILE(MT)                                                                  \
 static void q8h_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {                        \
@@ -334,7 +334,7 @@ int tf_int8_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint
 
 /* ---- int8, one scale per output channel (the output head) --------------------------
  * y[m, n] = s_n * sum_k x_k q_nk with q in -127..127, exact in bf16. Layout
- * (cpukernel.pack_int8): codes8[b][p] is 64 bytes for input pair p: half h (32 bytes)
+ * (generator.kernels.pack_int8): codes8[b][p] is 64 bytes for input pair p: half h (32 bytes)
  * holds channels 32b + 16h + j as the int8 pair (input 2p, input 2p + 1) at bytes 2j, 2j + 1.
  */
 static inline __m512bh int8x32_to_bf16(const int8_t *p) {

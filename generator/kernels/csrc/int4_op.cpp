@@ -1,7 +1,7 @@
 // tokenflow: the kernels of int4_gemm.c as PyTorch operators: tokenflow::int4_mm, int4_q8_mm,
 // int8_mm, int8_q8_mm, decode_attention, rope_write, rms_norm, silu_mul and greedy_pick. As registered C++ ops they are called from eager code and from
 // the compiled decode step's generated code alike, at the cost of an ATen op (a Python
-// custom op added about 6 us a call, 121 calls a step). Built by cpukernel.py.
+// custom op added about 6 us a call, 121 calls a step). Built by generator/kernels/build.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -40,13 +40,13 @@ at::Tensor run_mm(int (*kernel)(const uint16_t *, int64_t, int64_t, int64_t, con
                   const at::Tensor &x_in, const at::Tensor &codes, const at::Tensor &scales) {
     const at::Tensor x = x_in.contiguous();
     TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x must be a 2-D bf16 tensor");
-    TORCH_CHECK(codes.dim() == 3 && codes.is_contiguous(), "codes must be packed by cpukernel");
+    TORCH_CHECK(codes.dim() == 3 && codes.is_contiguous(), "codes must be packed by generator.kernels.pack*");
     TORCH_CHECK(codes.size(1) * inputs_per_code == x.size(1), "x has ", x.size(1), " inputs, the weight ",
                 codes.size(1) * inputs_per_code);
     at::Tensor y = at::empty({x.size(0), codes.size(0) * block}, x.options());
     TORCH_CHECK(scales.is_contiguous() && scales.scalar_type() == at::kBFloat16 &&
                 (!per_channel || scales.numel() == y.size(1)),
-                per_channel ? "scales must be bf16, one per output channel" : "sz must be packed by cpukernel");
+                per_channel ? "scales must be bf16, one per output channel" : "sz must be packed by generator.kernels.pack*");
     const int rc = kernel(static_cast<const uint16_t *>(x.data_ptr()), x.size(0), x.size(1), y.size(1),
                           static_cast<const Code *>(codes.data_ptr()), static_cast<const uint16_t *>(scales.data_ptr()),
                           static_cast<uint16_t *>(y.data_ptr()));

@@ -1,0 +1,233 @@
+"""One engine configuration: what was asked (``EngineConfig``) and what it settled to
+(``ResolvedConfig``, ``engine.config``).
+
+    config = EngineConfig(quant="int4", num_slots=16)      # "auto" wherever not said
+    resolved = config.resolve(hf_model, gguf_path)          # every "auto" settled, once
+    resolved.summary()  # 'cpu bfloat16 int4 head=int8 activations=int8 kernels=avx512 compile=off slots=16'
+    resolved.as_dict()  # JSON-able: --stats, /health and the benchmarks print it
+
+Each field's metadata carries its help text, its choices and its command-line flag;
+``add_engine_flags(parser)`` and ``EngineConfig.from_args(args)`` are made from them.
+The environment speaks only where a field says ``auto`` (or ``None``):
+``TOKENFLOW_ACTIVATIONS``, ``TOKENFLOW_COMPILE`` and ``TOKENFLOW_INT4_KERNEL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import kernels
+from .loading import ModelLoadError
+from .weights.formats import QUANTS
+
+ACTIVATIONS = ("auto", "bf16", "int8")
+
+
+class EngineConfigError(ModelLoadError, ValueError):
+    """An engine setting with a value it cannot take (a load error and a ValueError both)."""
+
+
+def _opt(help: str, choices: tuple | None = None, flag: str | None = None) -> dict:
+    return {"help": help, "choices": choices, "flag": flag}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's settings as asked for: ``auto`` (or ``None``) where the machine,
+    the model or the environment should decide. See ``Engine.load``."""
+
+    model: str | None = field(default=None, metadata=_opt(
+        "default SmolLM2-135M-Instruct (from PyPI), a local HF folder, a .gguf file, or a hub id", flag="--model"))
+    device: str = field(default="auto", metadata=_opt(
+        "auto (CUDA when present), cpu, cuda, cuda:N", flag="--device"))
+    dtype: str = field(default="auto", metadata=_opt(
+        "auto, float32, bfloat16, float16", flag="--dtype"))
+    quant: str = field(default="auto", metadata=_opt(
+        "weight-only quantization; auto: int4 from the GGUF's Q4_1 blocks on CPU "
+        "when --dtype is auto and the source is such a GGUF, else none. int4/int8 run on "
+        "tokenflow's own AVX512_BF16 kernels where the CPU has them (built on first use, "
+        "~7 s); TOKENFLOW_INT4_KERNEL=aten uses PyTorch's", ("auto", *QUANTS), "--quant"))
+    head: str = field(default="auto", metadata=_opt(
+        "the output head's weights (28M of the model's 135M); auto: int8 with --quant int8/int4 "
+        "(the GGUF stores it in 8 bits), else dense. int4 reads a third fewer bytes per "
+        "token at a small quality cost (see the README's quality table)", ("auto", *QUANTS), "--head"))
+    activations: str = field(default="auto", metadata=_opt(
+        "what the int4 layers and an int8/int4 head multiply their codes by: int8 (the inputs "
+        "rounded per row and group of 32, as llama.cpp does for this GGUF; AVX512_VNNI, 64 "
+        "products an instruction, 1.5x faster at 16 rows) or bf16 (the inputs as they are). "
+        "auto: int8 where the CPU has AVX512_VNNI, else bf16; TOKENFLOW_ACTIVATIONS sets what "
+        "auto means", ACTIVATIONS, "--activations"))
+    dense_prefill: bool = field(default=False, metadata=_opt(
+        "quantized layers keep a bf16 copy of their weights for prompt chunks of 32+ tokens: "
+        "about 2x faster prefill with PyTorch's int kernels, about the same with tokenflow's own "
+        "(+214 MB), at the cost of rounding the weights a second time", flag="--dense-prefill"))
+    compile: bool | None = field(default=None, metadata=_opt(
+        "compile the one-token decode step with torch.compile (also: TOKENFLOW_COMPILE=1); "
+        "faster steps after a compile of several seconds per batch shape", flag="--compile"))
+    num_slots: int = field(default=8, metadata=_opt(
+        "KV-cache slots: rows of one batched step (beams and n > 1 take several)"))
+    max_len: int = field(default=2048, metadata=_opt(
+        "positions per slot (capped by the model's context)"))
+    prefill_chunk: int = field(default=256, metadata=_opt(
+        "most prompt tokens one prefill forward takes"))
+    kernels: str = field(default="auto", metadata=_opt(
+        "auto: tokenflow's own CPU kernels where they run (and TOKENFLOW_INT4_KERNEL=aten is not set); "
+        "aten: PyTorch's, for the whole process", kernels.KERNEL_CHOICES))
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            # activations: resolve_activations checks it (case-blind, and names the variable).
+            if choices and f.name != "activations" and getattr(self, f.name) not in choices:
+                raise EngineConfigError(f"unknown {f.name} {getattr(self, f.name)!r}; choose from {', '.join(choices)}")
+        for name in ("num_slots", "max_len", "prefill_chunk"):
+            if int(getattr(self, name)) < 1:
+                raise EngineConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def replace(self, **changes) -> "EngineConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EngineConfig":
+        """The config of parsed flags (``add_engine_flags``); fields without a flag keep their default."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+    def resolve(self, model, gguf: Path | None = None) -> "ResolvedConfig":
+        """Settle every ``auto`` against this machine and the loaded HF ``model`` (its device
+        and dtype are what loading made of ``device`` and ``dtype``; ``gguf``: the GGUF it
+        came from, if any). Raises ``EngineConfigError`` for a combination that cannot run."""
+        from .model.llama import supports
+        from .weights.gguf import has_q4_1
+
+        param = next(model.parameters())
+        device, fast = param.device, supports(model)
+        quant = self.quant
+        if quant == "auto":
+            # Only the GGUF's own 4-bit codes are lossless w.r.t. the source; re-quantizing
+            # float weights is a second rounding, so a plain HF folder stays in its dtype.
+            lossless = gguf is not None and fast and has_q4_1(gguf)
+            quant = "int4" if (self.dtype == "auto" and device.type == "cpu" and lossless) else "none"
+        if quant == "int4" and device.type != "cpu":
+            raise EngineConfigError(f"quant='int4' runs on CPU only, not {device.type}")
+        if quant != "none" and not fast:
+            raise EngineConfigError(f"quant={quant!r} needs a Llama-architecture model, "
+                                    f"not {model.config.model_type!r}")
+        head = self.head
+        if head == "auto" or not fast:
+            head = "none" if quant == "none" or not fast else "int8"
+        activations = "bf16"
+        if fast:
+            try:
+                asked = resolve_activations(self.activations)
+            except ValueError as exc:
+                raise EngineConfigError(str(exc)) from None
+            # Only int layers (the body's or the head's) multiply by int8 activations.
+            activations = asked if quant != "none" or head != "none" else "bf16"
+        # The int kernels are fast only with bf16 activations on the CPU.
+        dtype = torch.bfloat16 if quant != "none" else param.dtype
+        tier = kernels.status() if device.type == "cpu" else {
+            "tier": "aten", "reason": f"our kernels are CPU-only, not {device.type}"}
+        ctx = int(getattr(model.config, "max_position_embeddings", 2048))
+        return ResolvedConfig(
+            model=self.model, gguf=None if gguf is None else str(gguf), runner="fast" if fast else "hf",
+            device=str(device), dtype=str(dtype).removeprefix("torch."), quant=quant, head=head,
+            activations=activations, dense_prefill=bool(self.dense_prefill),
+            compile=compile_enabled(self.compile) if fast else False, num_slots=int(self.num_slots),
+            max_len=min(int(self.max_len), ctx), prefill_chunk=int(self.prefill_chunk),
+            kernels=tier["tier"], kernels_reason=tier["reason"])
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """An ``EngineConfig`` with every choice made (``engine.config``): what runs."""
+
+    model: str | None  # as asked (None: the default model)
+    gguf: str | None  # the GGUF the weights came from, if any
+    runner: str  # "fast" (our Llama forward) or "hf" (transformers' model, the fallback)
+    device: str
+    dtype: str  # the activations' dtype
+    quant: str
+    head: str
+    activations: str  # what int layers multiply their codes by: bf16 or int8
+    dense_prefill: bool
+    compile: bool
+    num_slots: int
+    max_len: int
+    prefill_chunk: int
+    kernels: str  # "avx512" (ours) or "aten" (PyTorch's)
+    kernels_reason: str
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def as_dict(self) -> dict:
+        """Every field, JSON-able."""
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """One line: ``cpu bfloat16 int4 head=int8 activations=int8 kernels=avx512 compile=off slots=16``."""
+        return (f"{self.device} {self.dtype} {self.quant} head={self.head} activations={self.activations} "
+                f"kernels={self.kernels} compile={'on' if self.compile else 'off'} slots={self.num_slots}")
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """The engine's command-line flags (a "model" group), made from ``EngineConfig``'s fields."""
+    group = parser.add_argument_group("model")
+    for f in dataclasses.fields(EngineConfig):
+        meta = f.metadata
+        if meta["flag"] is None:
+            continue
+        if f.name == "compile":  # three states: on, off, or TOKENFLOW_COMPILE decides
+            group.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
+                               help=meta["help"])
+            group.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+                               help="run the decode step eagerly (the default)")
+        elif f.type in (bool, "bool"):
+            group.add_argument(meta["flag"], dest=f.name, action="store_true", help=meta["help"])
+        else:
+            group.add_argument(meta["flag"], dest=f.name, default=f.default, choices=meta["choices"],
+                               help=meta["help"])
+
+
+def resolve_activations(name: str | None = "auto") -> str:
+    """``bf16`` or ``int8``: what int4 layers multiply their codes by (``Int4Linear``).
+
+    ``auto``: ``$TOKENFLOW_ACTIVATIONS`` when set, else ``int8`` where our VNNI kernel runs
+    (``kernels.int8_activations()``), else ``bf16``. int8 is the arithmetic llama.cpp
+    uses for this GGUF's Q4_1 layers (its Q8_1 activations): 64 products an instruction
+    instead of 32, 1.45x faster at 16 rows here; the README's quality table compares both."""
+    name = (name or "auto").strip().lower()
+    source = "activations"
+    if name == "auto" and os.environ.get("TOKENFLOW_ACTIVATIONS", "").strip():
+        name, source = os.environ["TOKENFLOW_ACTIVATIONS"].strip().lower(), "TOKENFLOW_ACTIVATIONS"
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown {source} {name!r}; choose from {', '.join(ACTIVATIONS)}")
+    if name == "auto":
+        return "int8" if kernels.int8_activations() else "bf16"
+    if name == "int8" and not kernels.int8_activations():
+        raise ValueError("int8 activations need tokenflow's kernels on a CPU with AVX512_VNNI and AVX512_BF16; "
+                         "use activations='bf16'")
+    return name
+
+
+def compile_enabled(flag: bool | None) -> bool:
+    """``flag`` if given, else the ``TOKENFLOW_COMPILE`` switch (off unless ``1``/``true``/``yes``).
+
+    Off by default: compiling costs seconds for every new batch size and cache bucket,
+    more than it saves in a short CLI run or a server whose batch size changes each step.
+    """
+    if flag is not None:
+        return bool(flag)
+    return os.environ.get("TOKENFLOW_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
