@@ -68,7 +68,7 @@ def bench_ours(ids: list[int], args, head: str = "auto") -> tuple[dict, list[int
     head_fmt = type(engine.runner.model.lm_head).__name__.replace("Linear", "").lower() \
         if hasattr(engine.runner.model, "lm_head") else "?"
     res.update(name=f"tokenflow {fmt}, {head_fmt} head{'' if engine.runner.compiled else ', eager'}",
-               head=head_fmt, load_s=load_s, warmup_s=warm_s,
+               head=head_fmt, load_s=load_s, warmup_s=warm_s, engine=engine.config.as_dict(),
                weight_mb=engine.runner.model.weight_bytes() / 1e6 if hasattr(engine.runner.model, "weight_bytes")
                else None)
     return res, tokens

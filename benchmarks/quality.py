@@ -44,7 +44,8 @@ def main() -> None:
         lp, ppl = mean_logprob(logprobs), perplexity(logprobs)
         rows.append(dict(format=name, agreement=agree, mean_agreement=sum(agree) / len(agree),
                          full_matches=sum(a == args.tokens for a in agree), mean_logprob=lp,
-                         perplexity=ppl, seconds=round(time.perf_counter() - t0, 1)))
+                         perplexity=ppl, seconds=round(time.perf_counter() - t0, 1),
+                         engine=engine.config.as_dict()))
         print(f"{name:5s} agreement/{args.tokens} {agree} mean {rows[-1]['mean_agreement']:.1f}  "
               f"ppl {ppl:.3f} (mean logprob {lp:.4f})", flush=True)
         del engine

@@ -79,8 +79,7 @@ async def _load(app: FastAPI, engine) -> None:
         scheduler.start(state.worker_host)
         state.engine = engine
         state.scheduler = scheduler
-        config = getattr(engine, "config", None)  # a test double may have none
-        log.info("model ready: %s", config.summary() if config is not None else engine.device)
+        log.info("model ready: %s (kernels: %s)", engine.config.summary(), engine.config.kernels_reason)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - reported by /health and as 503, never a traceback

@@ -16,6 +16,8 @@ from typing import Any
 
 from decoding import ParamError, SamplingParams
 
+from ..config import EngineConfig, add_engine_flags
+
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
@@ -136,36 +138,16 @@ def _settings(given: dict[str, Any]) -> SamplingParams:
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose the model and how it runs (``Engine.load``'s options)."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default=None,
-                       help="default SmolLM2-135M-Instruct (from PyPI), a local HF folder, a .gguf file, or a hub id")
-    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    group.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    group.add_argument("--quant", default="auto", choices=["auto", "none", "int8", "int4"],
-                       help="weight-only quantization; auto: int4 from the GGUF's Q4_1 blocks on CPU "
-                            "when --dtype is auto and the source is such a GGUF, else none. int4/int8 run on "
-                            "tokenflow's own AVX512_BF16 kernels where the CPU has them (built on first use, "
-                            "~7 s); TOKENFLOW_INT4_KERNEL=aten uses PyTorch's")
-    group.add_argument("--head", default="auto", choices=["auto", "none", "int8", "int4"],
-                       help="the output head's weights (28M of the model's 135M); auto: int8 with --quant int8/int4 "
-                            "(the GGUF stores it in 8 bits), else dense. int4 reads a third fewer bytes per "
-                            "token at a small quality cost (see the README's quality table)")
-    group.add_argument("--activations", default="auto", choices=["auto", "bf16", "int8"],
-                       help="what the int4 layers and an int8/int4 head multiply their codes by: int8 (the inputs "
-                            "rounded per row and group of 32, as llama.cpp does for this GGUF; AVX512_VNNI, 64 "
-                            "products an instruction, 1.5x faster at 16 rows) or bf16 (the inputs as they are). "
-                            "auto: int8 where the CPU has AVX512_VNNI, else bf16; TOKENFLOW_ACTIVATIONS sets what "
-                            "auto means")
-    group.add_argument("--dense-prefill", action="store_true",
-                       help="quantized layers keep a bf16 copy of their weights for prompt chunks of 32+ tokens: "
-                            "about 2x faster prefill with PyTorch's int kernels, about the same with tokenflow's own "
-                            "(+214 MB), at the cost of rounding the weights a second time")
-    group.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
-                       help="compile the one-token decode step with torch.compile (also: TOKENFLOW_COMPILE=1); "
-                            "faster steps after a compile of several seconds per batch shape")
-    group.add_argument("--no-compile", dest="compile", action="store_const", const=False,
-                       help="run the decode step eagerly (the default)")
+    """The flags that choose the model and how it runs: ``EngineConfig``'s, made from its fields."""
+    add_engine_flags(parser)
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``Engine.load``'s keyword arguments from the model flags (validated here, before loading)."""
+    try:
+        return dataclasses.asdict(EngineConfig.from_args(args))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 # -- settings from text -------------------------------------------------------------

@@ -26,7 +26,7 @@ from decoding import SamplingParams
 from ..eval.text import distinct_n, nan_mean, repetition_rate, self_bleu
 from ..eval.likelihood import mean_logprob, perplexity
 from .columns import LiveColumns
-from .common import CLIError, add_model_flags, is_sampling, parse_engine_args, parse_strategy_spec, read_prompts_file
+from .common import CLIError, add_model_flags, engine_options, is_sampling, parse_engine_args, parse_strategy_spec, read_prompts_file
 from .replay import StreamRecorder
 
 # -- running -----------------------------------------------------------------
@@ -277,7 +277,7 @@ def cmd_compare(args) -> int:
     options = parse_engine_args(args.engine_arg)
     from ..engine import Engine  # heavy imports only once the flags are good
 
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, **options)
+    engine = Engine.load(**{**engine_options(args), **options})
 
     from rich.console import Console
 

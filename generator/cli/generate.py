@@ -11,7 +11,7 @@ import time
 from decoding import SamplingParams
 
 from ..eval.timing import stream_timing
-from .common import CLIError, add_model_flags, add_sampling_flags, sampling_params_from_args
+from .common import CLIError, add_model_flags, add_sampling_flags, engine_options, sampling_params_from_args
 
 
 def add_commands(sub) -> None:
@@ -43,9 +43,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.prompt == "-":
         prompt = prompt.rstrip("\n")
-    engine = Engine.load(args.model, device=args.device, dtype=args.dtype, quant=args.quant, compile=args.compile,
-                         head=args.head, dense_prefill=args.dense_prefill, activations=args.activations)
-    if getattr(engine.runner, "compiled", False):
+    engine = Engine.load(**engine_options(args))
+    if args.stats:
+        print(f"[engine] {engine.config.summary()} ({engine.config.kernels_reason})", file=sys.stderr, flush=True)
+    if engine.runner.compiled:
         engine.runner.compile_notice = lambda text: print(f"[compile] {text}", file=sys.stderr, flush=True)
     recorder = _open_recorder(args, engine, prompt, params)
     start = time.perf_counter()

@@ -21,6 +21,8 @@ def test_generate_streams_text_and_stats(tiny_model_dir, tiny_engine):
     expected = tiny_engine.generate_text("Once upon a time", SamplingParams(max_new_tokens=12, ignore_eos=True))
     assert res.stdout == expected + "\n"
     assert "[stats] 12 tokens" in res.stderr and "ttft" in res.stderr and "tok/s" in res.stderr
+    # --stats names what runs: the resolved engine configuration, one line
+    assert "[engine] cpu " in res.stderr and "kernels=" in res.stderr and "slots=" in res.stderr
 
 
 def test_prompt_from_stdin_and_chat(tiny_model_dir):

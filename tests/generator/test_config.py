@@ -23,15 +23,30 @@ def _actions(parser: argparse.ArgumentParser) -> dict:
             for a in parser._actions if a.option_strings and a.dest != "help"}
 
 
-def test_flags_are_the_cli_model_flags():
-    """The flags made from the fields are the ones `tokenflow generate/serve` have today:
-    names, destinations, defaults, choices, kinds and help."""
-    from generator.cli.main import add_model_flags
+# The model flags `tokenflow generate/compare/serve` have always had: flag -> (dest, default, choices).
+MODEL_FLAGS = {
+    "--model": ("model", None, None), "--device": ("device", "auto", None), "--dtype": ("dtype", "auto", None),
+    "--quant": ("quant", "auto", ["auto", "none", "int8", "int4"]),
+    "--head": ("head", "auto", ["auto", "none", "int8", "int4"]),
+    "--activations": ("activations", "auto", ["auto", "bf16", "int8"]),
+    "--dense-prefill": ("dense_prefill", False, None), "--compile": ("compile", None, None),
+    "--no-compile": ("compile", None, None),
+}
 
-    ours, today = argparse.ArgumentParser(), argparse.ArgumentParser()
+
+def test_the_cli_model_flags_are_made_from_the_fields():
+    """`tokenflow generate` and `serve` take their model flags from ``add_engine_flags``:
+    the same names, destinations, defaults and choices as before, with help text."""
+    from generator.cli.main import build_parser
+
+    ours = argparse.ArgumentParser()
     add_engine_flags(ours)
-    add_model_flags(today)
-    assert _actions(ours) == _actions(today)
+    made = {flag: v[:3] for flag, v in _actions(ours).items()}
+    assert made == MODEL_FLAGS
+    assert all(v[5] for v in _actions(ours).values())  # every flag has help
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("generate", "compare"):
+        assert {f: v[:3] for f, v in _actions(sub.choices[command]).items() if f in MODEL_FLAGS} == MODEL_FLAGS
 
 
 def test_from_args_round_trip():
