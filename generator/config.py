@@ -24,7 +24,9 @@ import torch
 
 from . import kernels
 from .loading import ModelLoadError
+from .model.llama import supports
 from .weights.formats import QUANTS
+from .weights.gguf import has_q4_1
 
 ACTIVATIONS = ("auto", "bf16", "int8")
 
@@ -103,9 +105,6 @@ class EngineConfig:
         """Settle every ``auto`` against this machine and the loaded HF ``model`` (its device
         and dtype are what loading made of ``device`` and ``dtype``; ``gguf``: the GGUF it
         came from, if any). Raises ``EngineConfigError`` for a combination that cannot run."""
-        from .model.llama import supports
-        from .weights.gguf import has_q4_1
-
         param = next(model.parameters())
         device, fast = param.device, supports(model)
         quant = self.quant

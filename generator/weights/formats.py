@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import kernels
 from ..kernels import GROUP
+from .gguf import unpack_q4_1
 
 QUANTS = ("none", "int8", "int4")
 # From this many rows on (a prompt chunk), a quantized linear with a dense copy
@@ -183,9 +184,12 @@ class Int4Linear(_PackedLinear):
         """From GGUF Q4_1 bytes ``[N, K / 32 * 20]`` (see ``gguf.unpack_q4_1``): a block's
         ``w = d * q + m`` is the kernel's ``(q - 8) * scale + zero`` with ``scale = d``,
         ``zero = m + 8 d``: the GGUF's own codes, no second rounding of the weights."""
-        from .gguf import unpack_q4_1
+        return cls.from_q4_1_codes(*unpack_q4_1(blocks, n, k), activations)
 
-        codes, d, m = unpack_q4_1(blocks, n, k)
+    @classmethod
+    def from_q4_1_codes(cls, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
+                        activations: str = "bf16") -> "Int4Linear":
+        """From unpacked Q4_1 codes and their per-group ``d`` and ``m`` (``GGUFQ4Source.q4_1``)."""
         return cls(codes, d, m + 8 * d, activations)
 
 

@@ -1,4 +1,4 @@
-"""A GGUF's Q4_1 blocks: read, unpacked and turned into ``Int4Linear`` layers.
+"""A GGUF's Q4_1 blocks: read and unpacked into codes and scales (``Int4Linear`` takes them).
 
 A Q4_1 block is 32 values with a scale ``d`` and a minimum ``m`` (``w = d * q + m``):
 per block f16 ``d``, f16 ``m`` and 16 bytes of codes (low nibbles are values 0..15,
@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ..kernels import GROUP
-from .formats import Int4Linear
 
 
 def unpack_q4_1(blocks: np.ndarray, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,13 +70,11 @@ class GGUFQ4Source:
             data = data[_unpermute_rows(n, heads).numpy()]
         return data, n, k
 
-    def int4(self, layer: int, names: list[str], activations: str = "bf16") -> Int4Linear:
-        """One int4 linear for the rows of several projections stacked (fused q/k/v, gate/up)."""
+    def q4_1(self, layer: int, names: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(codes, d, m)`` of several projections' rows stacked (fused q/k/v, gate/up);
+        ``Int4Linear.from_q4_1_codes`` makes the layer."""
         parts = [unpack_q4_1(*self.blocks(layer, name)) for name in names]
-        codes = torch.cat([p[0] for p in parts])
-        d = torch.cat([p[1] for p in parts])
-        m = torch.cat([p[2] for p in parts])
-        return Int4Linear(codes, d, m + 8 * d, activations)  # see Int4Linear.from_q4_1
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
 
 
 def has_q4_1(path: Path) -> bool:
