@@ -47,3 +47,29 @@ def int_tuple(name: str, values: Any) -> tuple[int, ...]:
     for t in out:
         check_int(name, t, low=0)
     return out
+
+
+def value_from_text(kind: str, text: str) -> Any:
+    """One settings value from text, read by its field's annotation ``kind`` (as
+    ``dataclasses.fields(SamplingParams)`` spells it; for a list field, the element):
+    ``none``/``null`` where the field may be unset; booleans from true/false, 1/0,
+    yes/no, on/off (a ``bool | str`` field keeps any other word, e.g. ``never``, for
+    ``SamplingParams`` to judge); integers; numbers; else the text itself. Every text
+    channel (CLI flags, strategy specs, ``/api/stream``'s query) reads values here.
+    ``ValueError`` when the text does not read as the type."""
+    low = text.strip().lower()
+    if "None" in kind and low in ("none", "null"):
+        return None
+    if kind.startswith("bool"):
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        if kind.startswith("bool | str"):
+            return text.strip()
+        raise ValueError(text)
+    if kind.startswith(("int", "tuple[int")):
+        return int(text)
+    if kind.startswith("float"):
+        return float(text)
+    return text

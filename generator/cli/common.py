@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from decoding import ParamError, SamplingParams
+from decoding.checks import value_from_text
 
 from ..config import EngineConfig, add_engine_flags
 
@@ -47,9 +48,6 @@ def field_value(name: str, text: str) -> Any:
     naming the field; ``SamplingParams`` checks the bounds.
     """
     kind = str(_FIELDS[name].type)
-    low = text.strip().lower()
-    if "None" in kind and low in ("none", "null"):
-        return None
     try:
         if kind.startswith("dict[int"):
             key, sep, value = text.partition("=")
@@ -58,21 +56,9 @@ def field_value(name: str, text: str) -> Any:
             return int(key), float(value)
         if kind.startswith("tuple[tuple[int"):
             return tuple(int(part) for part in text.split(","))
-        if kind.startswith("tuple[int") or kind.startswith("int"):
-            return int(text)
-        if kind.startswith("float"):
-            return float(text)
-        if kind.startswith("bool"):
-            if low in ("true", "1", "yes"):
-                return True
-            if low in ("false", "0", "no"):
-                return False
-            if kind == "bool | str" and low == "never":
-                return "never"
-            raise ValueError
+        return value_from_text(kind, text)
     except ValueError:
         raise ParamError(name, f"expected {_EXPECTED.get(kind.removesuffix(' | None'), kind)}, got {text!r}") from None
-    return text  # str and tuple[str, ...]: the text as it is
 
 
 _EXPECTED = {

@@ -12,6 +12,7 @@ import dataclasses
 import json
 
 from decoding import ParamError, SamplingParams
+from decoding.checks import value_from_text
 
 from ..errors import APIError, from_param_error
 
@@ -60,20 +61,4 @@ def _convert(kind: str, values: list[str]):
     if kind.startswith("tuple["):
         cast = int if kind.startswith("tuple[int") else str
         return tuple(cast(v) for part in values for v in ([part] if cast is str else part.split(",")) if v != "")
-    text = values[-1]
-    if text.lower() in ("none", "null") and "None" in kind:
-        return None
-    if kind.startswith("bool"):
-        low = text.lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        if "str" in kind:
-            return text  # early_stopping: bool | str ("never")
-        raise ValueError(text)
-    if kind.startswith("int"):
-        return int(text)
-    if kind.startswith("float"):
-        return float(text)
-    return text
+    return value_from_text(kind, values[-1])

@@ -47,3 +47,19 @@ def test_aliases_resolve_to_canonical_names():
 def test_temperature_zero_is_greedy():
     assert SamplingParams(strategy="sample", temperature=0.0).is_greedy
     assert not SamplingParams(strategy="sample", temperature=0.5).is_greedy
+
+
+def test_value_from_text_reads_by_the_field_type():
+    """The one text -> value reading every text channel shares (flags, specs, query)."""
+    from decoding.checks import value_from_text
+
+    assert value_from_text("int", "50") == 50 and value_from_text("tuple[int, ...]", "7") == 7
+    assert value_from_text("float", "0.25") == 0.25
+    assert [value_from_text("bool", w) for w in ("true", "1", "yes", "ON", "false", "0", "no", "off")] == \
+        [True] * 4 + [False] * 4
+    assert value_from_text("bool | str", "never") == "never"  # SamplingParams judges the word
+    assert value_from_text("int | None", "none") is None and value_from_text("str", "none") == "none"
+    assert value_from_text("tuple[str, ...]", " a ") == " a "  # text stays as it is
+    for kind, text in (("int", "1.5"), ("float", "x"), ("bool", "maybe")):
+        with pytest.raises(ValueError):
+            value_from_text(kind, text)
