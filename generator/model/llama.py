@@ -17,8 +17,6 @@ attention) closely enough that greedy and beam ids match ``generate()``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
@@ -26,9 +24,6 @@ from .. import kernels
 from ..weights.formats import HEAD_DENSE_MIN_ROWS, DenseLinear, Int4Linear, Int8Linear, make_linear
 from ..weights.gguf import GGUFQ4Source
 from .attention import cached_attention
-
-if TYPE_CHECKING:
-    from ..config import ResolvedConfig
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 
@@ -92,9 +87,9 @@ class FastLlama(nn.Module):
 
     # -- building -----------------------------------------------------------
     @classmethod
-    def from_hf(cls, model, config: "ResolvedConfig") -> "FastLlama":
-        """Take the weights of an HF ``LlamaForCausalLM`` in the formats ``config`` settled
-        (``EngineConfig.resolve``): ``quant`` for the body (with ``int4`` and a GGUF whose
+    def from_hf(cls, model, config) -> "FastLlama":
+        """Take the weights of an HF ``LlamaForCausalLM`` in the formats ``config`` (a
+        ``generator.config.ResolvedConfig``, which imports this module) settled: ``quant`` for the body (with ``int4`` and a GGUF whose
         projections are Q4_1, the int4 codes come from the GGUF's blocks), ``head`` for the
         output head (int8 under ``auto``: the GGUF keeps it in 8 bits, Q8_0), ``activations``
         for what int layers multiply by, and ``dense_prefill``: quantized layers also keep a
