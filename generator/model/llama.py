@@ -108,7 +108,7 @@ class FastLlama(nn.Module):
 
             def linear(names: list[str]) -> nn.Module:
                 if gguf is not None and all(gguf.has_q4_1(i, n) for n in names):
-                    return Int4Linear.from_q4_1_codes(*gguf.q4_1(i, names), acts)
+                    return Int4Linear.from_q4_1_codes(*gguf.stacked_codes(i, names), acts)
                 w = torch.cat([sd[p + n + ".weight"] for n in names])
                 # int8 activations for int4 layers only: with int8 weights quantized here from
                 # float, greedy agreement with float32 halved (README, quality table).

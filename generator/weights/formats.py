@@ -189,7 +189,7 @@ class Int4Linear(_PackedLinear):
     @classmethod
     def from_q4_1_codes(cls, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
                         activations: str = "bf16") -> "Int4Linear":
-        """From unpacked Q4_1 codes and their per-group ``d`` and ``m`` (``GGUFQ4Source.q4_1``)."""
+        """From unpacked Q4_1 codes and their per-group ``d`` and ``m`` (``GGUFQ4Source.stacked_codes``)."""
         return cls(codes, d, m + 8 * d, activations)
 
 

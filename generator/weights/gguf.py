@@ -70,7 +70,7 @@ class GGUFQ4Source:
             data = data[_unpermute_rows(n, heads).numpy()]
         return data, n, k
 
-    def q4_1(self, layer: int, names: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def stacked_codes(self, layer: int, names: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(codes, d, m)`` of several projections' rows stacked (fused q/k/v, gate/up);
         ``Int4Linear.from_q4_1_codes`` makes the layer."""
         parts = [unpack_q4_1(*self.blocks(layer, name)) for name in names]
