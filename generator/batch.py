@@ -319,8 +319,10 @@ class BatchGenerator:
 
     def _sample_step(self, rows: list[_Row], logits_of: dict[int, torch.Tensor],
                      whole: torch.Tensor | None, failed: dict[int, Exception]) -> list[tuple[int, TokenEvent]]:
-        # Wound back if the batch's call fails: it may have drawn for some rows already.
-        saved = [r.state.generator.get_state() for r in rows] if len(rows) > 1 else None
+        # Wound back if the batch's call fails: it may have drawn for some rows already
+        # (greedy rows never draw: nothing to keep for them).
+        saved = [None if r.params.is_greedy else r.state.generator.get_state() for r in rows] \
+            if len(rows) > 1 else None
         try:
             if self._sampler is None or self._sampler_rows != rows:
                 # Rows joined or left: a new sampler over the same row states (history, generators).
@@ -337,7 +339,8 @@ class BatchGenerator:
                 failed[rows[0].handle] = exc
                 return []
             for r, state in zip(rows, saved):
-                r.state.generator.set_state(state)
+                if state is not None:
+                    r.state.generator.set_state(state)
             # A row's draw never depends on its batch-mates, so alone each draws the same token.
             events = [ev for r in rows for ev in self._sample_step([r], logits_of, None, failed)]
             self._sampler = None  # the next step builds one over the rows left

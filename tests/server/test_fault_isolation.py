@@ -79,6 +79,33 @@ def test_a_failing_link_fails_only_its_row(tiny_engine, monkeypatch):
     assert tiny_engine.free_slots == tiny_engine.runner.num_slots
 
 
+def test_a_failing_beam_search_fails_only_its_row(tiny_engine, monkeypatch):
+    from decoding.beam import BeamSearch
+
+    real = BeamSearch.step
+
+    def step(self, log_probs):  # the 3-beam search fails on its third step; the 2-beam one runs
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.num_beams == 3 and self.calls == 3:
+            raise RuntimeError("injected beam failure")
+        return real(self, log_probs)
+
+    monkeypatch.setattr(BeamSearch, "step", step)
+    batch = tiny_engine.batch()
+    ok_beam = SamplingParams(strategy="beam", num_beams=2, max_new_tokens=6, ignore_eos=True)
+    sampled = SamplingParams(strategy="sample", seed=7, max_new_tokens=6, ignore_eos=True)
+    handles = [batch.add(GOOD, ok_beam), batch.add(GOOD, SamplingParams(strategy="beam", num_beams=3,
+                                                                        max_new_tokens=6, ignore_eos=True)),
+               batch.add(GOOD, sampled)]
+    out = _run_all(batch, handles)
+    assert isinstance(out[handles[1]][-1], RuntimeError)
+    assert not any(isinstance(ev, Exception) for h in (handles[0], handles[2]) for ev in out[h])
+    monkeypatch.setattr(BeamSearch, "step", real)
+    for h, p in ((handles[0], ok_beam), (handles[2], sampled)):
+        assert [ev.token_id for ev in out[h]] == _alone(tiny_engine, p)
+    assert tiny_engine.free_slots == tiny_engine.runner.num_slots
+
+
 def test_a_row_that_cannot_be_set_up_fails_alone_when_it_joins(tiny_engine):
     """Bypassing the server's intake: the sampler's columns are built for the new row alone
     in ``add``, so it is refused there and never reaches the batch's next setup."""
