@@ -133,7 +133,7 @@ class Intake:
                     raise APIError(400, f"{field}: token id {bad[0]} is outside the vocabulary [0, {vocab})",
                                    param=field, code="invalid_value")
         beam = params[0].resolved_strategy.selector.is_beam
-        if beam and len(params) > 1:
+        if beam and (len(params) > 1 or params[0].n > 1):  # n on /api/stream is the field itself
             raise APIError(400, "n: beam search yields one sequence; use n=1 (num_beams sets the beams)",
                            param="n", code="invalid_value")
         if beam and params[0].num_beams > slots:

@@ -179,5 +179,8 @@ def test_settings_that_used_to_fail_after_validation_are_400_over_http(tiny_engi
     assert res.status_code == 400 and res.json()["error"]["param"] == "length_penalty"
     res = post("/v1/completions", {"prompt": "\ud800", "max_tokens": 4})
     assert res.status_code == 400 and res.json()["error"]["param"] == "prompt"
+    res = httpx.get(server.url + "/api/stream", params={"prompt": "x", "max_new_tokens": 4, "strategy": "beam",
+                                                        "num_beams": 2, "n": 2})
+    assert res.status_code == 400 and res.json()["error"]["param"] == "n"
     res = httpx.get(server.url + "/api/stream", params={"prompt": "x", "max_new_tokens": 4, "logit_bias": f'{{"{vocab}": 1}}'})
     assert res.status_code == 400 and res.json()["error"]["param"] == "logit_bias"
