@@ -6,6 +6,13 @@ import math
 from typing import Any
 
 
+# The most any integer setting may be: every int field may become a torch.long column
+# (top_k, n-gram sizes, token ids, ...), so a value that overflows int64 would fail inside
+# the worker, at batch setup, and take the batch down with it. 2**31 - 1 is far above any
+# vocabulary or length a model has, and is what a C int (most kernels' index) holds.
+INT_MAX = 2**31 - 1
+
+
 class ParamError(ValueError):
     """A bad sampling setting. ``field`` names the offending parameter."""
 
@@ -45,7 +52,7 @@ def int_tuple(name: str, values: Any) -> tuple[int, ...]:
     except TypeError:
         raise ParamError(name, f"must be a list of token ids, got {values!r}") from None
     for t in out:
-        check_int(name, t, low=0)
+        check_int(name, t, low=0, high=INT_MAX)
     return out
 
 

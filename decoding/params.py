@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from . import catalogue, registry  # noqa: F401  (catalogue: the built-in links declare their fields)
-from .checks import ParamError, check_int, check_number, int_tuple
+from .checks import INT_MAX, ParamError, check_int, check_number, int_tuple
 from .links.base import NO_OFF, Param
 from .registry import Strategy, history, resolve, strategies
 from .selectors import ARGMAX
@@ -65,7 +65,10 @@ class SamplingParams:
     # repetition_penalty, ..., dry_*): see decoding/catalogue.py and links/.
     seed: int | None = _f(None, "seed of this request's own random generator", low=0, high=2**63 - 1)
     num_beams: int | None = _f(None, "beams for strategy 'beam' (default 4 there, else 1)", low=1)
-    length_penalty: float = _f(1.0, "beam score = logprob sum / length ** length_penalty")
+    # Bounded: length ** 1e308 is inf and the scores turn NaN inside the worker; transformers'
+    # useful range is about -2..2, so [-10, 10] leaves room without letting a score overflow.
+    length_penalty: float = _f(1.0, "beam score = logprob sum / length ** length_penalty (-10..10)",
+                               low=-10.0, high=10.0)
     early_stopping: bool | str = _f(False, "beam: true, false or 'never' (as transformers)")
     stop: tuple[str, ...] = _f((), "stop when this text appears (repeatable); it is not shown")
     stop_token_ids: tuple[int, ...] = _f((), "stop after this token id (repeatable)")
@@ -207,7 +210,8 @@ def _check_field(params: SamplingParams, name: str) -> None:
     meta = _META[name]
     value = getattr(params, name)
     if _TYPES[name].startswith("int"):
-        check_int(name, value, meta["low"], meta["high"])
+        # no int field is unbounded above: each may become a torch.long column (checks.INT_MAX)
+        check_int(name, value, meta["low"], INT_MAX if meta["high"] is None else meta["high"])
     else:
         check_number(name, value, meta["low"], meta["high"], meta["low_open"], meta["high_open"])
 

@@ -167,6 +167,12 @@ class BatchSampler:
         self.history = [link for link in history() if any(link.is_on(p) for p in self.params)]
         self._history_chain: list[tuple[Link, object]] | None = None  # built on the first call (needs V)
 
+    def prepare(self, vocab: int) -> None:
+        """Build every row's columns now, for a vocabulary of ``vocab`` (else the first call
+        does): a row that cannot be set up raises here (a scheduler checks a row this way,
+        alone, before it joins a batch)."""
+        self._build(vocab)
+
     def _build(self, vocab: int) -> None:
         batch = Batch(self.device, vocab, self.eos_token_ids)
         self._history_chain = [(link, link.columns(self.rows, batch)) for link in self.history]

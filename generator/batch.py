@@ -21,6 +21,14 @@ copied to ``n`` rows, each with its own seeded generator.
 Each sampled row's ``RowState`` (history, generator, mirostat state) outlives
 the ``BatchSampler``, which is rebuilt only when rows join or leave; so a
 row's tokens under a seed do not depend on the other rows.
+
+One row's failure never ends its batch-mates. A row whose sampler columns
+cannot be built fails in ``add_group``, alone, before it joins. Inside a step,
+a failing forward is retried in halves until the row(s) that make it fail are
+found, a failing sampler call is redone one row at a time (each row's
+generator wound back first, so the others draw what they would have drawn),
+and a beam step fails only its search: the culprit's handle comes back with
+the exception instead of an event, its slots already free.
 """
 
 from __future__ import annotations
@@ -145,8 +153,20 @@ class BatchGenerator:
                 row.slot_t = torch.tensor(row_slots, device=self.device)
             else:
                 row.state = RowState(p, make_generator(p.seed, self.device), ids, self.device)
-            self.rows[row.handle] = row
             rows.append(row)
+        states = [r.state for r in rows if r.state is not None]
+        try:
+            if states:
+                # The rows' sampler columns, built alone now: a row that cannot be set up
+                # (an id outside the vocabulary, a value no column holds) fails here, not
+                # at the batch's next setup, where it would take every other row with it.
+                BatchSampler.from_rows(states, self.device, self.engine.eos_token_ids).prepare(
+                    self.engine.model.config.vocab_size)
+        except Exception:
+            self.runner.release(slots)
+            raise
+        for row in rows:
+            self.rows[row.handle] = row
         self._prefills.append(_Prefill(ids, rows, targets=list(slots)))
         return [r.handle for r in rows]
 
@@ -177,28 +197,34 @@ class BatchGenerator:
         self.runner.release(row.slots)
 
     # -- the step -----------------------------------------------------------
-    def step(self) -> list[tuple[int, TokenEvent]]:
+    def step(self) -> list[tuple[int, TokenEvent | Exception]]:
         """Advance every row by one token: ``(handle, TokenEvent)`` pairs, in batch order.
-        A beam row may yield several events at once (its settled tokens)."""
+        A beam row may yield several events at once (its settled tokens). A row that made
+        the step fail yields ``(handle, exception)`` once and is gone (module docstring)."""
+        failed: dict[int, Exception] = {}
+        events = self._step(failed)
+        for handle in failed:
+            self.cancel(handle)  # its slots back now
+        return events + list(failed.items())
+
+    def _step(self, failed: dict[int, Exception]) -> list[tuple[int, TokenEvent]]:
         running = [r for r in self.rows.values() if r.ready]
-        fresh = self._prefill_some(budget=self.prefill_budget if running else None)
-        if not running and not fresh:
-            return []
+        fresh = self._prefill_some(self.prefill_budget if running else None, failed)
         # One forward over every running row, each at its own position.
-        slots = [s for r in running for s in r.slots]
         logits_of: dict[int, torch.Tensor] = {}
         logits = None
         if running:
-            if any(r.search is not None for r in running):
-                tokens = torch.cat([r.next_tokens if r.search is not None
-                                    else torch.tensor([r.next_token], device=self.device) for r in running])
-            else:  # sampled rows only: their ids are host ints already, one small copy
-                tokens = torch.tensor([r.next_token for r in running], device=self.device)
-            logits = self.runner.decode(slots, tokens)
-            at = 0
-            for r in running:
-                logits_of[r.handle] = logits[at: at + len(r.slots)]
-                at += len(r.slots)
+            pieces = self._decode(running, failed)
+            running = [r for rows, _ in pieces for r in rows]
+            logits = pieces[0][1] if len(pieces) == 1 else None
+            for rows, piece in pieces:
+                at = 0
+                for r in rows:
+                    logits_of[r.handle] = piece[at: at + len(r.slots)]
+                    at += len(r.slots)
+        if not running and not fresh:
+            return []
+        slots = [s for r in running for s in r.slots]
         for r, first in fresh:
             logits_of[r.handle] = first.expand(len(r.slots), -1)
             r.ready = True
@@ -210,13 +236,34 @@ class BatchGenerator:
             # Every row a sampled one that ran the decode: its logits are the batch's, in order
             # (no per-row slices put back together: 16 x 49152 floats, 80 us).
             whole = logits if not fresh and len(sampled) == len(running) == len(slots) else None
-            events += self._sample_step(sampled, logits_of, whole)
+            events += self._sample_step(sampled, logits_of, whole, failed)
         for r in rows:
             if r.search is not None:
-                events += [(r.handle, ev) for ev in self._beam_step(r, logits_of[r.handle])]
+                try:
+                    events += [(r.handle, ev) for ev in self._beam_step(r, logits_of[r.handle])]
+                except Exception as exc:  # noqa: BLE001 - one search's failure is its own
+                    failed[r.handle] = exc
         return events
 
-    def _prefill_some(self, budget: int | None) -> list[tuple[_Row, torch.Tensor]]:
+    def _decode(self, rows: list[_Row], failed: dict[int, Exception]) -> list[tuple[list[_Row], torch.Tensor]]:
+        """The forward over ``rows``: ``[(rows, logits)]``. When it raises, each half is run on
+        its own (the runner moves a slot's position only after a forward succeeds, so a
+        retry writes the same positions), down to the row(s) that fail, which go to ``failed``."""
+        if any(r.search is not None for r in rows):
+            tokens = torch.cat([r.next_tokens if r.search is not None
+                                else torch.tensor([r.next_token], device=self.device) for r in rows])
+        else:  # sampled rows only: their ids are host ints already, one small copy
+            tokens = torch.tensor([r.next_token for r in rows], device=self.device)
+        try:
+            return [(rows, self.runner.decode([s for r in rows for s in r.slots], tokens))]
+        except Exception as exc:  # noqa: BLE001 - found and failed alone below
+            if len(rows) == 1:
+                failed[rows[0].handle] = exc
+                return []
+            half = len(rows) // 2
+            return self._decode(rows[:half], failed) + self._decode(rows[half:], failed)
+
+    def _prefill_some(self, budget: int | None, failed: dict[int, Exception]) -> list[tuple[_Row, torch.Tensor]]:
         """Write waiting prompts, at most ``budget`` tokens (``None``: all of them);
         return the rows whose prompt is complete, with the last position's logits.
         Each round writes the next chunk of every waiting prompt that fits, all in one
@@ -232,9 +279,7 @@ class BatchGenerator:
                     take = min(take, budget)
                     budget -= take
                 group.append((pf, take))
-            logits = self.runner.prefill_many([pf.slot for pf, _ in group],
-                                              [pf.ids[pf.written: pf.written + take] for pf, take in group],
-                                              [pf.written for pf, _ in group])
+            group, logits = self._prefill_group(group, failed)
             for i, (pf, take) in enumerate(group):
                 pf.written += take
                 if pf.written < len(pf.ids):
@@ -250,17 +295,56 @@ class BatchGenerator:
                 fresh += [(r, logits[i: i + 1]) for r in pf.rows]
         return fresh
 
+    def _prefill_group(self, group: list[tuple[_Prefill, int]], failed: dict[int, Exception]):
+        """One forward writing the next chunk of each prompt of ``group``: ``(group, logits)``
+        over the prompts that succeeded. When it raises, each prompt is written alone (a
+        retry writes from the same start) and a prompt that fails alone fails its rows."""
+        try:
+            return group, self.runner.prefill_many([pf.slot for pf, _ in group],
+                                                   [pf.ids[pf.written: pf.written + take] for pf, take in group],
+                                                   [pf.written for pf, _ in group])
+        except Exception as exc:  # noqa: BLE001 - found and failed alone below
+            if len(group) == 1:
+                pf = group[0][0]
+                self._prefills.remove(pf)  # step() cancels its rows, which frees every target slot
+                failed.update((r.handle, exc) for r in pf.rows)
+                return [], None
+        ok, parts = [], []
+        for one in group:
+            done, logits = self._prefill_group([one], failed)
+            if done:
+                ok += done
+                parts.append(logits)
+        return ok, torch.cat(parts) if parts else None
+
     def _sample_step(self, rows: list[_Row], logits_of: dict[int, torch.Tensor],
-                     whole: torch.Tensor | None = None) -> list[tuple[int, TokenEvent]]:
-        if self._sampler is None or self._sampler_rows != rows:
-            # Rows joined or left: a new sampler over the same row states (history, generators).
-            self._sampler = BatchSampler.from_rows([r.state for r in rows], self.device,
-                                                   self.engine.eos_token_ids, greedy_pick=self.greedy_pick)
-            self._sampler_rows = rows
-        logits = whole if whole is not None else torch.cat([logits_of[r.handle] for r in rows])
-        out = self._sampler(logits)
-        # The one device-to-host read of the step: every row's chosen id and its logprob.
-        host = torch.stack((out.token_ids.double(), out.logprobs.double()), 1).tolist()
+                     whole: torch.Tensor | None, failed: dict[int, Exception]) -> list[tuple[int, TokenEvent]]:
+        # Wound back if the batch's call fails: it may have drawn for some rows already
+        # (greedy rows never draw: nothing to keep for them).
+        saved = [None if r.params.is_greedy else r.state.generator.get_state() for r in rows] \
+            if len(rows) > 1 else None
+        try:
+            if self._sampler is None or self._sampler_rows != rows:
+                # Rows joined or left: a new sampler over the same row states (history, generators).
+                self._sampler = BatchSampler.from_rows([r.state for r in rows], self.device,
+                                                       self.engine.eos_token_ids, greedy_pick=self.greedy_pick)
+                self._sampler_rows = rows
+            logits = whole if whole is not None else torch.cat([logits_of[r.handle] for r in rows])
+            out = self._sampler(logits)
+            # The one device-to-host read of the step: every row's chosen id and its logprob.
+            host = torch.stack((out.token_ids.double(), out.logprobs.double()), 1).tolist()
+        except Exception as exc:  # noqa: BLE001 - one row at a time finds the culprit
+            self._sampler = None
+            if saved is None:
+                failed[rows[0].handle] = exc
+                return []
+            for r, state in zip(rows, saved):
+                if state is not None:
+                    r.state.generator.set_state(state)
+            # A row's draw never depends on its batch-mates, so alone each draws the same token.
+            events = [ev for r in rows for ev in self._sample_step([r], logits_of, None, failed)]
+            self._sampler = None  # the next step builds one over the rows left
+            return events
         ids = [int(t) for t, _ in host]
         self._sampler.accept(ids)
         top_ids = top_lps = None

@@ -170,6 +170,8 @@ class Engine:
         try:
             while batch.active:
                 for handle, ev in batch.step():
+                    if isinstance(ev, Exception):  # this request's own failure (see BatchGenerator.step)
+                        raise ev
                     yield index[handle], ev
         finally:
             for h in handles:

@@ -5,12 +5,15 @@
     ids = intake.encode(prompt, chat, field="prompt")  # 400: bad, too long, no room
     max_new = intake.default_max_tokens(ids)         # what the context has left
     intake.check_room(ids, params.max_new_tokens, "max_tokens")
-    group = intake.submit(ids, [params, ...])        # 429: the queue is full
+    group = intake.submit(ids, [params, ...])        # 400: settings the model cannot run; 429: queue full
 
 Every limit a request meets lives here: the model name, the prompt's encoding
 and length (``max_prompt_tokens``), prompt + output against the context (the
 model's, or ``max_total_tokens`` when smaller), the default ``max_tokens`` and
-the waiting queue. ``require_api_key`` (a FastAPI dependency) guards the routes.
+the waiting queue; and the settings against the model (token ids inside its
+vocabulary, beams and ``n`` within its KV-cache slots), which ``SamplingParams``
+cannot check: it does not know the model. A setting the worker cannot run would
+otherwise fail at batch setup, inside the worker. ``require_api_key`` (a FastAPI dependency) guards the routes.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class Intake:
     def encode(self, prompt, chat: bool, field: str) -> list[int]:
         """The prompt's token ids; 400 (naming ``field``) when it cannot be encoded, is
         longer than ``max_prompt_tokens``, or leaves no room in the context."""
+        _check_text(prompt, field)
         try:
             ids = self.engine.encode(prompt, chat=chat)
         except ParamError as exc:
@@ -104,10 +108,52 @@ class Intake:
                            param=param, code="context_length_exceeded")
 
     def submit(self, ids: list[int], params: list[SamplingParams]) -> JobGroup:
-        """Queue one job per entry of ``params`` (all or none); 429 when the queue is full."""
+        """Queue one job per entry of ``params`` (all or none); 400 when the model cannot
+        run them (``check_params``), 429 when the queue is full."""
+        self.check_params(params)
         try:
             return self.scheduler.submit([(ids, p) for p in params])
         except SchedulerFull as exc:
             retry = str(self.settings.retry_after_s)
             raise APIError(429, f"the server is busy: {exc}; retry after {retry} s", code="queue_full",
                            headers={"Retry-After": retry}) from None
+
+    def check_params(self, params: list[SamplingParams]) -> None:
+        """400 (naming the field) for settings that passed ``SamplingParams`` but that this
+        model cannot run: token ids outside its vocabulary, more beams or rows than it has
+        KV-cache slots (such a request would wait in the queue for room that never comes),
+        beam search with ``n`` > 1 (one search yields one sequence)."""
+        vocab = self.engine.model.config.vocab_size
+        slots = self.engine.runner.num_slots
+        for p in params:
+            for field, ids in (("logit_bias", p.logit_bias), ("bad_words_ids", [t for seq in p.bad_words_ids
+                                                                                for t in seq])):
+                bad = [t for t in ids if t >= vocab]
+                if bad:
+                    raise APIError(400, f"{field}: token id {bad[0]} is outside the vocabulary [0, {vocab})",
+                                   param=field, code="invalid_value")
+        beam = params[0].resolved_strategy.selector.is_beam
+        if beam and (len(params) > 1 or params[0].n > 1):  # n on /api/stream is the field itself
+            raise APIError(400, "n: beam search yields one sequence; use n=1 (num_beams sets the beams)",
+                           param="n", code="invalid_value")
+        if beam and params[0].num_beams > slots:
+            raise APIError(400, f"num_beams: at most {slots} (this server's KV-cache slots), "
+                                f"got {params[0].num_beams}", param="num_beams", code="invalid_value")
+        if len(params) > slots:
+            raise APIError(400, f"n: at most {slots} (this server's KV-cache slots), got {len(params)}",
+                           param="n", code="invalid_value")
+
+
+def _check_text(prompt, field: str) -> None:
+    """400 naming ``field`` when a text of the prompt is not valid Unicode (a lone surrogate
+    such as ``"\\ud800"`` passes JSON but the tokenizer raises a TypeError on it)."""
+    texts = [prompt] if isinstance(prompt, str) else []
+    if isinstance(prompt, list):
+        texts += [v for m in prompt if isinstance(m, dict) for v in m.values() if isinstance(v, str)]
+        texts += [t for t in prompt if isinstance(t, str)]
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise APIError(400, f"{field}: not valid Unicode text (a lone surrogate at character {exc.start})",
+                           param=field, code="invalid_value") from None

@@ -170,7 +170,10 @@ class Scheduler:
                 continue
             try:
                 results = self.step(self.active)
-            except Exception as exc:  # noqa: BLE001 - a failed step fails every job in it, not the server
+            except Exception as exc:  # noqa: BLE001 - never the server
+                # The batch fails only the row at fault (its step hands back (handle, exception)
+                # and finds the row by retrying without it); what still raises here is outside
+                # every row, so the step's jobs end with it rather than the worker.
                 results = [(job, exc) for job in self.active]
             for job, result in results:
                 self._deliver(job, result)

@@ -164,3 +164,56 @@ def wait_until(predicate, timeout=10.0, interval=0.01) -> bool:
             return False
         time.sleep(interval)
     return True
+
+
+class FaultEngine:
+    """Wraps an Engine so that the forward fails for one chosen request (fault injection):
+    the request whose prompt holds token id ``marker``. ``where="prefill"`` fails the
+    forward that writes its prompt; ``where="decode"`` lets the prompt in and fails every
+    later decode that includes its slot. Wrap it in ``StepEngine`` to slow the steps."""
+
+    def __init__(self, engine, marker: int, where: str = "decode"):
+        self._engine = engine
+        self.marker = marker
+        self.where = where
+        self.runner = _FaultRunner(engine.runner, self)  # one proxy: a batch keeps its runner
+        self.failures = 0  # forwards that raised
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def batch(self, prefill_budget=None):
+        from generator.batch import BatchGenerator
+
+        return BatchGenerator(self, prefill_budget)
+
+
+class _FaultRunner:
+    def __init__(self, runner, owner: FaultEngine):
+        self._runner = runner
+        self._owner = owner
+        self.poisoned: set[int] = set()  # slots that hold the marked prompt
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def _fail(self):
+        self._owner.failures += 1
+        raise RuntimeError("injected forward failure")
+
+    def prefill_many(self, slots, id_lists, starts):
+        for slot, ids in zip(slots, id_lists):
+            if self._owner.marker in list(ids):
+                if self._owner.where == "prefill":
+                    self._fail()
+                self.poisoned.add(int(slot))
+        return self._runner.prefill_many(slots, id_lists, starts)
+
+    def decode(self, slots, token_ids):
+        if self._owner.where == "decode" and self.poisoned & {int(s) for s in slots}:
+            self._fail()
+        return self._runner.decode(slots, token_ids)
+
+    def release(self, slots):
+        self.poisoned -= {int(s) for s in slots}
+        return self._runner.release(slots)

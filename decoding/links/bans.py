@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import transforms
-from ..checks import ParamError, check_int, check_number, int_tuple
+from ..checks import INT_MAX, ParamError, check_int, check_number, int_tuple
 from .base import Batch, Link, Param
 
 
@@ -32,7 +32,7 @@ def _bias_dict(bias: Any) -> dict[int, float]:
             tid = None
         if tid is None or (isinstance(key, float) and not key.is_integer()):
             raise ParamError("logit_bias", f"keys must be token ids, got {key!r}")
-        check_int("logit_bias", tid, low=0)
+        check_int("logit_bias", tid, low=0, high=INT_MAX)
         check_number("logit_bias", value, low=-100.0, high=100.0)
         out[tid] = float(value)
     return out

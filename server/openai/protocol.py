@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from decoding import ParamError, SamplingParams, resolve, strategies
 from decoding.selectors import SAMPLE
@@ -146,6 +146,14 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict] | None = None
+
+    @model_validator(mode="after")
+    def _needs_content(self) -> "ChatMessage":
+        # Only an assistant turn may come without content (OpenAI: it carried tool calls);
+        # a user, system or tool turn without it is a client's mistake, not an empty prompt.
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role!r} message needs content")
+        return self
 
     def text(self) -> str:
         """The message text; content parts of type ``text`` are joined."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,8 +20,14 @@ from fastapi.sse import ServerSentEvent
 
 from generator.eval.timing import decode_rate
 
+from ..errors import APIError
 from ..jobs import GenerationError, JobGroup
 from ..sse import error_event
+
+# The only shape of an event id we hand out: "<stream id>.<seq>", seq in ASCII decimal digits.
+# int() alone would also take "-3" (a negative seq replays from the end), "1_0" (10) and
+# other digits ("١"): a resume must name an event we sent, exactly.
+_EVENT_ID = re.compile(r"([0-9a-f]{16})\.([0-9]{1,18})")
 
 
 class ResumableStream:
@@ -126,13 +133,14 @@ class StreamStore:
         return stream
 
     def lookup(self, last_event_id: str) -> tuple[ResumableStream | None, int]:
-        """The stream a ``Last-Event-ID`` belongs to and the seq it names."""
-        stream_id, _, seq = last_event_id.strip().rpartition(".")
-        try:
-            after = int(seq)
-        except ValueError:
-            return None, -1
-        return self.streams.get(stream_id), after
+        """The stream a ``Last-Event-ID`` belongs to (``None`` when it is gone) and the seq
+        it names; 400 for an id of any other shape than ``<stream id>.<decimal digits>``."""
+        match = _EVENT_ID.fullmatch(last_event_id.strip())
+        if match is None:
+            raise APIError(400, f"Last-Event-ID: {last_event_id[:80]!r} is not an event id of this server "
+                                "(<stream id>.<decimal sequence number>)", param="Last-Event-ID",
+                           code="invalid_value")
+        return self.streams.get(match.group(1)), int(match.group(2))
 
     def close_all(self) -> None:
         for stream in list(self.streams.values()):

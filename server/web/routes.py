@@ -47,6 +47,9 @@ async def api_stream(request: Request):
         if stream is None:
             raise APIError(404, "stream not found: it finished or expired (the resume grace period is "
                                 f"{store.grace_s:g} s)", param="Last-Event-ID", code="stream_not_found")
+        if after >= len(stream.events):  # never sent: a forged id, not a reconnect
+            raise APIError(400, f"Last-Event-ID: event {after} of this stream has not been sent",
+                           param="Last-Event-ID", code="invalid_value")
         if stream.finished and after >= len(stream.events) - 1:
             return Response(status_code=204)  # tells EventSource there is nothing more: stop reconnecting
     else:

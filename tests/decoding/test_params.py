@@ -20,12 +20,30 @@ from decoding import ParamError, SamplingParams, resolve, strategies
     (dict(seed=-3), "seed"),
     (dict(stop=[""]), "stop"),
     (dict(early_stopping="sometimes"), "early_stopping"),
+    # Values that overflow the int64 columns the sampler builds, or a beam score (issue 18).
+    (dict(strategy="sample", top_k=2**63), "top_k"),
+    (dict(strategy="sample", top_k=2**31), "top_k"),
+    (dict(no_repeat_ngram_size=2**63), "no_repeat_ngram_size"),
+    (dict(max_new_tokens=2**63), "max_new_tokens"),
+    (dict(logit_bias={2**63: 1.0}), "logit_bias"),
+    (dict(bad_words_ids=[[2**63]]), "bad_words_ids"),
+    (dict(stop_token_ids=[2**63]), "stop_token_ids"),
+    (dict(strategy="beam", length_penalty=1e308), "length_penalty"),
+    (dict(strategy="beam", length_penalty=float("nan")), "length_penalty"),
+    (dict(strategy="beam", length_penalty=float("inf")), "length_penalty"),
+    (dict(strategy="beam", length_penalty=-10.5), "length_penalty"),
 ])
 def test_bad_values_raise_one_error_naming_the_field(kwargs, field):
     with pytest.raises(ParamError) as info:
         SamplingParams(**kwargs)
     assert info.value.field == field
     assert str(info.value).startswith(field + ":")
+
+
+def test_the_largest_allowed_values_still_validate():
+    SamplingParams(strategy="sample", top_k=2**31 - 1, seed=2**63 - 1)
+    SamplingParams(strategy="beam", length_penalty=10.0)
+    SamplingParams(strategy="beam", length_penalty=-10.0)
 
 
 def test_defaults_and_inference():

@@ -4,6 +4,7 @@ the types of ``SamplingParams``' fields."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import httpx
@@ -16,7 +17,7 @@ from server.errors import APIError
 from server.intake import Intake
 from server.scheduler import SchedulerFull
 from server.web.query import params_from_query
-from server_harness import LiveServer
+from server_harness import LiveServer, serve  # noqa: F401  (serve: a fixture)
 
 
 def _request(state):
@@ -122,3 +123,64 @@ def test_query_errors_name_the_key():
     assert (unreadable.status, unreadable.param, unreadable.code) == (400, "top_k", "invalid_value")
     out_of_range = _raises(params_from_query, QueryParams("prompt=hi&top_p=2"), 16)
     assert (out_of_range.status, out_of_range.param) == (400, "top_p")
+
+
+def test_settings_the_model_cannot_run_are_400_at_intake(tiny_engine):
+    """Checked against the model before queueing (issue 18): these used to pass and then
+    fail in the worker, at batch setup, taking every stream of the batch with them."""
+    intake = Intake(_state(tiny_engine))
+    vocab, slots = tiny_engine.model.config.vocab_size, tiny_engine.runner.num_slots
+    cases = [([SamplingParams(logit_bias={vocab: 1.0})], "logit_bias"),
+             ([SamplingParams(bad_words_ids=[[1, vocab]])], "bad_words_ids"),
+             ([SamplingParams(strategy="beam", num_beams=2)] * 2, "n"),
+             ([SamplingParams(strategy="beam", num_beams=slots + 1)], "num_beams"),
+             ([SamplingParams()] * (slots + 1), "n")]
+    for params, field in cases:
+        err = _raises(intake.submit, [5, 6], params)
+        assert (err.status, err.param, err.code) == (400, field, "invalid_value"), field
+        assert err.message.startswith(field + ":")
+
+
+def test_a_lone_surrogate_is_400_naming_the_field(tiny_engine):
+    intake = Intake(_state(tiny_engine))
+    err = _raises(intake.encode, "a\ud800b", chat=False, field="prompt")
+    assert (err.status, err.param) == (400, "prompt")
+    err = _raises(intake.encode, [{"role": "user", "content": "\ud800"}], chat=True, field="messages")
+    assert (err.status, err.param) == (400, "messages")
+
+
+def test_settings_that_used_to_fail_after_validation_are_400_over_http(tiny_engine, serve):
+    """Each with the OpenAI error body naming the field; none reaches the worker."""
+    server = serve(tiny_engine)
+    vocab, slots = tiny_engine.model.config.vocab_size, tiny_engine.runner.num_slots
+    user = [{"role": "user", "content": "x"}]
+    cases = [
+        ({"messages": user, "strategy": "sample", "top_k": 9223372036854775808}, "top_k"),
+        ({"messages": user, "logit_bias": {str(vocab): 5}}, "logit_bias"),
+        ({"messages": user, "bad_words_ids": [[vocab + 7]]}, "bad_words_ids"),
+        ({"messages": user, "strategy": "beam", "length_penalty": 1e308}, "length_penalty"),
+        ({"messages": user, "strategy": "beam", "num_beams": slots + 1}, "num_beams"),
+        ({"messages": user, "strategy": "beam", "num_beams": 2, "n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages"),
+        ({"messages": [{"role": "tool"}]}, "messages"),
+    ]
+
+    def post(path, body):  # json.dumps escapes a lone surrogate as \\ud800 (httpx's encoder refuses it)
+        return httpx.post(server.url + path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+    for body, field in cases:
+        for stream in (False, True):
+            res = post("/v1/chat/completions", {**body, "stream": stream, "max_tokens": 4})
+            assert res.status_code == 400, (field, res.text)
+            err = res.json()["error"]
+            assert err["param"] == field and err["type"] == "invalid_request_error", (field, err)
+    nan = '{"messages": [{"role": "user", "content": "x"}], "strategy": "beam", "length_penalty": NaN}'
+    res = httpx.post(server.url + "/v1/chat/completions", content=nan, headers={"content-type": "application/json"})
+    assert res.status_code == 400 and res.json()["error"]["param"] == "length_penalty"
+    res = post("/v1/completions", {"prompt": "\ud800", "max_tokens": 4})
+    assert res.status_code == 400 and res.json()["error"]["param"] == "prompt"
+    res = httpx.get(server.url + "/api/stream", params={"prompt": "x", "max_new_tokens": 4, "strategy": "beam",
+                                                        "num_beams": 2, "n": 2})
+    assert res.status_code == 400 and res.json()["error"]["param"] == "n"
+    res = httpx.get(server.url + "/api/stream", params={"prompt": "x", "max_new_tokens": 4, "logit_bias": f'{{"{vocab}": 1}}'})
+    assert res.status_code == 400 and res.json()["error"]["param"] == "logit_bias"
