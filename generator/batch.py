@@ -105,8 +105,8 @@ class BatchGenerator:
         self.runner: Runner = engine.runner
         self.device = engine.device
         self.tokenizer = engine.tokenizer
-        # the fused argmax + logprob for all-greedy CPU batches, where our kernels run
-        self.greedy_pick = kernels.greedy_pick if torch.device(self.device).type == "cpu" and kernels.ours() else None
+        # the argmax + logprob of all-greedy CPU batches: the kernel door picks ours or PyTorch's
+        self.greedy_pick = kernels.greedy_pick
         self.prefill_budget = int(prefill_budget or self.runner.prefill_chunk)
         self._handles = itertools.count()
         self.rows: dict[int, _Row] = {}  # insertion order is batch order
