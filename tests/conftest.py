@@ -90,3 +90,22 @@ def default_engine():
     from generator import Engine
 
     return Engine.load(device="cpu", dtype="float32")
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``tier`` runs once per kernel tier this machine runs (``avx512``,
+    ``avx2``, ``portable``: those the CPU has; none without a C compiler)."""
+    if "tier" in metafunc.fixturenames:
+        from generator import kernels
+
+        metafunc.parametrize("tier", [t for t in kernels.status()["tiers"] if t != "aten"], indirect=True)
+
+
+@pytest.fixture
+def tier(request):
+    """That tier switched on for the process while the test runs."""
+    from generator import kernels
+
+    previous = kernels.use(request.param)
+    yield request.param
+    kernels.use(previous)

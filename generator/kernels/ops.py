@@ -1,23 +1,28 @@
 """Each op is one function: our kernel where it runs, PyTorch's otherwise.
 
-Which runs is settled once per process: ``TOKENFLOW_INT4_KERNEL=aten`` (read on the
-first question) or ``use("aten")`` turn ours off; else ours run where ``build.load()``
-can build and load them (AVX512_BF16 and a C compiler). ``status()`` says which runs
-and why. Nothing outside this package asks: the elementwise ops (``rms_norm``,
-``silu_mul``, ``greedy_pick``, ``rope_write``, ``decode_attention``) fall back inside,
-and the matmuls follow the layout their weights were packed in, which the weight
-formats choose once at load with ``ours()`` (``pack*`` make ours; ``pack_int4_aten``
-and a plain int8 matrix are PyTorch's).
+Our kernels come in tiers, one per CPU class (``build.py``): ``avx512``, ``avx2`` and
+``portable``; ``aten`` is PyTorch's own ops. Which runs is settled once per process, on the
+first question: ``use(tier)``, else ``$TOKENFLOW_KERNELS`` (``avx512|avx2|portable|aten|auto``;
+``TOKENFLOW_INT4_KERNEL=aten`` is an alias of ``aten``), else ``auto``: the best tier the CPU
+runs. A tier above the CPU's is refused by ``use()`` and, asked by the variable, falls back to
+the best one with the reason logged. ``status()`` names the tier and why (``no AVX2``, ``no C
+compiler``, ``forced by TOKENFLOW_KERNELS=avx2``). Nothing outside this package asks: the
+elementwise ops (``rms_norm``, ``silu_mul``, ``greedy_pick``, ``rope_write``,
+``decode_attention``) fall back inside, and the matmuls follow the layout their weights were
+packed in, which the weight formats choose once at load with ``ours()`` (``pack*`` make ours,
+the same bytes for every tier; ``pack_int4_aten`` and a plain int8 matrix are PyTorch's).
 
 Our matmuls have the arithmetic class of PyTorch's ``_weight_int4pack_mm_for_cpu``
-(float32 sums of bf16 inputs times ``(q - 8) * scale + zero``), with bf16 dot products
-over the 4-bit codes and the scale and zero point applied once per group of 32 (see
-``csrc/int4_gemm.c``). Measured here (2-core AVX-512, cold caches): 3072x576 at 1 row
-40 vs 56 us, at 16 rows 183 vs 352 us; the 49152x576 head at 1 row 518 vs 816 us.
+(float32 sums of bf16 inputs times ``(q - 8) * scale + zero``), the scale and zero point
+applied once per group of 32 (see ``csrc/avx512.c``); with int8 activations (``int4_q8_mm``,
+``int8_q8_mm``: every tier but avx512 without AVX512_VNNI) the inputs are rounded per row
+and group of 32 first, as llama.cpp does for this GGUF. Measured (2-core AVX-512, cold
+caches): 3072x576 at 1 row 40 vs 56 us, at 16 rows 183 vs 352 us.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -25,36 +30,57 @@ import torch
 
 from . import build
 
-GROUP = 32  # values per scale/zero group: the GGUF's Q4_1 block and every kernel's group
-KERNEL_CHOICES = ("auto", "aten")
+log = logging.getLogger(__name__)
 
-_choice: str | None = None  # None: not asked yet (then TOKENFLOW_INT4_KERNEL decides)
+GROUP = 32  # values per scale/zero group: the GGUF's Q4_1 block and every kernel's group
+TIERS = build.TIERS  # ours, best first
+KERNEL_CHOICES = ("auto", *TIERS, "aten")
+
+_choice: tuple[str, str] | None = None  # (choice, who asked); None: not asked yet (the variables decide)
 _status: dict | None = None  # settled on the first question after each use()
 _lock = threading.Lock()
 
 
 def use(choice: str) -> str:
-    """Switch ours on (``auto``: where they run) or off (``aten``) for this process; returns
-    the previous choice. Weights already packed keep their layout (and so their kernel)."""
+    """Run ``choice`` for this process: a tier (``avx512``, ``avx2``, ``portable``), ``aten``
+    (PyTorch's) or ``auto`` (the best tier the CPU runs); returns the previous choice. A tier
+    this CPU cannot run raises ValueError. Weights already packed keep their layout (ours
+    are the same for every tier, so they follow the new tier; PyTorch's stay PyTorch's)."""
     global _choice, _status
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"unknown kernels {choice!r}; choose from {', '.join(KERNEL_CHOICES)}")
-    previous, _choice, _status = requested(), choice, None
+    if choice in TIERS and build.missing(choice):
+        raise ValueError(f"kernels {choice!r} cannot run here: {build.missing(choice)} "
+                         f"(this CPU runs {', '.join(build.runnable())})")
+    previous = requested()
+    with _lock:
+        _choice, _status = (choice, f"kernels.use({choice!r})"), None
     return previous
 
 
 def requested() -> str:
-    """The process's choice: ``use()``'s, else ``$TOKENFLOW_INT4_KERNEL`` (``aten`` or auto)."""
+    """The process's choice: ``use()``'s, else ``$TOKENFLOW_KERNELS``, else
+    ``TOKENFLOW_INT4_KERNEL=aten``, else ``auto``."""
+    return _requested()[0]
+
+
+def _requested() -> tuple[str, str]:
     global _choice
     if _choice is None:
-        env = os.environ.get("TOKENFLOW_INT4_KERNEL", "").strip().lower()
-        _choice = "aten" if env == "aten" else "auto"
+        env = os.environ.get("TOKENFLOW_KERNELS", "").strip().lower()
+        if env:
+            _choice = (env, f"TOKENFLOW_KERNELS={env}")
+        elif os.environ.get("TOKENFLOW_INT4_KERNEL", "").strip().lower() == "aten":
+            _choice = ("aten", "TOKENFLOW_INT4_KERNEL=aten")
+        else:
+            _choice = ("auto", "")
     return _choice
 
 
 def status() -> dict:
-    """Which kernels run and why: ``{"tier": "avx512" | "aten", "reason": str,
-    "int8_activations": bool}`` (builds ours on the first call where they can run)."""
+    """Which kernels run and why: ``{"tier": "avx512" | "avx2" | "portable" | "aten",
+    "reason": str, "int8_activations": bool, "tiers": [what this process can run]}``
+    (builds ours on the first call where they can run)."""
     global _status
     if _status is None:
         with _lock:  # one build at a time
@@ -64,13 +90,30 @@ def status() -> dict:
 
 
 def _settle() -> dict:
-    if requested() == "aten":
-        return {"tier": "aten", "reason": "turned off (TOKENFLOW_INT4_KERNEL=aten or kernels.use)",
-                "int8_activations": False}
-    loaded, why = build.load()
-    if not loaded:
-        return {"tier": "aten", "reason": why, "int8_activations": False}
-    return {"tier": why, "reason": "built for this CPU", "int8_activations": build.has_vnni()}
+    choice, who = _requested()
+    aten = {"tier": "aten", "int8_activations": False, "tiers": ["aten"]}
+    if choice == "aten":
+        return {**aten, "reason": f"forced by {who}"}
+    built, why_not = build.load()
+    if not built:
+        return {**aten, "reason": why_not}
+    runs = [t for t in built if not build.missing(t)]
+    if not runs:  # a library built for another CPU than the one reported now (tests fake one)
+        return {**aten, "reason": "no tier built for this CPU"}
+    best = runs[0]
+    if choice == "auto":
+        lowered = [f"{t}: {build.missing(t)}" for t in TIERS[:TIERS.index(best)]]
+        reason = "the best tier this CPU runs" + (f" ({'; '.join(lowered)})" if lowered else "")
+        tier = best
+    elif choice in runs:
+        tier, reason = choice, f"forced by {who}"
+    else:  # a tier above the CPU's, or not a tier at all, asked by the variable
+        why = build.missing(choice) if choice in TIERS else f"not one of {', '.join(KERNEL_CHOICES)}"
+        tier, reason = best, f"{who} asked, but {why}: running {best}"
+        log.warning("tokenflow kernels: %s", reason)
+    torch.ops.tokenflow.use_tier(tier)
+    return {"tier": tier, "reason": reason, "int8_activations": tier != "avx512" or build.has_vnni(),
+            "tiers": [*runs, "aten"]}
 
 
 def ours() -> bool:
@@ -79,7 +122,8 @@ def ours() -> bool:
 
 
 def int8_activations() -> bool:
-    """Whether ``int4_q8_mm``/``int8_q8_mm`` (int8 activations, AVX512_VNNI) run here."""
+    """Whether ``int4_q8_mm``/``int8_q8_mm`` (int8 activations) run here: on every tier but
+    avx512 without AVX512_VNNI."""
     return (_status or status())["int8_activations"]
 
 
@@ -154,8 +198,8 @@ def int4_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Ten
 
 def int4_q8_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
     """``int4_mm`` with ``x`` rounded to int8 per row and group of 32 first (AVX512_VNNI:
-    64 products an instruction where bf16 does 32); codes from ``pack_q8``. Ours only:
-    int8 activations are chosen only where it runs (``int8_activations()``)."""
+    64 products an instruction where bf16 does 32; AVX2: vpmaddubsw); codes from ``pack_q8``.
+    Ours only: int8 activations are chosen only where it runs (``int8_activations()``)."""
     return torch.ops.tokenflow.int4_q8_mm(x, codes, sz)
 
 
@@ -168,7 +212,7 @@ def int8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch
 
 
 def int8_q8_mm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``int8_mm`` with ``x`` rounded to int8 per row and group of 32 first (AVX512_VNNI);
+    """``int8_mm`` with ``x`` rounded to int8 per row and group of 32 first;
     codes from ``pack_int8_q8``. Ours only, as ``int4_q8_mm``."""
     return torch.ops.tokenflow.int8_q8_mm(x, codes, scales)
 

@@ -16,9 +16,13 @@ from generator.weights.formats import Int4Linear, Int8Linear
 
 from conftest import build_fast_llama, build_tiny_model
 
-needs_kernel = pytest.mark.skipif(not kernels.ours(), reason="our kernels are off: no AVX512_BF16, no C compiler, or TOKENFLOW_INT4_KERNEL=aten")
+needs_kernel = pytest.mark.skipif(not kernels.ours(), reason="our kernels are off: no C compiler, or TOKENFLOW_KERNELS=aten")
 ROWS = [1, 3, 8, 9, 16]
-needs_vnni = pytest.mark.skipif(not kernels.int8_activations(), reason="int8 activations need our kernels and AVX512_VNNI")
+
+
+def _needs_int8_activations():
+    if not kernels.int8_activations():
+        pytest.skip("the avx512 tier runs int8 activations only with AVX512_VNNI")
 
 
 def _bf16_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -35,9 +39,8 @@ def _int4_weight(n: int, k: int, seed: int = 0):
     return codes, scale, zero
 
 
-@needs_kernel
 @pytest.mark.parametrize("m", ROWS)
-def test_int4_kernel_matches_pytorch_kernel(m):
+def test_int4_kernel_matches_pytorch_kernel(tier, m):
     n, k = 80, 128  # 5 blocks of 16 channels
     codes, scale, zero = _int4_weight(n, k)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).bfloat16()
@@ -53,11 +56,11 @@ def test_int4_kernel_matches_pytorch_kernel(m):
     _bf16_close(ours, x.float() @ w.T)
 
 
-@needs_vnni
 @pytest.mark.parametrize("m", ROWS)
-def test_int4_kernel_with_int8_activations(m):
+def test_int4_kernel_with_int8_activations(tier, m):
     """int4_q8_mm = x rounded to int8 per row and group of 32 (step max|x| / 127), times
     the codes, plus the zero points times the exact sums of x: as that formula in float32."""
+    _needs_int8_activations()
     n, k = 80, 160
     codes, scale, zero = _int4_weight(n, k, seed=m)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(100 + m)).bfloat16()
@@ -80,11 +83,11 @@ def test_int4_kernel_with_int8_activations(m):
     assert torch.equal(kernels.int4_q8_mm(x[-1:], *kernels.pack_q8(codes, scale, zero)), ours[-1:])
 
 
-@needs_vnni
 @pytest.mark.parametrize("m", ROWS)
-def test_int8_kernel_with_int8_activations(m):
+def test_int8_kernel_with_int8_activations(tier, m):
     """int8_q8_mm (the output head's VNNI kernel) = scale x sum over groups of the step
     times the int8 products, exactly as that formula in float32."""
+    _needs_int8_activations()
     n, k = 48, 96
     g = torch.Generator().manual_seed(m)
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
@@ -102,9 +105,8 @@ def test_int8_kernel_with_int8_activations(m):
         kernels.pack_int8_q8(torch.zeros(40, 64, dtype=torch.int8))
 
 
-@needs_kernel
 @pytest.mark.parametrize("m", ROWS)
-def test_int8_kernel_matches_pytorch_kernel(m):
+def test_int8_kernel_matches_pytorch_kernel(tier, m):
     n, k = 64, 96
     g = torch.Generator().manual_seed(1)
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
@@ -142,8 +144,7 @@ def pytorchs_kernels():
     kernels.use(previous)
 
 
-@needs_kernel
-def test_linears_use_the_kernel_in_eager_and_pytorchs_otherwise():
+def test_linears_use_the_kernel_in_eager_and_pytorchs_otherwise(tier):
     """Each linear keeps ONE packing: ours where our kernel runs, PyTorch's otherwise; both
     compute the same weights (and read them back alike)."""
     codes, scale, zero = _int4_weight(64, 64)
@@ -172,9 +173,8 @@ def test_switch_turns_the_kernel_off():
     assert out.stdout.strip() == "False"
 
 
-@needs_kernel
 @pytest.mark.parametrize("quant", ["int4", "int8"])
-def test_model_on_our_kernels_matches_pytorchs_kernels(quant):
+def test_model_on_our_kernels_matches_pytorchs_kernels(tier, quant):
     """The whole tiny model: prefill and a batched decode step on our kernels give the
     logits of PyTorch's kernels up to float rounding, and the same greedy tokens."""
     tiny = build_tiny_model(320)
@@ -229,9 +229,8 @@ def test_compiled_step_calls_our_ops():
     assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
-@needs_kernel
 @pytest.mark.parametrize("rows,heads,kv_heads,d", [(1, 6, 2, 32), (5, 6, 2, 32), (16, 6, 2, 32), (6, 9, 3, 64)])
-def test_decode_attention_matches_float32_attention(rows, heads, kv_heads, d):
+def test_decode_attention_matches_float32_attention(tier, rows, heads, kv_heads, d):
     """One-token attention straight from cache slots (any order, each row its own length)
     equals softmax(q K^T * scale) V computed in float32 with PyTorch, rounded to bf16.
     Lengths around the kernel's blocks of 16 positions included."""
@@ -256,8 +255,7 @@ def test_decode_attention_matches_float32_attention(rows, heads, kv_heads, d):
         torch.testing.assert_close(out[r].float(), expected, atol=2e-2, rtol=2 ** -7)
 
 
-@needs_kernel
-def test_decode_attention_rejects_bad_lengths():
+def test_decode_attention_rejects_bad_lengths(tier):
     k = torch.zeros(2, 1, 8, 16).bfloat16()
     q = torch.zeros(1, 2, 16).bfloat16()
     with pytest.raises(RuntimeError, match="lengths"):
@@ -266,9 +264,8 @@ def test_decode_attention_rejects_bad_lengths():
         kernels.decode_attention(q, k, k, torch.tensor([2]), torch.tensor([1]), 1.0)
 
 
-@needs_kernel
 @pytest.mark.parametrize("rows", [1, 7, 40])
-def test_rms_norm_matches_the_eager_formula(rows):
+def test_rms_norm_matches_the_eager_formula(tier, rows):
     """Our RMSNorm op equals transformers' LlamaRMSNorm arithmetic in bf16 bit for bit on
     these rows (it sums the squares in another order, so about 1 row in 3000 of random
     data rounds its scale one unit apart)."""
@@ -287,8 +284,7 @@ def test_rms_norm_matches_the_eager_formula(rows):
                                                                      + 1e-5)).bfloat16()).bfloat16())
 
 
-@needs_kernel
-def test_silu_mul_matches_the_eager_ops():
+def test_silu_mul_matches_the_eager_ops(tier):
     """silu(gate) * up of [gate | up] rows, bit for bit as the eager bf16 ops (its own exp
     is within a float32 unit of libm's, which bf16 rounding hides), extremes included."""
     g = torch.Generator().manual_seed(0)
@@ -339,10 +335,10 @@ def test_without_our_kernels_the_fallbacks_take_over(pytorchs_kernels):
         assert torch.nn.functional.cosine_similarity(batched[slot: slot + 1], ref).item() > 0.999
 
 
-@needs_vnni
-def test_int8_activations_model_follows_bf16_and_runs_the_vnni_kernel():
+def test_int8_activations_model_follows_bf16_and_runs_the_vnni_kernel(tier):
     """The tiny model with int8 activations (the default where VNNI runs) stays within
     rounding of the bf16-activation model, greedy tokens alike, and runs int4_q8_mm."""
+    _needs_int8_activations()
     tiny = build_tiny_model(320)
     q8 = build_fast_llama(tiny, quant="int4", num_slots=4, max_len=64, activations="int8")
     bf = build_fast_llama(tiny, quant="int4", num_slots=4, max_len=64, activations="bf16")
@@ -393,9 +389,8 @@ def test_activations_setting(monkeypatch):
         resolve_activations("int8")
 
 
-@needs_kernel
 @pytest.mark.parametrize("vocab", [7, 16, 33, 49152])
-def test_greedy_pick_is_argmax_and_its_log_softmax(vocab):
+def test_greedy_pick_is_argmax_and_its_log_softmax(tier, vocab):
     """The fused greedy pick: torch.argmax's id (the first of equal maxima, 0 for a row of
     -inf) and log_softmax at it, for vocabularies around the 16-wide vectors."""
     g = torch.Generator().manual_seed(vocab)
@@ -439,8 +434,7 @@ def test_all_greedy_batches_sample_with_the_fused_pick(tiny_engine):
     assert torch.equal(out2.token_ids, out.token_ids) and out2.top_ids is not None
 
 
-@needs_kernel
-def test_rope_write_equals_the_eager_rope_and_cache_writes():
+def test_rope_write_equals_the_eager_rope_and_cache_writes(tier):
     """The fused one-token RoPE + cache writes: the rotated queries, keys and the values
     land where the eager ops put them, bit for bit; bad slots and positions are refused."""
     model = build_fast_llama(build_tiny_model(320), quant="int4", num_slots=4, max_len=32)

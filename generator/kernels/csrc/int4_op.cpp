@@ -1,4 +1,4 @@
-// tokenflow: the kernels of int4_gemm.c as PyTorch operators: tokenflow::int4_mm, int4_q8_mm,
+// tokenflow: the kernels of each tier (avx512.c, avx2.c, portable.c) as PyTorch operators: tokenflow::int4_mm, int4_q8_mm,
 // int8_mm, int8_q8_mm, decode_attention, rope_write, rms_norm, silu_mul and greedy_pick. As registered C++ ops they are called from eager code and from
 // the compiled decode step's generated code alike, at the cost of an ATen op (a Python
 // custom op added about 6 us a call, 121 calls a step). Built by generator/kernels/build.py.
@@ -7,28 +7,89 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <string>
 #include <tuple>
 #include <vector>
 
-extern "C" int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
-                          const uint16_t *sz, uint16_t *y);
-extern "C" int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
-                             const uint16_t *sz, uint16_t *y);
-extern "C" int tf_int8_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
-                             const uint16_t *scales, uint16_t *y);
-extern "C" int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
-                          const uint16_t *scales, uint16_t *y);
-extern "C" int tf_silu_mul(const uint16_t *gu, int64_t R, int64_t I, uint16_t *y);
-extern "C" int tf_greedy_pick(const float *logits, int64_t B, int64_t V, int64_t *ids, float *logprobs);
-extern "C" int tf_rope_write(const uint16_t *qkv, const uint16_t *cos_t, const uint16_t *sin_t, int64_t npos,
-                              uint16_t *k_cache, uint16_t *v_cache, const int64_t *slots, const int64_t *positions,
-                              int64_t B, int64_t H, int64_t KVH, int64_t S, int64_t L, int64_t D, uint16_t *q_out);
-extern "C" int tf_rms_norm(const uint16_t *x, const float *w, int64_t R, int64_t D, float eps, uint16_t *y);
-extern "C" int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
-                                   const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t S,
-                                   int64_t KVH, int64_t L, int64_t D, float scale, uint16_t *out);
+// One table of kernels per tier built into this library (-DTF_HAVE_<TIER> from build.py);
+// every op calls through the table of the tier chosen with tokenflow::use_tier.
+#define TF_DECLARE(T)                                                                                          \
+    extern "C" int tf_int4_mm_##T(const uint16_t *, int64_t, int64_t, int64_t, const uint8_t *, const uint16_t *, \
+                                  uint16_t *);                                                                 \
+    extern "C" int tf_int4_q8_mm_##T(const uint16_t *, int64_t, int64_t, int64_t, const uint8_t *,             \
+                                     const uint16_t *, uint16_t *);                                            \
+    extern "C" int tf_int8_q8_mm_##T(const uint16_t *, int64_t, int64_t, int64_t, const uint8_t *,             \
+                                     const uint16_t *, uint16_t *);                                            \
+    extern "C" int tf_int8_mm_##T(const uint16_t *, int64_t, int64_t, int64_t, const int8_t *, const uint16_t *, \
+                                  uint16_t *);                                                                 \
+    extern "C" int tf_silu_mul_##T(const uint16_t *, int64_t, int64_t, uint16_t *);                            \
+    extern "C" int tf_greedy_pick_##T(const float *, int64_t, int64_t, int64_t *, float *);                    \
+    extern "C" int tf_rope_write_##T(const uint16_t *, const uint16_t *, const uint16_t *, int64_t, uint16_t *, \
+                                     uint16_t *, const int64_t *, const int64_t *, int64_t, int64_t, int64_t,   \
+                                     int64_t, int64_t, int64_t, uint16_t *);                                   \
+    extern "C" int tf_rms_norm_##T(const uint16_t *, const float *, int64_t, int64_t, float, uint16_t *);       \
+    extern "C" int tf_decode_attention_##T(const uint16_t *, const uint16_t *, const uint16_t *, const int64_t *, \
+                                           const int64_t *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                           float, uint16_t *);
+
+TF_DECLARE(portable)
+#ifdef TF_HAVE_AVX2
+TF_DECLARE(avx2)
+#endif
+#ifdef TF_HAVE_AVX512
+TF_DECLARE(avx512)
+#endif
+
+struct Tier {
+    const char *name;
+    decltype(&tf_int4_mm_portable) int4_mm;
+    decltype(&tf_int4_q8_mm_portable) int4_q8_mm;
+    decltype(&tf_int8_q8_mm_portable) int8_q8_mm;
+    decltype(&tf_int8_mm_portable) int8_mm;
+    decltype(&tf_silu_mul_portable) silu_mul;
+    decltype(&tf_greedy_pick_portable) greedy_pick;
+    decltype(&tf_rope_write_portable) rope_write;
+    decltype(&tf_rms_norm_portable) rms_norm;
+    decltype(&tf_decode_attention_portable) decode_attention;
+};
+
+#define TF_TIER_ENTRY(T)                                                                                       \
+    Tier{#T, tf_int4_mm_##T, tf_int4_q8_mm_##T, tf_int8_q8_mm_##T, tf_int8_mm_##T, tf_silu_mul_##T,            \
+         tf_greedy_pick_##T, tf_rope_write_##T, tf_rms_norm_##T, tf_decode_attention_##T}
 
 namespace {
+
+const Tier kTiers[] = {
+#ifdef TF_HAVE_AVX512
+    TF_TIER_ENTRY(avx512),
+#endif
+#ifdef TF_HAVE_AVX2
+    TF_TIER_ENTRY(avx2),
+#endif
+    TF_TIER_ENTRY(portable),
+};
+
+// The tier every op runs: the best built, until use_tier picks another. A plain pointer
+// read per call; switching while another thread runs an op is not supported.
+const Tier *current = &kTiers[0];
+
+// Switch every op to the named tier (one of tiers()); returns the previous one's name.
+std::string use_tier(std::string name) {
+    const std::string previous = current->name;
+    for (const Tier &t : kTiers)
+        if (name == t.name) {
+            current = &t;
+            return previous;
+        }
+    TORCH_CHECK(false, "tier ", name, " is not built into this library");
+}
+
+// The tiers built into this library, best first.
+std::vector<std::string> tiers() {
+    std::vector<std::string> names;
+    for (const Tier &t : kTiers) names.emplace_back(t.name);
+    return names;
+}
 
 // One weight-only matmul: x [M, K] bf16 times codes packed as [N / block, K / inputs_per_code, ...]
 // with their bf16 scales (int4: sz per group; int8: one per output channel) -> y [M, N] bf16.
@@ -56,19 +117,19 @@ at::Tensor run_mm(int (*kernel)(const uint16_t *, int64_t, int64_t, int64_t, con
 }
 
 at::Tensor int4_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &sz) {
-    return run_mm<uint8_t>(tf_int4_mm, "int4", 16, 4, false, x, codes, sz);
+    return run_mm<uint8_t>(current->int4_mm, "int4", 16, 4, false, x, codes, sz);
 }
 
 at::Tensor int4_q8_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &sz) {
-    return run_mm<uint8_t>(tf_int4_q8_mm, "int4", 16, 8, false, x, codes, sz);
+    return run_mm<uint8_t>(current->int4_q8_mm, "int4", 16, 8, false, x, codes, sz);
 }
 
 at::Tensor int8_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales) {
-    return run_mm<int8_t>(tf_int8_mm, "int8", 32, 2, true, x, codes, scales);
+    return run_mm<int8_t>(current->int8_mm, "int8", 32, 2, true, x, codes, scales);
 }
 
 at::Tensor int8_q8_mm(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales) {
-    return run_mm<uint8_t>(tf_int8_q8_mm, "int8", 16, 4, true, x, codes, scales);
+    return run_mm<uint8_t>(current->int8_q8_mm, "int8", 16, 4, true, x, codes, scales);
 }
 
 at::Tensor decode_attention(const at::Tensor &q_in, const at::Tensor &k_cache, const at::Tensor &v_cache,
@@ -82,7 +143,7 @@ at::Tensor decode_attention(const at::Tensor &q_in, const at::Tensor &k_cache, c
     const at::Tensor slots = slots_in.to(at::kLong).contiguous(), lengths = lengths_in.to(at::kLong).contiguous();
     TORCH_CHECK(slots.numel() == q.size(0) && lengths.numel() == q.size(0), "one slot and one length per row");
     at::Tensor out = at::empty_like(q);
-    const int rc = tf_decode_attention(
+    const int rc = current->decode_attention(
         static_cast<const uint16_t *>(q.data_ptr()), static_cast<const uint16_t *>(k_cache.data_ptr()),
         static_cast<const uint16_t *>(v_cache.data_ptr()), slots.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(),
         q.size(0), q.size(1), k_cache.size(0), k_cache.size(1), k_cache.size(2), q.size(2),
@@ -101,7 +162,7 @@ at::Tensor rms_norm(const at::Tensor &x_in, const at::Tensor &weight_in, double 
     const int64_t d = x.size(-1);
     TORCH_CHECK(weight.numel() == d, "weight has ", weight.numel(), " values, x rows ", d);
     at::Tensor y = at::empty_like(x);
-    const int rc = tf_rms_norm(static_cast<const uint16_t *>(x.data_ptr()), weight.data_ptr<float>(),
+    const int rc = current->rms_norm(static_cast<const uint16_t *>(x.data_ptr()), weight.data_ptr<float>(),
                                d ? x.numel() / d : 0, d, static_cast<float>(eps),
                                static_cast<uint16_t *>(y.data_ptr()));
     TORCH_CHECK(rc == 0, "rms_norm kernel needs the last dimension a multiple of 16, got ", d);
@@ -116,7 +177,7 @@ at::Tensor silu_mul(const at::Tensor &gu_in) {
     const int64_t width = shape.back() / 2;
     shape.back() = width;
     at::Tensor y = at::empty(shape, gu.options());
-    const int rc = tf_silu_mul(static_cast<const uint16_t *>(gu.data_ptr()), width ? gu.numel() / (2 * width) : 0,
+    const int rc = current->silu_mul(static_cast<const uint16_t *>(gu.data_ptr()), width ? gu.numel() / (2 * width) : 0,
                                width, static_cast<uint16_t *>(y.data_ptr()));
     TORCH_CHECK(rc == 0, "silu_mul kernel failed (", rc, ")");
     return y;
@@ -128,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor> greedy_pick(const at::Tensor &logits_in) {
                 "greedy_pick needs float32 logits [rows, vocab]");
     at::Tensor ids = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
     at::Tensor logprobs = at::empty({logits.size(0)}, logits.options());
-    tf_greedy_pick(logits.data_ptr<float>(), logits.size(0), logits.size(1), ids.data_ptr<int64_t>(),
+    current->greedy_pick(logits.data_ptr<float>(), logits.size(0), logits.size(1), ids.data_ptr<int64_t>(),
                    logprobs.data_ptr<float>());
     return {ids, logprobs};
 }
@@ -148,7 +209,7 @@ at::Tensor rope_write(const at::Tensor &qkv_in, const at::Tensor &cos, const at:
     const at::Tensor slots = slots_in.to(at::kLong).contiguous(), positions = positions_in.to(at::kLong).contiguous();
     TORCH_CHECK(slots.numel() == qkv.size(0) && positions.numel() == qkv.size(0), "one slot and one position per row");
     at::Tensor q = at::empty({qkv.size(0), n_head, d}, qkv.options());
-    const int rc = tf_rope_write(
+    const int rc = current->rope_write(
         static_cast<const uint16_t *>(qkv.data_ptr()), static_cast<const uint16_t *>(cos.data_ptr()),
         static_cast<const uint16_t *>(sin.data_ptr()), cos.size(0), static_cast<uint16_t *>(k_cache.data_ptr()),
         static_cast<uint16_t *>(v_cache.data_ptr()), slots.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
@@ -171,6 +232,8 @@ TORCH_LIBRARY(tokenflow, m) {
     m.def("greedy_pick(Tensor logits) -> (Tensor, Tensor)");
     m.def("rope_write(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, "
           "Tensor positions, int n_head) -> Tensor");
+    m.def("use_tier(str name) -> str", &use_tier);
+    m.def("tiers() -> str[]", &tiers);
     m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor lengths, float scale) -> Tensor");
 }
 

@@ -1,4 +1,4 @@
-/* tokenflow: int4 weight-only matmul, AVX-512 with bf16 dot products (AVX512_BF16).
+/* tokenflow, the avx512 tier: int4 weight-only matmul with bf16 dot products (AVX512_BF16).
  *
  * y[M, N] (bf16) = x[M, K] (bf16) @ W.T, W[N, K] stored as 4-bit codes q in groups of
  * 32 along K with a scale s and a zero point z per (group, channel): w = (q - 8) * s + z,
@@ -16,10 +16,10 @@
  * Measured on this 2-core AVX-512 machine (cold caches): 3072x576 at 1 row 40 vs 56 us,
  * at 16 rows 183 vs 352 us.
  *
- * Layout (generator.kernels.pack): channels in blocks of 32. codes[b][p] is 32 bytes for the
- * input pair p = (2p, 2p + 1): byte j of half h is channel 32b + 16h + j, low nibble
- * input 2p, high nibble input 2p + 1. sz[b][g] is 64 bf16: the 32 scales, then the 32
- * zero points of group g (inputs 32g .. 32g + 31) for the block's channels.
+ * Layout (generator.kernels.pack): channels in blocks of 16. codes[b][q] is 32 bytes for the
+ * inputs 4q .. 4q + 3: byte 2c + i is channel 16b + c, low nibble input 4q + i, high nibble
+ * input 4q + 2 + i (i = 0, 1). sz[b][g] is 32 bf16: the 16 scales, then the 16 zero points
+ * of group g (inputs 32g .. 32g + 31) for the block's channels.
  *
  * Threads: OpenMP over channel blocks (a block's row tiles on one thread, so its codes
  * stay in cache). The library links libgomp by its soname, which resolves to the copy
@@ -27,12 +27,12 @@
  */
 #include <float.h>
 #include <immintrin.h>
+#include "tier.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define GROUP 32
 /* How far ahead (bytes) the VNNI kernels prefetch their codes: the hardware's own
  * prefetch leaves a 16-row tile waiting on memory (30 layers' int4 weights, cold, 16 rows:
  * 8.1 -> 6.8 ms with it; 1 row, bound by the stream itself, unchanged). */
@@ -152,7 +152,7 @@ static void run_tiles(const mm_args *a, int64_t M, int64_t width, const tile_fn 
 }
 
 /* x: bf16 [M, K]; codes, sz: as above; y: bf16 [M, N]. N % 16 == 0, K % 32 == 0. */
-int tf_int4_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+int TF(int4_mm)(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                const uint16_t *sz, uint16_t *y) {
     if (M <= 0 || N % 16 || K % GROUP) return -1;
     const int64_t NG = K / GROUP;
@@ -267,7 +267,7 @@ static int run_q8(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint
 }
 
 /* x: bf16 [M, K]; codes (pack_q8), sz: as above; y: bf16 [M, N]. */
-int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+int TF(int4_q8_mm)(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                   const uint16_t *sz, uint16_t *y) {
     return run_q8(x, M, K, N, codes, sz, y, 8, q8_tiles);
 }
@@ -317,16 +317,16 @@ static void q8h_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {            
 TILES(DEFINE_Q8H_TILE, q8h)
 
 /* x: bf16 [M, K]; codes (pack_int8_q8); scales: bf16 [N]; y: bf16 [M, N]. */
-int tf_int8_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+int TF(int8_q8_mm)(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                   const uint16_t *scales, uint16_t *y) {
     return run_q8(x, M, K, N, codes, scales, y, 128, q8h_tiles);
 }
 #else
-int tf_int4_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+int TF(int4_q8_mm)(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                   const uint16_t *sz, uint16_t *y) {
     return -3;  /* built for a CPU without AVX512_VNNI */
 }
-int tf_int8_q8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
+int TF(int8_q8_mm)(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_t *codes,
                   const uint16_t *scales, uint16_t *y) {
     return -3;
 }
@@ -373,7 +373,7 @@ static void i8_tile_##MT(const mm_args *a, int64_t b, int64_t r0) {             
 TILES(DEFINE_I8_TILE, i8)
 
 /* x: bf16 [M, K]; codes as above; scales: bf16 [N]; y: bf16 [M, N]. N % 32 == 0, K even. */
-int tf_int8_mm(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
+int TF(int8_mm)(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t *codes,
                const uint16_t *scales, uint16_t *y) {
     if (M <= 0 || N % 32 || K % 2) return -1;
     const mm_args a = {(const uint32_t *)x, NULL, K, N, codes, scales, y, NULL, NULL};
@@ -500,7 +500,7 @@ static int attention_job_any(const uint16_t *qh, const uint16_t *K, const uint16
     return attention_job(qh, K, V, n, G, DV, scale, oh);
 }
 
-int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
+int TF(decode_attention)(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,
                         const int64_t *slots, const int64_t *lengths, int64_t B, int64_t H, int64_t S,
                         int64_t KVH, int64_t L, int64_t D, float scale, uint16_t *out) {
     if (D % 16 || D > 256 || H % KVH || H / KVH > 16) return -8;
@@ -525,7 +525,7 @@ int tf_decode_attention(const uint16_t *q, const uint16_t *k_cache, const uint16
  * y = bf16(w * float(bf16(x * rsqrt(mean(x^2) + eps)))) per row of D values, w float32:
  * one op where the eager forward ran nine. x, y: bf16 [R, D]; D % 16 == 0.
  */
-int tf_rms_norm(const uint16_t *x, const float *w, int64_t R, int64_t D, float eps, uint16_t *y) {
+int TF(rms_norm)(const uint16_t *x, const float *w, int64_t R, int64_t D, float eps, uint16_t *y) {
     if (D % 16) return -1;
 #pragma omp parallel for schedule(static) if (R > 4)
     for (int64_t r = 0; r < R; r++) {
@@ -553,7 +553,7 @@ int tf_rms_norm(const uint16_t *x, const float *w, int64_t R, int64_t D, float e
  * one op where the eager forward ran chunk, silu and mul. exp is a degree-6 polynomial on
  * the reduced argument, scaled by 2^n (within about 1 float32 unit of libm's, far below
  * the bf16 rounding that follows; overflow gives inf and g / inf = -0, as PyTorch's). */
-int tf_silu_mul(const uint16_t *gu, int64_t R, int64_t I, uint16_t *y) {
+int TF(silu_mul)(const uint16_t *gu, int64_t R, int64_t I, uint16_t *y) {
     if (I % 16) return -1;
 #pragma omp parallel for schedule(static) if (R * I >= 16384)
     for (int64_t r = 0; r < R; r++) {
@@ -573,7 +573,7 @@ int tf_silu_mul(const uint16_t *gu, int64_t R, int64_t I, uint16_t *y) {
  * torch.argmax) and log_softmax at it, -log(sum exp(x - max)). Where PyTorch ran a
  * log_softmax over the whole row (writing it) and an argmax that is not vectorized
  * (16 x 49152: 250 + 365 us), two vector passes. A row with a NaN gets NaN. */
-int tf_greedy_pick(const float *logits, int64_t B, int64_t V, int64_t *ids, float *logprobs) {
+int TF(greedy_pick)(const float *logits, int64_t B, int64_t V, int64_t *ids, float *logprobs) {
 #pragma omp parallel for schedule(static) if (B > 1)
     for (int64_t b = 0; b < B; b++) {
         const float *x = logits + b * V;
@@ -618,7 +618,7 @@ int tf_greedy_pick(const float *logits, int64_t B, int64_t V, int64_t *ids, floa
  * to bf16 (the tables hold bf16 values per position), k and v written into cache row
  * slots[b] at positions[b], q returned [B, H, D]. One op where the eager forward ran a
  * dozen (index, mul, roll, add, two index_put) a layer. D % 16 == 0. */
-int tf_rope_write(const uint16_t *qkv, const uint16_t *cos_t, const uint16_t *sin_t, int64_t npos,
+int TF(rope_write)(const uint16_t *qkv, const uint16_t *cos_t, const uint16_t *sin_t, int64_t npos,
                   uint16_t *k_cache, uint16_t *v_cache, const int64_t *slots, const int64_t *positions,
                   int64_t B, int64_t H, int64_t KVH, int64_t S, int64_t L, int64_t D, uint16_t *q_out) {
     if (D % 16 || D > 256) return -8;
