@@ -9,7 +9,7 @@
 Each field's metadata carries its help text, its choices and its command-line flag;
 ``add_engine_flags(parser)`` and ``EngineConfig.from_args(args)`` are made from them.
 The environment speaks only where a field says ``auto`` (or ``None``):
-``TOKENFLOW_ACTIVATIONS``, ``TOKENFLOW_COMPILE`` and ``TOKENFLOW_INT4_KERNEL``.
+``TOKENFLOW_ACTIVATIONS``, ``TOKENFLOW_COMPILE`` and ``TOKENFLOW_KERNELS``.
 """
 
 from __future__ import annotations
@@ -53,18 +53,18 @@ class EngineConfig:
     quant: str = field(default="auto", metadata=_opt(
         "weight-only quantization; auto: int4 from the GGUF's Q4_1 blocks on CPU "
         "when --dtype is auto and the source is such a GGUF, else none. int4/int8 run on "
-        "tokenflow's own AVX512_BF16 kernels where the CPU has them (built on first use, "
-        "~7 s); TOKENFLOW_INT4_KERNEL=aten uses PyTorch's", ("auto", *QUANTS), "--quant"))
+        "tokenflow's own kernels, the tier the CPU runs best (built on first use, 10-20 s); "
+        "TOKENFLOW_KERNELS=aten uses PyTorch's", ("auto", *QUANTS), "--quant"))
     head: str = field(default="auto", metadata=_opt(
         "the output head's weights (28M of the model's 135M); auto: int8 with --quant int8/int4 "
         "(the GGUF stores it in 8 bits), else dense. int4 reads a third fewer bytes per "
         "token at a small quality cost (see the README's quality table)", ("auto", *QUANTS), "--head"))
     activations: str = field(default="auto", metadata=_opt(
         "what the int4 layers and an int8/int4 head multiply their codes by: int8 (the inputs "
-        "rounded per row and group of 32, as llama.cpp does for this GGUF; AVX512_VNNI, 64 "
-        "products an instruction, 1.5x faster at 16 rows) or bf16 (the inputs as they are). "
-        "auto: int8 where the CPU has AVX512_VNNI, else bf16; TOKENFLOW_ACTIVATIONS sets what "
-        "auto means", ACTIVATIONS, "--activations"))
+        "rounded per row and group of 32, as llama.cpp does for this GGUF; integer dot products, "
+        "faster on the avx512 (with AVX512_VNNI) and avx2 tiers) or bf16 (the inputs as they are). "
+        "auto: the kernel tier's faster one (kernels.status()['activations']); "
+        "TOKENFLOW_ACTIVATIONS sets what auto means", ACTIVATIONS, "--activations"))
     dense_prefill: bool = field(default=False, metadata=_opt(
         "quantized layers keep a bf16 copy of their weights for prompt chunks of 32+ tokens: "
         "about 2x faster prefill with PyTorch's int kernels, about the same with tokenflow's own "
@@ -79,8 +79,9 @@ class EngineConfig:
     prefill_chunk: int = field(default=256, metadata=_opt(
         "most prompt tokens one prefill forward takes"))
     kernels: str = field(default="auto", metadata=_opt(
-        "auto: tokenflow's own CPU kernels where they run (and TOKENFLOW_INT4_KERNEL=aten is not set); "
-        "aten: PyTorch's, for the whole process", kernels.KERNEL_CHOICES))
+        "tokenflow's own CPU kernels, for the whole process: auto (the best tier this CPU runs, "
+        "or TOKENFLOW_KERNELS's), avx512, avx2, portable (a tier at or below the CPU's), or "
+        "aten: PyTorch's", kernels.KERNEL_CHOICES))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -160,7 +161,7 @@ class ResolvedConfig:
     num_slots: int
     max_len: int
     prefill_chunk: int
-    kernels: str  # "avx512" (ours) or "aten" (PyTorch's)
+    kernels: str  # our tier ("avx512", "avx2", "portable") or "aten" (PyTorch's)
     kernels_reason: str
 
     @property
@@ -203,10 +204,11 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
 def resolve_activations(name: str | None = "auto") -> str:
     """``bf16`` or ``int8``: what int4 layers multiply their codes by (``Int4Linear``).
 
-    ``auto``: ``$TOKENFLOW_ACTIVATIONS`` when set, else ``int8`` where our VNNI kernel runs
-    (``kernels.int8_activations()``), else ``bf16``. int8 is the arithmetic llama.cpp
-    uses for this GGUF's Q4_1 layers (its Q8_1 activations): 64 products an instruction
-    instead of 32, 1.45x faster at 16 rows here; the README's quality table compares both."""
+    ``auto``: ``$TOKENFLOW_ACTIVATIONS`` when set, else the faster one on the kernel tier
+    that runs (``kernels.status()["activations"]``: int8 on avx512 with AVX512_VNNI and on
+    avx2, measured). int8 is the arithmetic llama.cpp uses for this GGUF's Q4_1 layers (its
+    Q8_1 activations): integer dot products, 64 an instruction with VNNI where bf16 does 32;
+    the README's quality table compares both."""
     name = (name or "auto").strip().lower()
     source = "activations"
     if name == "auto" and os.environ.get("TOKENFLOW_ACTIVATIONS", "").strip():
@@ -214,10 +216,10 @@ def resolve_activations(name: str | None = "auto") -> str:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown {source} {name!r}; choose from {', '.join(ACTIVATIONS)}")
     if name == "auto":
-        return "int8" if kernels.int8_activations() else "bf16"
+        return "int8" if kernels.int8_activations() and kernels.status()["activations"] == "int8" else "bf16"
     if name == "int8" and not kernels.int8_activations():
-        raise ValueError("int8 activations need tokenflow's kernels on a CPU with AVX512_VNNI and AVX512_BF16; "
-                         "use activations='bf16'")
+        raise ValueError(f"int8 activations need tokenflow's kernels (on the avx512 tier, AVX512_VNNI); "
+                         f"kernels here: {kernels.status()['tier']}; use activations='bf16'")
     return name
 
 

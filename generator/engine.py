@@ -12,7 +12,7 @@ from decoding import ParamError, SamplingParams
 
 from . import kernels
 from .batch import BatchGenerator
-from .config import EngineConfig, ResolvedConfig
+from .config import EngineConfig, EngineConfigError, ResolvedConfig
 from .events import TokenEvent
 from .loading import load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
 from .model.hf import HFRunner
@@ -63,8 +63,11 @@ class Engine:
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":
         """Load the model ``config`` names and build the engine it asks for."""
-        if config.kernels == "aten":
-            kernels.use("aten")  # PyTorch's kernels for the whole process (as TOKENFLOW_INT4_KERNEL=aten)
+        if config.kernels != "auto":  # a tier, or PyTorch's (aten), for the whole process
+            try:
+                kernels.use(config.kernels)
+            except ValueError as exc:
+                raise EngineConfigError(str(exc)) from None
         dev = pick_device(config.device)
         source, gguf = resolve_model(config.model)
         # The HF model stays float32 on CPU: it is the reference and the source of the weights.

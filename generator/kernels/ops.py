@@ -36,6 +36,11 @@ GROUP = 32  # values per scale/zero group: the GGUF's Q4_1 block and every kerne
 TIERS = build.TIERS  # ours, best first
 KERNEL_CHOICES = ("auto", *TIERS, "aten")
 
+# What the int layers multiply their codes by where the caller says auto: the faster one on
+# each tier, measured with benchmarks/batch_step.py (int8: integer dot products, vpdpbusd on
+# avx512 with AVX512_VNNI, vpmaddubsw on avx2; the portable tier's plain C does not gain by them).
+ACTIVATIONS = {"avx512": "int8", "avx2": "int8", "portable": "bf16", "aten": "bf16"}
+
 _choice: tuple[str, str] | None = None  # (choice, who asked); None: not asked yet (the variables decide)
 _status: dict | None = None  # settled on the first question after each use()
 _lock = threading.Lock()
@@ -79,7 +84,8 @@ def _requested() -> tuple[str, str]:
 
 def status() -> dict:
     """Which kernels run and why: ``{"tier": "avx512" | "avx2" | "portable" | "aten",
-    "reason": str, "int8_activations": bool, "tiers": [what this process can run]}``
+    "reason": str, "int8_activations": bool (whether they run), "activations": "int8" |
+    "bf16" (the faster here: what ``auto`` means), "tiers": [what this process can run]}``
     (builds ours on the first call where they can run)."""
     global _status
     if _status is None:
@@ -91,7 +97,7 @@ def status() -> dict:
 
 def _settle() -> dict:
     choice, who = _requested()
-    aten = {"tier": "aten", "int8_activations": False, "tiers": ["aten"]}
+    aten = {"tier": "aten", "int8_activations": False, "activations": "bf16", "tiers": ["aten"]}
     if choice == "aten":
         return {**aten, "reason": f"forced by {who}"}
     built, why_not = build.load()
@@ -112,8 +118,9 @@ def _settle() -> dict:
         tier, reason = best, f"{who} asked, but {why}: running {best}"
         log.warning("tokenflow kernels: %s", reason)
     torch.ops.tokenflow.use_tier(tier)
-    return {"tier": tier, "reason": reason, "int8_activations": tier != "avx512" or build.has_vnni(),
-            "tiers": [*runs, "aten"]}
+    int8 = tier != "avx512" or build.has_vnni()
+    return {"tier": tier, "reason": reason, "int8_activations": int8,
+            "activations": ACTIVATIONS[tier] if int8 else "bf16", "tiers": [*runs, "aten"]}
 
 
 def ours() -> bool:

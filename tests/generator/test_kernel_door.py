@@ -27,7 +27,8 @@ def test_status_says_which_runs_and_why(pytorchs_kernels):
 
 def test_status_when_ours_run():
     status = kernels.status()
-    assert set(status) == {"tier", "reason", "int8_activations", "tiers"}
+    assert set(status) == {"tier", "reason", "int8_activations", "activations", "tiers"}
+    assert status["activations"] in (("int8", "bf16") if status["int8_activations"] else ("bf16",))
     assert kernels.ours() == (status["tier"] != "aten")
     assert status["tier"] in status["tiers"] and status["tiers"][-1] == "aten" and status["reason"]
 

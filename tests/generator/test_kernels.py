@@ -335,15 +335,16 @@ def test_without_our_kernels_the_fallbacks_take_over(pytorchs_kernels):
         assert torch.nn.functional.cosine_similarity(batched[slot: slot + 1], ref).item() > 0.999
 
 
-def test_int8_activations_model_follows_bf16_and_runs_the_vnni_kernel(tier):
-    """The tiny model with int8 activations (the default where VNNI runs) stays within
-    rounding of the bf16-activation model, greedy tokens alike, and runs int4_q8_mm."""
+def test_int8_activations_model_follows_bf16_and_runs_the_int8_kernels(tier):
+    """The tiny model with int8 activations stays within rounding of the bf16-activation
+    model, greedy tokens alike, and runs int4_q8_mm and int8_q8_mm."""
     _needs_int8_activations()
     tiny = build_tiny_model(320)
     q8 = build_fast_llama(tiny, quant="int4", num_slots=4, max_len=64, activations="int8")
     bf = build_fast_llama(tiny, quant="int4", num_slots=4, max_len=64, activations="bf16")
     assert q8.activations == "int8" and bf.activations == "bf16"
-    assert build_fast_llama(tiny, quant="int4", num_slots=1, max_len=8).activations == "int8"  # auto
+    auto = build_fast_llama(tiny, quant="int4", num_slots=1, max_len=8).activations
+    assert auto == kernels.status()["activations"]  # the tier's faster one
     a, b = FastRunner(q8, compile=False), FastRunner(bf, compile=False)
     for slot, ids in enumerate([[5, 9, 14, 200, 31], [7, 7, 8], [100, 3, 54, 2, 9, 11, 250], [1]]):
         assert torch.nn.functional.cosine_similarity(a.prefill(slot, ids), b.prefill(slot, ids)).item() > 0.998
@@ -367,7 +368,7 @@ def test_activations_setting(monkeypatch):
     assert resolve_activations("auto") == "bf16"
     assert resolve_activations("BF16") == "bf16"
     monkeypatch.delenv("TOKENFLOW_ACTIVATIONS")
-    assert resolve_activations("auto") == ("int8" if kernels.int8_activations() else "bf16")
+    assert resolve_activations("auto") == kernels.status()["activations"]
     with pytest.raises(ValueError, match="unknown activations 'fp8'"):
         resolve_activations("fp8")
     monkeypatch.setenv("TOKENFLOW_ACTIVATIONS", "fp8")
