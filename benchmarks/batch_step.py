@@ -76,7 +76,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     engine = Engine.load(device="cpu", num_slots=max(batches), head=args.head, dense_prefill=args.dense_prefill,
                          activations=args.activations)
-    print(engine.config.summary())
+    print(f"{engine.config.summary()} ({engine.config.kernels_reason})")
     step_ms(engine, 1, 4)  # warm-up
     rows = []
     print(f"{'rows':>4} {'ms/step':>8} {'tok/s':>7} {'vs 1 row':>8}")
@@ -102,7 +102,7 @@ def main() -> None:
         print(f"{name:36s} " + " ".join(f"{micro[name][b]:8.0f}us" for b in batches))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=platform.machine(), processor=platform.processor(),
+    out.write_text(json.dumps(dict(kernels=engine.config.kernels, machine=platform.machine(), processor=platform.processor(),
                                    threads=torch.get_num_threads(), torch=torch.__version__, head=args.head,
                                    activations=engine.activations, engine=engine.config.as_dict(),
                                    dense_prefill=args.dense_prefill, steps=rows, prefill_ms=prefill, kernels_us=micro,

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from decoding import SamplingParams
-from generator import Engine
+from generator import Engine, kernels
 from generator.eval.quality import agreement
 from generator.eval.timing import median, stream_timing
 
@@ -189,7 +189,8 @@ def main() -> None:
             print(f"greedy ids: ours and {name} agree on the first {n} tokens")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(prompt=args.prompt, prompt_tokens=len(ids), new_tokens=args.tokens,
+    out.write_text(json.dumps(dict(kernels=kernels.status()["tier"], prompt=args.prompt, prompt_tokens=len(ids),
+                                   new_tokens=args.tokens,
                                    threads=args.threads, machine=platform.machine(), torch=torch.__version__,
                                    results=results, greedy_agreement=agree,
                                    time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())), indent=2))

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from generator import Engine
+from generator import Engine, kernels
 from generator.eval.likelihood import mean_logprob, perplexity, text_logprobs
 from generator.eval.quality import AGREEMENT_PROMPTS, LIKELIHOOD_TEXT, agreement, greedy_ids
 
@@ -54,7 +54,8 @@ def main() -> None:
         r["ppl_vs_fp32"] = r["perplexity"] / ref_ppl - 1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(tokens=args.tokens, prompts=list(AGREEMENT_PROMPTS), formats=rows), indent=2))
+    out.write_text(json.dumps(dict(kernels=kernels.status()["tier"], tokens=args.tokens, prompts=list(AGREEMENT_PROMPTS),
+                                   formats=rows), indent=2))
     print(f"wrote {out}")
 
 

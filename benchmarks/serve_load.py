@@ -239,6 +239,7 @@ def main() -> None:
             proc.wait(30)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"url": args.url or "started by the benchmark", "server": health, "max_tokens": args.max_tokens,
+            "kernels": ((health or {}).get("engine") or {}).get("kernels"),  # ours: the kernel tier it ran
             "requests_per_client": args.requests_per_client, "min_requests": args.min_requests,
             "repeats": args.repeats,
             "machine": platform.platform(),

@@ -269,6 +269,7 @@ def machine_info(engine, args) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(engine.device),
+        "kernels": engine.config.kernels,  # the kernel tier (TOKENFLOW_KERNELS)
         "dtype": str(engine.dtype).removeprefix("torch."),
         "model": engine.name,
         "engine_args": parse_engine_args(args.engine_arg),
