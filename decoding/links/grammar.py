@@ -60,11 +60,18 @@ def _problem(kind: str, text: str) -> str:
 def _checked(kind: str, text: str) -> str:
     problem = _problem(kind, text)
     if problem:
-        first = problem.strip().splitlines()[0]
-        if first.startswith("Unimplemented keys"):  # name the keyword the way a user reads it
-            first = "unsupported schema keyword(s) " + first.partition(":")[2].strip()
-        raise ParamError(kind, first)
+        raise ParamError(kind, _one_line(problem))
     return text
+
+
+def _one_line(problem: str) -> str:
+    """llguidance's message (a caret diagram for regexes) as one line that names the fault."""
+    lines = [line.strip() for line in problem.strip().splitlines()]
+    first = lines[0]
+    if first.startswith("Unimplemented keys"):  # name the keyword the way a user reads it
+        return "unsupported schema keyword(s) " + first.partition(":")[2].strip()
+    detail = [line.removeprefix("error:").strip() for line in lines[1:] if line.startswith("error:")]
+    return " ".join([first, *detail])
 
 
 def _json_schema(value: Any) -> str | None:
@@ -138,7 +145,7 @@ class Grammars:
                 self.misses += 1
                 compiled = llguidance.LLMatcher(self.tokenizer, _source(kind, text), log_level=0)
                 if compiled.is_error():  # SamplingParams checked it; the tokenizer may still refuse it
-                    raise ParamError(kind, compiled.get_error().strip().splitlines()[0])
+                    raise ParamError(kind, _one_line(compiled.get_error()))
                 self._compiled[key] = compiled
                 if len(self._compiled) > self.cache_size:
                     self._compiled.popitem(last=False)
