@@ -102,7 +102,7 @@ def _text(kind: str):
 def _choice(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
-    if isinstance(value, str) or not all(isinstance(c, str) for c in value) or not value:
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) for c in value):
         raise ParamError("choice", f"must be a non-empty list of strings, got {value!r}")
     choices = tuple(value)
     _checked("choice", json.dumps(list(choices)))

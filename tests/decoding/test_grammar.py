@@ -65,6 +65,7 @@ def text_of(tok, ids: list[int]) -> str:
     (dict(grammar="start: missing_rule"), "grammar", "missing_rule"),
     (dict(choice=[]), "choice", "non-empty list"),
     (dict(choice="yes"), "choice", "list of strings"),
+    (dict(choice=7), "choice", "list of strings"),
     (dict(regex="[0-9]+", choice=["a"]), "choice", "only one constraint"),
 ])
 def test_bad_constraints_name_their_field(kwargs, field, words):
