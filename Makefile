@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser serve generate clean-venv bench bench-peer bench-quality bench-serve
+.PHONY: test test-unit test-integration test-browser serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-quality: $(STAMP)  ## greedy agreement and perplexity of each weight forma
 LEVELS ?= 1,2,4,8,16,32,64
 bench-serve: $(STAMP)  ## serving load over HTTP on the default model: benchmarks/results/serve_load.{json,csv,png}
 	$(PY) benchmarks/serve_load.py --levels $(LEVELS)
+
+bench-grammar: $(STAMP)  ## what constrained output costs: benchmarks/results/grammar_cost.json
+	$(PY) benchmarks/grammar_cost.py
 
 clean-venv:
 	rm -rf $(VENV)

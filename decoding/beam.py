@@ -5,12 +5,17 @@ Mirrors ``GenerationMixin._beam_search`` (transformers 5.x): keep the top
 of them finish (score normalised by ``length ** length_penalty``), continue the
 best ``num_beams`` unfinished ones, and stop by the same early-stopping rules.
 The model and its cache stay outside: the caller forwards ``token_ids`` and
-reorders its cache rows by ``parents`` after every step.
+reorders its cache rows by ``parents`` after every step. ``BeamLinks`` runs the
+links beam search shares with the other strategies (the grammar mask), per beam.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .links.base import Batch, Link
+from .registry import history
+from .sampler import RowState
 
 _NEG = -1.0e9
 
@@ -136,3 +141,44 @@ class BeamSearch:
         """The winning hypothesis: token ids, their logprobs, normalised score."""
         n = int(self.finished_lens[0])
         return self.finished[0, :n].tolist(), self.finished_lp[0, :n].tolist(), float(self.finished_scores[0])
+
+
+class BeamLinks:
+    """The history links beam search runs too (the grammar mask), over one request's
+    beams: a ``RowState`` per beam, so each beam has its own grammar state.
+
+    ``BeamLinks.start(params, prompt_ids, device, grammars)`` is ``None`` when the
+    request switches none of them on. Per step: ``logits = links.apply(logits)`` on the
+    beams' logits ``[num_beams, V]``, then ``links.advance(parents, tokens)`` with what
+    ``BeamSearch.step`` returned (host lists): each new beam forks its parent's state.
+    """
+
+    def __init__(self, rows: list[RowState], links: list[Link], device):
+        self.rows = rows
+        self.links = links
+        self.device = device
+
+    @classmethod
+    def start(cls, params, prompt_ids, device, grammars=None) -> "BeamLinks | None":
+        links = [link for link in history() if link.with_beam and link.is_on(params)]
+        if not links:
+            return None
+        first = RowState(params, None, prompt_ids, device, grammars)
+        return cls([first] + [first.clone() for _ in range(params.num_beams - 1)], links, device)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        batch = Batch(self.device, logits.shape[-1])
+        for link in self.links:
+            columns = link.columns(self.rows, batch)  # rows change every step: built each time
+            if columns is not None:
+                logits = link.apply(logits, columns)
+        return logits
+
+    def advance(self, parents: list[int], tokens: list[int]) -> None:
+        forked, rows = set(), []
+        for p in parents:  # a parent's first child takes its state, the others a copy
+            rows.append(self.rows[p].clone() if p in forked else self.rows[p])
+            forked.add(p)
+        for row, tok in zip(rows, tokens):
+            row.accept(tok)
+        self.rows = rows

@@ -7,14 +7,15 @@ fields become ``SamplingParams`` fields, so CLI flags, server fields,
 
 from __future__ import annotations
 
-from .links import bans, filters, penalties
+from .links import bans, filters, grammar, penalties
 from .registry import Strategy, register, register_history
 from .selectors import ARGMAX, BEAM, MIROSTAT_V2, SAMPLE
 
 # History links: any strategy but beam runs those a request switches on, first, in
-# this order (as transformers and llama.cpp put bias, bans and penalties first).
+# this order (as transformers and llama.cpp put bias, bans and penalties first); the grammar
+# mask last, so what it removes stays removed (beam search runs it too).
 for _link in (bans.LOGIT_BIAS, bans.BAD_WORDS, bans.MIN_NEW_TOKENS, penalties.REPETITION_PENALTY,
-              penalties.PRESENCE_FREQUENCY_PENALTY, bans.NO_REPEAT_NGRAM, penalties.DRY):
+              penalties.PRESENCE_FREQUENCY_PENALTY, bans.NO_REPEAT_NGRAM, penalties.DRY, grammar.GRAMMAR):
     register_history(_link)
 
 T, K, P, MIN_P = filters.TEMPERATURE, filters.TOP_K, filters.TOP_P, filters.MIN_P

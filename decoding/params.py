@@ -131,6 +131,8 @@ class SamplingParams:
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise ParamError("stop", "every stop string must be a non-empty string")
+        for link in history():
+            link.check(self)
         if beam and self.num_beams < 2:
             raise ParamError("num_beams", "beam search needs num_beams >= 2")
         if not beam and self.num_beams != 1:
@@ -199,9 +201,10 @@ _META = {f.name: f.metadata for f in fields(SamplingParams)}
 _TYPES = {f.name: str(f.type) for f in fields(SamplingParams)}
 # Fields whose None means "the strategy's default, else off".
 _STRATEGY_DEFAULTED = tuple(f.name for f in fields(SamplingParams) if f.default is None and "off" in f.metadata)
-# History links run under every strategy; their switches are refused with beam search.
+# History links run under every strategy; their switches are refused with beam search,
+# but for the links beam search runs too (the grammar mask).
 _HISTORY_FIELDS = frozenset(name for link in history() for name in link.fields)
-_HISTORY_SWITCHES = tuple(p.name for link in history() for p in link.switches)
+_HISTORY_SWITCHES = tuple(p.name for link in history() if not link.with_beam for p in link.switches)
 _CONVERTERS = {p.name: p.convert for p in _LINK_PARAMS if p.convert is not None}
 
 

@@ -12,6 +12,7 @@ every chosen token through ``accept``, so the engine only does
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -47,10 +48,11 @@ class RowState:
     """One request's decoding state: settings, random generator, token history
     (prompt + output) and the state of each stateful link and selector it runs
     (``states``, by link). It outlives a ``BatchSampler``, so a scheduler can rebuild
-    the batch when rows come and go (``BatchSampler.from_rows``)."""
+    the batch when rows come and go (``BatchSampler.from_rows``). ``grammars``: the
+    tokenizer's ``links.grammar.Grammars``, needed by a row with a constraint."""
 
     def __init__(self, params: SamplingParams, generator: torch.Generator | None = None,
-                 prompt_ids: Sequence[int] = (), device: torch.device | str = "cpu"):
+                 prompt_ids: Sequence[int] = (), device: torch.device | str = "cpu", grammars=None):
         self.params = params
         self.generator = generator if generator is not None else make_generator(params.seed, device)
         self.history: list[int] = list(prompt_ids)
@@ -58,7 +60,7 @@ class RowState:
         strategy = params.resolved_strategy
         self.states: dict[Link | Selector, LinkState] = {}
         for link in (*history(), *strategy.links):
-            state = link.new_state(params, self.history)
+            state = link.new_state(params, self.history, grammars)
             if state is not None:
                 self.states[link] = state
         state = strategy.selector.new_state(params, device)
@@ -69,6 +71,18 @@ class RowState:
     def generated(self) -> int:
         """Tokens generated so far."""
         return len(self.history) - self.prompt_len
+
+    def clone(self) -> "RowState":
+        """A fork (a beam's): its own history and link states, the same settings and generator."""
+        other = copy.copy(self)
+        other.history = list(self.history)
+        other.states = {owner: state.clone() for owner, state in self.states.items()}
+        return other
+
+    @property
+    def done(self) -> bool:
+        """A state says the row must end now (its grammar is complete)."""
+        return any(getattr(state, "done", False) for state in self.states.values())
 
     def accept(self, token: int) -> None:
         """Record the token chosen for this row."""
@@ -107,8 +121,9 @@ class BatchSampler:
     """Chooses the next token for every row of a batch.
 
     ``BatchSampler(params, generators=None, device="cpu", prompt_ids=None, eos_token_ids=(),
-    greedy_pick=None)``: row ``i`` uses ``params[i]``, ``generators[i]`` (``None``: a fresh
-    one from ``params[i].seed``) and starts its history with ``prompt_ids[i]``. Then per
+    greedy_pick=None, grammars=None)``: row ``i`` uses ``params[i]``, ``generators[i]``
+    (``None``: a fresh one from ``params[i].seed``) and starts its history with
+    ``prompt_ids[i]``; ``grammars`` compiles the rows' constraints (``RowState``). Then per
     step ``out = sampler(logits)`` with the model's logits ``[B, V]`` and
     ``sampler.accept(ids)`` with the chosen ids (host ints avoid a device read).
     ``greedy_pick`` (a ``GreedyPick``) serves batches of plain greedy CPU rows in one op.
@@ -122,12 +137,13 @@ class BatchSampler:
         prompt_ids: list[Sequence[int]] | None = None,
         eos_token_ids: Sequence[int] = (),
         greedy_pick: GreedyPick | None = None,
+        grammars=None,
     ):
         generators = generators if generators is not None else [None] * len(params)
         prompt_ids = prompt_ids if prompt_ids is not None else [()] * len(params)
         if not len(params) == len(generators) == len(prompt_ids):
             raise ValueError("one generator and one prompt per row are needed")
-        rows = [RowState(p, g, ids, device) for p, g, ids in zip(params, generators, prompt_ids)]
+        rows = [RowState(p, g, ids, device, grammars) for p, g, ids in zip(params, generators, prompt_ids)]
         self._setup(rows, device, eos_token_ids, greedy_pick)
 
     @classmethod

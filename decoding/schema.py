@@ -44,4 +44,5 @@ def describe() -> dict[str, Any]:
 def _json_type(annotation: str) -> str:
     table = {"tuple[int, ...]": "list[int]", "tuple[str, ...]": "list[str]",
              "tuple[tuple[int, ...], ...]": "list[list[int]]", "dict[int, float]": "dict[int,float]"}
-    return table.get(annotation, annotation.replace(" | None", "").replace(" ", ""))
+    base = annotation.replace(" | None", "")
+    return table.get(base, base.replace(" ", ""))

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from decoding import BatchSampler, BeamSearch, ParamError, SamplingParams
+from decoding.beam import BeamLinks
 from decoding.sampler import RowState
 from decoding.selectors import make_generator
 
@@ -69,6 +70,7 @@ class _Row:
     stop_ids: set[int]
     state: RowState | None = None  # sampled rows
     search: BeamSearch | None = None  # beam rows
+    beam_links: BeamLinks | None = None  # beam rows under a grammar: a state per beam
     slot_t: torch.Tensor | None = None  # beam rows: their slots on the device
     next_tokens: torch.Tensor | None = None  # beam rows: what the next decode feeds, on the device
     next_token: int | None = None  # sampled rows: the last chosen id (host int)
@@ -151,8 +153,9 @@ class BatchGenerator:
                 row.search = BeamSearch(p.num_beams, p.max_new_tokens, sorted(row.stop_ids), p.length_penalty,
                                         p.early_stopping, self.device)
                 row.slot_t = torch.tensor(row_slots, device=self.device)
+                row.beam_links = BeamLinks.start(p, ids, self.device, self.engine.grammars)
             else:
-                row.state = RowState(p, make_generator(p.seed, self.device), ids, self.device)
+                row.state = RowState(p, make_generator(p.seed, self.device), ids, self.device, self.engine.grammars)
             rows.append(row)
         states = [r.state for r in rows if r.state is not None]
         try:
@@ -356,7 +359,8 @@ class BatchGenerator:
             top = () if top_ids is None or r.params.logprobs <= 0 else \
                 top_logprobs(top_ids[i], top_lps[i], r.params.logprobs, self.tokenizer)
             delta = r.text.push(tok)
-            finish = finish_reason(tok, r.stop_ids, r.text, r.emitted + 1 >= r.params.max_new_tokens)
+            finish = "stop" if r.state.done else \
+                finish_reason(tok, r.stop_ids, r.text, r.emitted + 1 >= r.params.max_new_tokens)
             if finish:
                 delta += r.text.flush()
             events.append((r.handle, TokenEvent(tok, delta, lp, r.emitted, finish, top)))
@@ -370,7 +374,11 @@ class BatchGenerator:
         """One beam-search step; emits the tokens every hypothesis agrees on (a token is
         shown once no later step can change it), and the rest when the search ends."""
         search = r.search
+        if r.beam_links is not None:
+            logits = r.beam_links.apply(logits)
         parents, tokens = search.step(logits.log_softmax(dim=-1))
+        if r.beam_links is not None:
+            r.beam_links.advance(parents.tolist(), tokens.tolist())
         events = []
         if not search.done:
             settled, lps = search.settled()

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from decoding import ParamError, SamplingParams
+from decoding.links.grammar import Grammars
 
 from . import kernels
 from .batch import BatchGenerator
@@ -43,6 +44,8 @@ class Engine:
         self.dtype = self.runner.dtype  # the activations' dtype
         self.context_length = self.runner.max_len
         self.eos_token_ids = _eos_ids(model, tokenizer)
+        # constrained output's compiler over this tokenizer (its token table built on first use)
+        self.grammars = Grammars(tokenizer, model.config.vocab_size, self.eos_token_ids)
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str = "auto",

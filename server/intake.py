@@ -24,7 +24,7 @@ from fastapi import Request
 
 from decoding import ParamError, SamplingParams
 
-from .errors import APIError
+from .errors import APIError, from_param_error
 from .jobs import JobGroup
 from .scheduler import SchedulerFull
 
@@ -122,7 +122,8 @@ class Intake:
         """400 (naming the field) for settings that passed ``SamplingParams`` but that this
         model cannot run: token ids outside its vocabulary, more beams or rows than it has
         KV-cache slots (such a request would wait in the queue for room that never comes),
-        beam search with ``n`` > 1 (one search yields one sequence)."""
+        beam search with ``n`` > 1 (one search yields one sequence); it also compiles a
+        constraint (a JSON schema, regex, grammar) for the tokenizer, caching it."""
         vocab = self.engine.model.config.vocab_size
         slots = self.engine.runner.num_slots
         for p in params:
@@ -132,6 +133,10 @@ class Intake:
                 if bad:
                     raise APIError(400, f"{field}: token id {bad[0]} is outside the vocabulary [0, {vocab})",
                                    param=field, code="invalid_value")
+            try:
+                self.engine.grammars.prepare(p)  # compiled for this tokenizer now, cached for the worker
+            except ParamError as exc:
+                raise from_param_error(exc) from None
         beam = params[0].resolved_strategy.selector.is_beam
         if beam and (len(params) > 1 or params[0].n > 1):  # n on /api/stream is the field itself
             raise APIError(400, "n: beam search yields one sequence; use n=1 (num_beams sets the beams)",

@@ -156,7 +156,7 @@ class NoRepeatNgram(Link):
     description = "ban tokens that would repeat an n-gram"
     reference = "transformers NoRepeatNGramLogitsProcessor"
 
-    def new_state(self, params, prompt_ids):
+    def new_state(self, params, prompt_ids, grammars=None):
         n = params.no_repeat_ngram_size
         return NgramIndex(n, prompt_ids) if n > 0 else None
 

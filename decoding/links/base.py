@@ -10,7 +10,7 @@ A link (as llama.cpp's ``llama_sampler_i`` and vLLM v1's logits processors):
 - ``columns(rows, batch)``: a batch's rows -> per-row columns, once per batch
   (``None``: off for every row, the link is skipped);
 - ``apply(logits, columns) -> logits``, the step itself, masking with ``-inf``;
-- for history: ``new_state(params, prompt_ids)`` -> a per-row ``LinkState``
+- for history: ``new_state(params, prompt_ids, grammars)`` -> a per-row ``LinkState``
   that learns each chosen token through ``accept`` and can ``reset``/``clone``;
   columns over the whole batch that track output (penalty counts) learn a step's
   ids at once through ``advance``.
@@ -60,11 +60,12 @@ class Param:
     factory: Callable[[], Any] | None = None
     strict: bool = True
     convert: Callable[[Any], Any] | None = None  # JSON-style input -> the field's value; raises ParamError
+    file: bool = False  # on the command line the value may be a file to read (a schema, a grammar)
 
     def dataclass_field(self) -> dataclasses.Field:
         """The ``dataclasses.field`` SamplingParams is built with."""
         meta = {"help": self.help, "low": self.low, "high": self.high, "low_open": self.low_open,
-                "high_open": self.high_open, "strict": self.strict}
+                "high_open": self.high_open, "strict": self.strict, "file": self.file}
         if self.off is not NO_OFF:
             meta["off"] = self.off
         if self.factory is not None:
@@ -95,7 +96,8 @@ class Row(Protocol):
 
 
 class LinkState(Protocol):
-    """A row's state of a stateful link; it learns only through ``accept``."""
+    """A row's state of a stateful link; it learns only through ``accept``. A state
+    may also have ``done``: true once its row must end (a grammar that is complete)."""
 
     def accept(self, token: int) -> None: ...
 
@@ -111,6 +113,7 @@ class Link:
     params: tuple[Param, ...] = ()
     changes_argmax: bool = False
     tracks_output: bool = False  # its columns learn each step's ids through advance()
+    with_beam: bool = False  # a history link that beam search runs too (the grammar mask)
     description: str = ""
     reference: str = ""
 
@@ -137,8 +140,12 @@ class Link:
         return [{"name": self.name, "field": self.params[0].name, "params": list(self.fields),
                  "description": self.description, "reference": self.reference}]
 
-    def new_state(self, params: Any, prompt_ids: Sequence[int]) -> LinkState | None:
-        """A row's own state, for links that learn from history; ``None``: stateless."""
+    def check(self, params: Any) -> None:
+        """Checks across its fields, once ``SamplingParams`` has them all (raise ``ParamError``)."""
+
+    def new_state(self, params: Any, prompt_ids: Sequence[int], grammars: Any = None) -> LinkState | None:
+        """A row's own state, for links that learn from history; ``None``: stateless.
+        ``grammars``: the tokenizer's ``links.grammar.Grammars`` when the engine gives one."""
         return None
 
     def columns(self, rows: Sequence[Row], batch: Batch) -> Any:

@@ -48,6 +48,8 @@ def field_value(name: str, text: str) -> Any:
     naming the field; ``SamplingParams`` checks the bounds.
     """
     kind = str(_FIELDS[name].type)
+    if _FIELDS[name].metadata.get("file"):
+        return _file_or_text(name, text)
     try:
         if kind.startswith("dict[int"):
             key, sep, value = text.partition("=")
@@ -59,6 +61,20 @@ def field_value(name: str, text: str) -> Any:
         return value_from_text(kind, text)
     except ValueError:
         raise ParamError(name, f"expected {_EXPECTED.get(kind.removesuffix(' | None'), kind)}, got {text!r}") from None
+
+
+def _file_or_text(name: str, text: str) -> str:
+    """A schema or grammar field: the file ``text`` names, or ``text`` itself when it is
+    inline (a JSON object, a grammar rule with ``:``)."""
+    path = Path(text)
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ParamError(name, f"cannot read {text}: {exc}") from None
+    if text.lstrip().startswith("{") or ":" in text:
+        return text
+    raise ParamError(name, f"no such file: {text}")
 
 
 _EXPECTED = {
@@ -88,6 +104,8 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
         kind = str(f.type)
         if kind == "bool":
             group.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+        elif f.metadata.get("file"):
+            group.add_argument(flag, dest=f.name, type=_flag_type(f.name), metavar="FILE", help=help_text)
         elif _is_list(f.name) or kind in _METAVARS:
             group.add_argument(flag, dest=f.name, action="append" if _is_list(f.name) else "store",
                                type=_flag_type(f.name), metavar=_METAVARS.get(kind), help=help_text)
@@ -95,6 +113,15 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
             shown = "the strategy's, else off" if f.default is None and "off" in f.metadata else f.default
             group.add_argument(flag, dest=f.name, type=_flag_type(f.name), default=None,
                                help=f"{help_text} (default: {shown})")
+
+
+def add_constraint_flags(parser: argparse.ArgumentParser) -> None:
+    """``--json-schema FILE``, ``--regex REGEX``, ``--grammar FILE`` alone (``compare``
+    applies them to every strategy; ``generate`` has them among every field's flags)."""
+    for name in ("json_schema", "regex", "grammar"):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_flag_type(name),
+                            metavar="FILE" if _FIELDS[name].metadata.get("file") else "REGEX",
+                            help=_FIELDS[name].metadata["help"])
 
 
 def _flag_type(name: str):

@@ -26,7 +26,7 @@ from decoding import SamplingParams
 from ..eval.text import distinct_n, nan_mean, repetition_rate, self_bleu
 from ..eval.likelihood import mean_logprob, perplexity
 from .columns import LiveColumns
-from .common import CLIError, add_model_flags, engine_options, is_sampling, parse_engine_args, parse_strategy_spec, read_prompts_file
+from .common import CLIError, add_constraint_flags, add_model_flags, engine_options, is_sampling, parse_engine_args, parse_strategy_spec, read_prompts_file
 from .replay import StreamRecorder
 
 # -- running -----------------------------------------------------------------
@@ -250,6 +250,7 @@ def add_commands(sub) -> None:
     cmp.add_argument("--max-new-tokens", type=int, default=64, help="tokens per stream unless a spec says (64)")
     cmp.add_argument("--ignore-eos", action="store_true", help="every stream runs to --max-new-tokens")
     cmp.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    add_constraint_flags(cmp)  # one constraint for every strategy
     cmp.add_argument("--sequential", action="store_true",
                      help="run the streams one after another instead of token by token in turn")
     cmp.add_argument("--no-live", action="store_true", help="do not show the streams, only the table")
@@ -271,7 +272,8 @@ def cmd_compare(args) -> int:
     prompts = read_prompts_file(args.prompts) if args.prompts else [args.prompt] if args.prompt else None
     if not prompts:
         raise CLIError("give a prompt or --prompts FILE.jsonl")
-    defaults = {"max_new_tokens": args.max_new_tokens, "ignore_eos": True if args.ignore_eos else None}
+    defaults = {"max_new_tokens": args.max_new_tokens, "ignore_eos": True if args.ignore_eos else None,
+                "json_schema": args.json_schema, "regex": args.regex, "grammar": args.grammar}
     specs = [parse_strategy_spec(s, **defaults) for s in args.specs]  # ParamError -> one line
     labels = list(args.specs)
     options = parse_engine_args(args.engine_arg)

@@ -19,7 +19,10 @@ _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", 
 # Fields on the wire that the route interprets itself, never passed on by name
 # (``n`` becomes n jobs; ``logprobs``/``top_logprobs`` become SamplingParams.logprobs).
 _OWN_FIELDS = {"model", "stream", "stream_options", "n", "messages", "prompt", "logprobs", "top_logprobs",
-               "echo", "suffix", "best_of", "max_tokens", "max_completion_tokens"}
+               "echo", "suffix", "best_of", "max_tokens", "max_completion_tokens", "response_format"}
+# vLLM's guided-decoding extras -> the SamplingParams field each sets.
+_GUIDED = {"guided_json": "json_schema", "guided_regex": "regex", "guided_grammar": "grammar",
+           "guided_choice": "choice"}
 
 
 class StreamOptions(BaseModel):
@@ -48,6 +51,7 @@ class BaseCompletionRequest(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
     user: str | None = None
 
     @property
@@ -73,12 +77,21 @@ class BaseCompletionRequest(BaseModel):
         for name, value in (self.model_extra or {}).items():
             if name in _IGNORED or value is None:
                 continue
-            if name not in known:
+            if name not in known and name not in _GUIDED:
                 raise APIError(400, f"{name}: unknown field (not an OpenAI field nor a decoding setting; "
                                     f"see GET /strategies)", param=name, code="unknown_field")
             kwargs[name] = value
         if isinstance(kwargs.get("stop"), str):
             kwargs["stop"] = [kwargs["stop"]]
+        rename = {"max_new_tokens": self.max_tokens_name()}
+        for wire, name in _GUIDED.items():
+            if wire in kwargs:
+                kwargs[name] = kwargs.pop(wire)
+                rename[name] = wire
+        schema = _response_format(self.response_format)
+        if schema is not None:
+            kwargs["json_schema"] = schema
+            rename["json_schema"] = "response_format"
         max_tokens = self._max_tokens()
         kwargs["max_new_tokens"] = default_max_tokens if max_tokens is None else max_tokens
         top = self._top_logprobs()
@@ -86,7 +99,6 @@ class BaseCompletionRequest(BaseModel):
             kwargs["logprobs"] = top  # the engine's alternatives per token (TokenEvent.top_logprobs)
         if self.seed is not None:
             kwargs["seed"] = self.seed + choice
-        rename = {"max_new_tokens": self.max_tokens_name()}
         try:
             if "strategy" in kwargs or (kwargs.get("num_beams") or 1) > 1:
                 return SamplingParams(**kwargs)
@@ -99,6 +111,27 @@ class BaseCompletionRequest(BaseModel):
     def max_tokens_name(self) -> str:
         """The request's output-length field as the client spelled it (errors name it)."""
         return "max_tokens"
+
+
+def _response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` -> the JSON schema the output must follow (``None``: free text).
+    ``json_object`` is any JSON object; ``json_schema`` is ``{"json_schema": {"name", "schema",
+    "strict"}}``, as the ``openai`` client sends it (its ``parse()`` helper included)."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise APIError(400, "response_format: json_schema must be {\"name\": ..., \"schema\": {...}}",
+                           param="response_format", code="invalid_value")
+        return spec.get("schema", {"type": "object"})  # OpenAI: a schema left out is any object
+    raise APIError(400, f"response_format: type must be 'text', 'json_object' or 'json_schema', got {kind!r}",
+                   param="response_format", code="invalid_value")
 
 
 def _openai_default_strategy(kwargs: dict[str, Any]) -> SamplingParams:

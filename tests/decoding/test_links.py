@@ -35,7 +35,7 @@ def test_every_link_field_is_a_sampling_param_with_its_declaration():
 
 def test_history_links_change_the_argmax_and_filters_do_not():
     assert [link.name for link in history()] == ["logit_bias", "bad_words", "min_new_tokens", "repetition_penalty",
-                                                 "presence_frequency_penalty", "no_repeat_ngram", "dry"]
+                                                 "presence_frequency_penalty", "no_repeat_ngram", "dry", "grammar"]
     assert all(link.changes_argmax for link in history())
     own = {link for s in strategies() for link in s.links}
     assert own and not any(link.changes_argmax for link in own)
