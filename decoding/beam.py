@@ -10,7 +10,7 @@ reorders its cache rows by ``parents`` after every step.
 
 from __future__ import annotations
 
-import torch
+from .lazy import torch
 
 _NEG = -1.0e9
 

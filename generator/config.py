@@ -20,15 +20,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from decoding.lazy import LazyModule, torch
 
-from . import kernels
 from .loading import ModelLoadError
-from .model.llama import supports
-from .weights.formats import QUANTS
-from .weights.gguf import has_q4_1
+
+# Imported on first use, so that the flags (``tokenflow --help``) need no torch.
+kernels = LazyModule("generator.kernels")
 
 ACTIVATIONS = ("auto", "bf16", "int8")
+QUANTS = ("none", "int8", "int4")  # the weight formats of weights/formats.py: dense, int8, int4
 
 
 class EngineConfigError(ModelLoadError, ValueError):
@@ -80,7 +80,7 @@ class EngineConfig:
         "most prompt tokens one prefill forward takes"))
     kernels: str = field(default="auto", metadata=_opt(
         "auto: tokenflow's own CPU kernels where they run (and TOKENFLOW_INT4_KERNEL=aten is not set); "
-        "aten: PyTorch's, for the whole process", kernels.KERNEL_CHOICES))
+        "aten: PyTorch's, for the whole process"))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -88,6 +88,9 @@ class EngineConfig:
             # activations: resolve_activations checks it (case-blind, and names the variable).
             if choices and f.name != "activations" and getattr(self, f.name) not in choices:
                 raise EngineConfigError(f"unknown {f.name} {getattr(self, f.name)!r}; choose from {', '.join(choices)}")
+        # The kernels' own list; reading it imports torch, which "auto" (always good) spares.
+        if self.kernels != "auto" and self.kernels not in kernels.KERNEL_CHOICES:
+            raise EngineConfigError(f"unknown kernels {self.kernels!r}; choose from {', '.join(kernels.KERNEL_CHOICES)}")
         for name in ("num_slots", "max_len", "prefill_chunk"):
             if int(getattr(self, name)) < 1:
                 raise EngineConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -105,6 +108,9 @@ class EngineConfig:
         """Settle every ``auto`` against this machine and the loaded HF ``model`` (its device
         and dtype are what loading made of ``device`` and ``dtype``; ``gguf``: the GGUF it
         came from, if any). Raises ``EngineConfigError`` for a combination that cannot run."""
+        from .model.llama import supports
+        from .weights.gguf import has_q4_1
+
         param = next(model.parameters())
         device, fast = param.device, supports(model)
         quant = self.quant

@@ -128,10 +128,15 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     add_engine_flags(parser)
 
 
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``Engine.load``'s keyword arguments from the model flags (validated here, before loading)."""
+def engine_options(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``Engine.load``'s keyword arguments from the model flags and ``extra`` (``--engine-arg``
+    settings), validated here, before anything loads."""
     try:
-        return dataclasses.asdict(EngineConfig.from_args(args))
+        config = EngineConfig.from_args(args)
+        return dataclasses.asdict(config.replace(**extra) if extra else config)
+    except TypeError as exc:  # an --engine-arg key that is no setting
+        known = ", ".join(f.name for f in dataclasses.fields(EngineConfig))
+        raise CLIError(f"--engine-arg: {str(exc).rsplit(' ', 1)[-1]} is no engine setting; known: {known}") from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 

@@ -275,9 +275,10 @@ def cmd_compare(args) -> int:
     specs = [parse_strategy_spec(s, **defaults) for s in args.specs]  # ParamError -> one line
     labels = list(args.specs)
     options = parse_engine_args(args.engine_arg)
+    load_options = engine_options(args, options)
     from ..engine import Engine  # heavy imports only once the flags are good
 
-    engine = Engine.load(**{**engine_options(args), **options})
+    engine = Engine.load(**load_options)
 
     from rich.console import Console
 

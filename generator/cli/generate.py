@@ -10,7 +10,6 @@ import time
 
 from decoding import SamplingParams
 
-from ..eval.timing import stream_timing
 from .common import CLIError, add_model_flags, add_sampling_flags, engine_options, sampling_params_from_args
 
 
@@ -37,13 +36,16 @@ def add_commands(sub) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Stream one completion to stdout, each text delta flushed as it comes."""
-    from ..engine import Engine  # heavy imports only once the flags are good
-
     params = sampling_params_from_args(args)
+    options = engine_options(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.prompt == "-":
         prompt = prompt.rstrip("\n")
-    engine = Engine.load(**engine_options(args))
+    if not prompt:
+        raise CLIError("the prompt is empty" + (" (nothing on stdin)" if args.prompt == "-" else ""))
+    from ..engine import Engine  # heavy imports only once the flags and the prompt are good
+
+    engine = Engine.load(**options)
     if args.stats:
         print(f"[engine] {engine.config.summary()} ({engine.config.kernels_reason})", file=sys.stderr, flush=True)
     if engine.runner.compiled:
@@ -87,6 +89,8 @@ def _open_recorder(args: argparse.Namespace, engine, prompt: str, params: Sampli
 
 def format_stats(start: float, stamps: list[float], finish: str | None) -> str:
     """One line: tokens, time to first token, inter-token latency, decode tokens/s."""
+    from ..eval.timing import stream_timing
+
     t = stream_timing(start, stamps)
     if t["tokens"] > 1:
         rest = (f"itl mean {t['itl_mean_ms']:.1f} ms p50 {t['itl_p50_ms']:.1f} ms, "

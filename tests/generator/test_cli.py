@@ -25,6 +25,21 @@ def test_generate_streams_text_and_stats(tiny_model_dir, tiny_engine):
     assert "[engine] cpu " in res.stderr and "kernels=" in res.stderr and "slots=" in res.stderr
 
 
+@pytest.mark.parametrize("args, stdin, message", [
+    (["generate", ""], None, "the prompt is empty"),
+    (["generate", "-"], "\n", "the prompt is empty (nothing on stdin)"),
+    (["generate", "hi", "--top-k", "-3"], None, "top_k"),
+    (["generate", "hi", "--quant", "int5"], None, "--quant"),
+    (["compare", "hi", "--strategy", "greedy", "--engine-arg", "nope=1"], None, "nope"),
+])
+def test_bad_input_fails_before_the_model_loads(args, stdin, message):
+    """A model that does not exist is never reached: the flags and the prompt fail first."""
+    res = run([*args, "--model", "/nonexistent/model"], input=stdin)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("tokenflow: error: ") and message in res.stderr
+    assert "Traceback" not in res.stderr and "/nonexistent" not in res.stderr
+
+
 def test_prompt_from_stdin_and_chat(tiny_model_dir):
     res = run(["generate", "-", "--chat", "--model", str(tiny_model_dir), "--max-new-tokens", "5",
                "--strategy", "sample", "--seed", "1"], input="hello there\n")
