@@ -141,6 +141,40 @@ def engine_options(args: argparse.Namespace, extra: dict[str, Any] | None = None
         raise CLIError(str(exc)) from None
 
 
+def load_engine(options: dict[str, Any], *, verbose: bool = False, stats: bool = False):
+    """``Engine.load(**options)``, saying what it does on stderr: each stage of the load
+    (``-v``; on a terminal, a spinner with the stage in hand; else only a first run's
+    download and conversion), then one ``[engine]`` line naming what runs (``-v``, ``--stats``)."""
+    import sys
+
+    from ..engine import Engine
+    from ..loading import report
+
+    spinner = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        spinner = Console(stderr=True).status("loading the model", spinner="dots")
+        spinner.start()
+
+    def progress(stage: str, message: str) -> None:
+        if spinner is not None:
+            spinner.update(f"{stage}: {message}")
+        if verbose:
+            print(f"tokenflow: [{stage}] {message}", file=sys.stderr, flush=True)
+        else:
+            report(None, stage, message)  # the once-only stages, as every load says them
+
+    try:
+        engine = Engine.from_config(EngineConfig(**options), progress)
+    finally:
+        if spinner is not None:
+            spinner.stop()
+    if verbose or stats:
+        print(f"[engine] {engine.describe()}", file=sys.stderr, flush=True)
+    return engine
+
+
 # -- settings from text -------------------------------------------------------------
 
 def parse_strategy_spec(spec: str, **defaults: Any) -> SamplingParams:

@@ -26,7 +26,8 @@ from decoding import SamplingParams
 from ..eval.text import distinct_n, nan_mean, repetition_rate, self_bleu
 from ..eval.likelihood import mean_logprob, perplexity
 from .columns import LiveColumns
-from .common import CLIError, add_model_flags, engine_options, is_sampling, parse_engine_args, parse_strategy_spec, read_prompts_file
+from .common import (CLIError, add_model_flags, engine_options, is_sampling, load_engine, parse_engine_args,
+                     parse_strategy_spec, read_prompts_file)
 from .replay import StreamRecorder
 
 # -- running -----------------------------------------------------------------
@@ -253,6 +254,8 @@ def add_commands(sub) -> None:
     cmp.add_argument("--sequential", action="store_true",
                      help="run the streams one after another instead of token by token in turn")
     cmp.add_argument("--no-live", action="store_true", help="do not show the streams, only the table")
+    cmp.add_argument("-v", "--verbose", action="store_true",
+                     help="say each stage of loading the model and what runs, on stderr")
     cmp.add_argument("--json", metavar="FILE", help="write everything (every token with logprob and time) here")
     cmp.add_argument("--record", metavar="FILE.jsonl", help="record every stream for `tokenflow replay`")
     cmp.add_argument("--engine-arg", action="append", metavar="KEY=VALUE", help="extra Engine.load option")
@@ -276,9 +279,7 @@ def cmd_compare(args) -> int:
     labels = list(args.specs)
     options = parse_engine_args(args.engine_arg)
     load_options = engine_options(args, options)
-    from ..engine import Engine  # heavy imports only once the flags are good
-
-    engine = Engine.load(**load_options)
+    engine = load_engine(load_options, verbose=args.verbose)  # heavy imports only once the flags are good
 
     from rich.console import Console
 

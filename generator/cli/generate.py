@@ -10,7 +10,8 @@ import time
 
 from decoding import SamplingParams
 
-from .common import CLIError, add_model_flags, add_sampling_flags, engine_options, sampling_params_from_args
+from .common import (CLIError, add_model_flags, add_sampling_flags, engine_options, load_engine,
+                     sampling_params_from_args)
 
 
 def add_commands(sub) -> None:
@@ -20,7 +21,10 @@ def add_commands(sub) -> None:
     gen.add_argument("prompt", help="the prompt text, or - to read it from stdin")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
     gen.add_argument("--stats", action="store_true",
-                     help="print time to first token, inter-token latency and tokens/s to stderr")
+                     help="print what runs (model, device, weights, kernels), then time to first token, "
+                     "inter-token latency and tokens/s, to stderr")
+    gen.add_argument("-v", "--verbose", action="store_true",
+                     help="say each stage of loading the model and what runs, on stderr")
     gen.add_argument("--record", metavar="FILE.jsonl",
                      help="also write every event with its wall-clock offset here (see `tokenflow replay`)")
     add_model_flags(gen)
@@ -43,11 +47,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt = prompt.rstrip("\n")
     if not prompt:
         raise CLIError("the prompt is empty" + (" (nothing on stdin)" if args.prompt == "-" else ""))
-    from ..engine import Engine  # heavy imports only once the flags and the prompt are good
-
-    engine = Engine.load(**options)
-    if args.stats:
-        print(f"[engine] {engine.config.summary()} ({engine.config.kernels_reason})", file=sys.stderr, flush=True)
+    engine = load_engine(options, verbose=args.verbose, stats=args.stats)  # heavy imports only now
     if engine.runner.compiled:
         engine.runner.compile_notice = lambda text: print(f"[compile] {text}", file=sys.stderr, flush=True)
     recorder = _open_recorder(args, engine, prompt, params)

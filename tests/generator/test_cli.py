@@ -21,8 +21,20 @@ def test_generate_streams_text_and_stats(tiny_model_dir, tiny_engine):
     expected = tiny_engine.generate_text("Once upon a time", SamplingParams(max_new_tokens=12, ignore_eos=True))
     assert res.stdout == expected + "\n"
     assert "[stats] 12 tokens" in res.stderr and "ttft" in res.stderr and "tok/s" in res.stderr
-    # --stats names what runs: the resolved engine configuration, one line
-    assert "[engine] cpu " in res.stderr and "kernels=" in res.stderr and "slots=" in res.stderr
+    # --stats names what runs: the model, the resolved engine configuration and the kernels' word, one line
+    engine_lines = [line for line in res.stderr.splitlines() if line.startswith("[engine] ")]
+    assert engine_lines == [f"[engine] {tiny_engine.name}: {tiny_engine.config.summary()} "
+                            f"(kernels: {tiny_engine.config.kernels_reason})"]
+    assert "[loading]" not in res.stderr  # the load's stages are -v's
+
+
+def test_verbose_says_each_stage_of_the_load(tiny_model_dir):
+    res = run(["generate", "Once", "--model", str(tiny_model_dir), "--max-new-tokens", "2", "-v"])
+    assert res.returncode == 0, res.stderr
+    stages = [line.split("]")[0].removeprefix("tokenflow: [") for line in res.stderr.splitlines()
+              if line.startswith("tokenflow: [")]
+    assert stages == ["loading", "preparing"]  # a local folder: nothing to fetch or convert
+    assert "[engine] " in res.stderr and "kernels=" in res.stderr
 
 
 @pytest.mark.parametrize("args, stdin, message", [

@@ -243,15 +243,19 @@ def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
 
     release = threading.Event()
 
-    def slow_load(*args, **kwargs):
+    def slow_load(config, progress):
+        progress("converting", "converting whatever.gguf")
         release.wait(10)
         return tiny_engine
 
     monkeypatch.setattr(Engine, "from_config", staticmethod(slow_load))
     server = LiveServer(create_app(Settings(engine=EngineConfig(model="whatever"))), wait_ready=False)
     try:
+        # /health names the stage in hand and the share of the load's stages already done.
+        assert wait_until(lambda: httpx.get(server.url + "/health").json().get("stage") == "converting")
         health = httpx.get(server.url + "/health")
         assert health.status_code == 503 and health.json()["status"] == "loading"
+        assert (health.json()["progress"], health.json()["detail"]) == (0.25, "converting whatever.gguf")
         res = httpx.post(server.url + "/v1/completions", json={"prompt": "hi"})
         assert res.status_code == 503 and res.json()["error"]["code"] == "model_loading"
         release.set()
