@@ -16,7 +16,7 @@ from .metrics import Metrics, RequestMetrics
 from .openai.routes import v1
 from .scheduler import Scheduler, WorkerHost
 from .settings import Settings
-from .web.resume import StreamStore
+from .resume import StreamStore
 from .web.routes import install_web
 
 log = logging.getLogger("tokenflow.server")

@@ -86,7 +86,10 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         kind = str(f.type)
-        if kind == "bool":
+        if kind == "bool" and f.default is True:  # on unless turned off: --no-skip-special-tokens
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{help_text} (default: on)")
+        elif kind == "bool":
             group.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
         elif _is_list(f.name) or kind in _METAVARS:
             group.add_argument(flag, dest=f.name, action="append" if _is_list(f.name) else "store",

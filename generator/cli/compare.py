@@ -28,7 +28,7 @@ from ..eval.likelihood import mean_logprob, perplexity
 from .columns import LiveColumns
 from .common import (CLIError, add_model_flags, engine_options, is_sampling, load_engine, parse_engine_args,
                      parse_strategy_spec, read_prompts_file)
-from .replay import StreamRecorder
+from .replay import StreamRecorder, engine_header
 
 # -- running -----------------------------------------------------------------
 
@@ -292,7 +292,7 @@ def cmd_compare(args) -> int:
         streams = {r.stream_id: f"{labels[r.spec_index]} #{r.sample} (prompt {r.prompt_index})"
                    for r in plan_runs(specs, len(prompts), args.samples, args.seed)}
         recorder = StreamRecorder(args.record, {"command": "compare", "prompts": prompts, "specs": labels,
-                                                "streams": streams, "model": engine.name})
+                                                "streams": streams, **engine_header(engine)})
     try:
         if view is not None:
             with view:

@@ -55,34 +55,48 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stamps: list[float] = []
     out = sys.stdout
     last = None
+    reader_gone = False
     try:
         for ev in engine.stream(prompt, params, chat=args.chat):
             stamps.append(time.perf_counter())
             if recorder is not None:
                 recorder.event(ev, at=stamps[-1])
+            last = ev
             if ev.text:
                 out.write(ev.text)
                 out.flush()
-            last = ev
+        out.write("\n")
+        out.flush()
+    except BrokenPipeError:  # stdout's reader left (`| head -c 40`): stop generating, still say --stats
+        reader_gone = True
+        _silence_stdout()
     finally:
         if recorder is not None:
             recorder.close()
-    out.write("\n")
-    out.flush()
     if args.stats and stamps:
-        print(format_stats(start, stamps, last.finish_reason if last else None), file=sys.stderr)
+        finish = "stdout closed" if reader_gone else (last.finish_reason if last else None)
+        print(format_stats(start, stamps, finish), file=sys.stderr, flush=True)
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of a closed pipe is quiet."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _open_recorder(args: argparse.Namespace, engine, prompt: str, params: SamplingParams):
     """A ``StreamRecorder`` for ``--record``, or None."""
     if not args.record:
         return None
-    from .replay import StreamRecorder
+    from .replay import StreamRecorder, engine_header
 
     try:
         return StreamRecorder(args.record, {"command": "generate", "prompt": prompt, "chat": args.chat,
-                                            "model": engine.name, "params": dataclasses.asdict(params)})
+                                            **engine_header(engine), "params": dataclasses.asdict(params)})
     except OSError as exc:
         raise CLIError(f"--record: cannot write {args.record}: {exc.strerror}") from None
 

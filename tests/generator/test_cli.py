@@ -88,14 +88,18 @@ def test_corrupt_model_folder_is_one_clear_line(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1 and "could not load model" in res.stderr
 
 
-def test_pipe_closed_early_is_not_an_error(tiny_model_dir):
+def test_pipe_closed_early_is_not_an_error_and_stats_still_come(tiny_model_dir):
     proc = subprocess.Popen(CLI + ["generate", "Once", "--model", str(tiny_model_dir), "--max-new-tokens", "200",
-                                   "--ignore-eos"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   "--ignore-eos", "--stats"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.read(3)
     proc.stdout.close()  # like `| head -c 3`
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "Broken pipe" not in err
+    # The generation stops with its reader, and --stats still reaches stderr.
+    stats = [line for line in err.splitlines() if line.startswith("[stats] ")]
+    assert len(stats) == 1 and stats[0].endswith("finish=stdout closed")
+    assert int(stats[0].split()[1]) < 200
 
 
 def test_help_documents_every_flag():
