@@ -20,12 +20,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from decoding.lazy import LazyModule, torch
+from decoding.lazy import torch
 
 from .loading import ModelLoadError
-
-# Imported on first use, so that the flags (``tokenflow --help``) need no torch.
-kernels = LazyModule("generator.kernels")
 
 ACTIVATIONS = ("auto", "bf16", "int8")
 QUANTS = ("none", "int8", "int4")  # the weight formats of weights/formats.py: dense, int8, int4
@@ -88,9 +85,9 @@ class EngineConfig:
             # activations: resolve_activations checks it (case-blind, and names the variable).
             if choices and f.name != "activations" and getattr(self, f.name) not in choices:
                 raise EngineConfigError(f"unknown {f.name} {getattr(self, f.name)!r}; choose from {', '.join(choices)}")
-        # The kernels' own list; reading it imports torch, which "auto" (always good) spares.
-        if self.kernels != "auto" and self.kernels not in kernels.KERNEL_CHOICES:
-            raise EngineConfigError(f"unknown kernels {self.kernels!r}; choose from {', '.join(kernels.KERNEL_CHOICES)}")
+        # The kernels' own list; importing them imports torch, which "auto" (always good) spares.
+        if self.kernels != "auto" and self.kernels not in _kernels().KERNEL_CHOICES:
+            raise EngineConfigError(f"unknown kernels {self.kernels!r}; choose from {', '.join(_kernels().KERNEL_CHOICES)}")
         for name in ("num_slots", "max_len", "prefill_chunk"):
             if int(getattr(self, name)) < 1:
                 raise EngineConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -137,7 +134,7 @@ class EngineConfig:
             activations = asked if quant != "none" or head != "none" else "bf16"
         # The int kernels are fast only with bf16 activations on the CPU.
         dtype = torch.bfloat16 if quant != "none" else param.dtype
-        tier = kernels.status() if device.type == "cpu" else {
+        tier = _kernels().status() if device.type == "cpu" else {
             "tier": "aten", "reason": f"our kernels are CPU-only, not {device.type}"}
         ctx = int(getattr(model.config, "max_position_embeddings", 2048))
         return ResolvedConfig(
@@ -220,11 +217,18 @@ def resolve_activations(name: str | None = "auto") -> str:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown {source} {name!r}; choose from {', '.join(ACTIVATIONS)}")
     if name == "auto":
-        return "int8" if kernels.int8_activations() else "bf16"
-    if name == "int8" and not kernels.int8_activations():
+        return "int8" if _kernels().int8_activations() else "bf16"
+    if name == "int8" and not _kernels().int8_activations():
         raise ValueError("int8 activations need tokenflow's kernels on a CPU with AVX512_VNNI and AVX512_BF16; "
                          "use activations='bf16'")
     return name
+
+
+def _kernels():
+    """``generator.kernels``, imported when first needed: the flags (``tokenflow --help``) need no torch."""
+    from . import kernels
+
+    return kernels
 
 
 def compile_enabled(flag: bool | None) -> bool:

@@ -49,8 +49,10 @@ class ResumableStream:
     """The events of one generation (``events``, made from ``group``), kept so that a
     reconnect can resume. Ids increase by one; the first event carries ``retry``."""
 
-    def __init__(self, store: "StreamStore", group: JobGroup, events: AsyncIterator[ServerSentEvent]):
+    def __init__(self, store: "StreamStore", group: JobGroup, events: AsyncIterator[ServerSentEvent],
+                 kind: str):
         self.store = store
+        self.kind = kind  # who made it ("web", "openai"): a reconnect continues on the same kind of route
         self.id = new_stream_id()
         self.group = group
         self.events: list[ServerSentEvent] = []
@@ -116,9 +118,9 @@ class StreamStore:
         self.retry_ms = retry_ms
         self.streams: dict[str, ResumableStream] = {}
 
-    def create(self, group: JobGroup, events: AsyncIterator[ServerSentEvent]) -> ResumableStream:
+    def create(self, group: JobGroup, events: AsyncIterator[ServerSentEvent], kind: str) -> ResumableStream:
         """Keep the ``events`` made from ``group``'s generation, from now on."""
-        stream = ResumableStream(self, group, events)
+        stream = ResumableStream(self, group, events, kind)
         self.streams[stream.id] = stream
         return stream
 
@@ -132,11 +134,14 @@ class StreamStore:
                            code="invalid_value")
         return self.streams.get(match.group(1)), int(match.group(2))
 
-    def reopen(self, last_event_id: str) -> tuple[ResumableStream, int] | None:
-        """The stream and seq a reconnect with ``Last-Event-ID`` continues after; ``None``
-        when that stream ended with that event (nothing more: a 204 tells EventSource to
-        stop). 404 when the stream is gone, 400 for an id we never sent."""
+    def reopen(self, last_event_id: str, kind: str) -> tuple[ResumableStream, int] | None:
+        """The stream of ``kind`` and the seq a reconnect with ``Last-Event-ID`` continues
+        after; ``None`` when that stream ended with that event (nothing more: a 204 tells
+        EventSource to stop). 404 when the stream is gone (or another kind's), 400 for an
+        id we never sent."""
         stream, after = self.lookup(last_event_id)
+        if stream is not None and stream.kind != kind:
+            stream = None
         if stream is None:
             raise APIError(404, "stream not found: it finished or expired (the resume grace period is "
                                 f"{self.grace_s:g} s)", param="Last-Event-ID", code="stream_not_found")

@@ -234,7 +234,7 @@ def _stream(s: Started, kind: str, first: list[dict], closing: dict, delta):
     if not s.req.resumable:  # the chunks carry ids all the same; a client that leaves ends the generation
         return event_stream(numbered(chunks(), new_stream_id()), state.settings.keepalive_s,
                             on_close=s.group.cancel, metrics=state.metrics)
-    return follow(state, state.streams.create(s.group, chunks()))
+    return follow(state, state.streams.create(s.group, chunks(), "openai"))
 
 
 def follow(state, stream: ResumableStream, after: int = -1):
@@ -252,14 +252,14 @@ def resume(request: Request, stream_id: str | None = None):
     last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if not last_id:
         stream = state.streams.streams.get(stream_id or "")
-        if stream is None:
+        if stream is None or stream.kind != "openai":
             raise APIError(404, "stream not found: it finished or expired, or was not resumable "
                                 "(stream_options.resumable)", param="stream_id", code="stream_not_found")
         return follow(state, stream)
     if stream_id is not None and not last_id.strip().startswith(stream_id + "."):
         raise APIError(400, f"Last-Event-ID: {last_id[:80]!r} is not an event of stream {stream_id}",
                        param="Last-Event-ID", code="invalid_value")
-    resumed = state.streams.reopen(last_id)
+    resumed = state.streams.reopen(last_id, "openai")
     if resumed is None:
         return Response(status_code=204)  # that was the last event: nothing more
     return follow(state, *resumed)

@@ -50,7 +50,7 @@ async def api_stream(request: Request):
     query = request.query_params
     last_id = request.headers.get("last-event-id") or query.get("last_event_id")
     if last_id:
-        resumed = store.reopen(last_id)
+        resumed = store.reopen(last_id, "web")
         if resumed is None:
             return Response(status_code=204)  # tells EventSource there is nothing more: stop reconnecting
         stream, after = resumed
@@ -62,7 +62,7 @@ async def api_stream(request: Request):
         ids = intake.encode(prompt, chat=is_true(query.get("chat")), field="prompt")
         intake.check_room(ids, params.max_new_tokens, "max_new_tokens")
         group = intake.submit(ids, [params])
-        stream = store.create(group, token_events(group, params.strategy))
+        stream = store.create(group, token_events(group, params.strategy), "web")
         after = -1
     stream.attach()
     return event_stream(stream.follow(after), intake.settings.keepalive_s, on_close=stream.detach,

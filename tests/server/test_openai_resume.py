@@ -81,3 +81,9 @@ def test_a_resumable_completion_and_bad_resumes(serve, tiny_engine):
                                  (stream_id, f"{gone}.1", 400), (gone, f"{gone}.1", 404)]:
         res = httpx.get(f"{server.url}/v1/streams/{sid}", headers={"Last-Event-ID": last_id})
         assert res.status_code == status and res.json()["error"]["param"] == "Last-Event-ID", last_id
+    # /api/stream's streams and the OpenAI ones share the store, not their routes.
+    with httpx.stream("GET", server.url + "/api/stream", params={"prompt": "Once", "max_tokens": "3"}) as res:
+        web_id = next(e for e in iter_sse(res) if "id" in e)["id"]
+    assert httpx.get(f"{server.url}/v1/streams/{web_id.split('.')[0]}").status_code == 404
+    assert httpx.post(server.url + "/v1/completions", json=body, headers={"Last-Event-ID": web_id}).status_code == 404
+    assert httpx.get(server.url + "/api/stream", headers={"Last-Event-ID": events[1]["id"]}).status_code == 404
