@@ -11,7 +11,7 @@ links beam search shares with the other strategies (the grammar mask), per beam.
 
 from __future__ import annotations
 
-import torch
+from .lazy import torch
 
 from .links.base import Batch, Link
 from .registry import history

@@ -71,6 +71,8 @@ class SamplingParams:
                                low=-10.0, high=10.0)
     early_stopping: bool | str = _f(False, "beam: true, false or 'never' (as transformers)")
     stop: tuple[str, ...] = _f((), "stop when this text appears (repeatable); it is not shown")
+    include_stop_str_in_output: bool = _f(False, "show the stop string that ended the text (as vLLM)")
+    skip_special_tokens: bool = _f(True, "leave special tokens (<|im_end|>, ...) out of the text")
     stop_token_ids: tuple[int, ...] = _f((), "stop after this token id (repeatable)")
     ignore_eos: bool = _f(False, "keep going past the end-of-sequence token")
     min_tokens_to_keep: int = _f(1, "filters never keep fewer tokens than this", low=1)

@@ -16,7 +16,7 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
+from .lazy import torch
 
 from .links.base import Batch, Link, LinkState
 from .params import SamplingParams
@@ -25,7 +25,7 @@ from .selectors import ARGMAX, Selector, argmax, make_generator
 
 # ``logits[B, V] float32 -> (ids[B], logprobs[B])``: the same choice as ``argmax`` and
 # log_softmax at it, fused (the generator's kernel library provides one).
-GreedyPick = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+GreedyPick = "Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]"  # by name: imports no torch
 
 
 @dataclass

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
+from .lazy import torch
 
 from . import transforms
 from .links.base import Batch, Param

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
+from .lazy import torch
 
-Param = float | int | torch.Tensor
+Param = "float | int | torch.Tensor"  # a type alias by name: reading torch.Tensor here would import torch
 
 
 def _per_row(param: Param, logits: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -212,14 +212,14 @@ def bad_words(logits: torch.Tensor, histories: list[list[int]],
 
 
 def bias_index(bias: list[dict[int, float]], device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+               dtype: torch.dtype | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """One ``{token_id: bias}`` per row -> ``((rows, ids), values)`` for ``add_bias``; a
-    batch whose biases are fixed builds it once."""
+    batch whose biases are fixed builds it once. ``dtype``: the values' (float32 if None)."""
     rows = [i for i, b in enumerate(bias) for _ in b]
     ids = [t for b in bias for t in b]
     values = [v for b in bias for v in b.values()]
     return ((torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(ids, dtype=torch.long, device=device)),
-            torch.tensor(values, dtype=dtype, device=device))
+            torch.tensor(values, dtype=dtype or torch.float32, device=device))
 
 
 def add_bias(logits: torch.Tensor, index: tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -147,8 +147,8 @@ class BatchGenerator:
         rows: list[_Row] = []
         for i, p in enumerate(params):
             row_slots = slots if beam[0] else [slots[i]]
-            row = _Row(next(self._handles), p, row_slots, TextStream(self.tokenizer, p.stop),
-                       self.engine.stop_ids(p))
+            text = TextStream(self.tokenizer, p.stop, p.include_stop_str_in_output, p.skip_special_tokens)
+            row = _Row(next(self._handles), p, row_slots, text, self.engine.stop_ids(p))
             if beam[0]:
                 row.search = BeamSearch(p.num_beams, p.max_new_tokens, sorted(row.stop_ids), p.length_penalty,
                                         p.early_stopping, self.device)

@@ -20,15 +20,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from decoding.lazy import torch
 
-from . import kernels
 from .loading import ModelLoadError
-from .model.llama import supports
-from .weights.formats import QUANTS
-from .weights.gguf import has_q4_1
 
 ACTIVATIONS = ("auto", "bf16", "int8")
+QUANTS = ("none", "int8", "int4")
+# kernels.KERNEL_CHOICES, named here so that --help needs no torch (a test checks they agree)
+KERNELS = ("auto", "avx512", "avx2", "portable", "aten")  # the weight formats of weights/formats.py: dense, int8, int4
 
 
 class EngineConfigError(ModelLoadError, ValueError):
@@ -81,7 +80,7 @@ class EngineConfig:
     kernels: str = field(default="auto", metadata=_opt(
         "tokenflow's own CPU kernels, for the whole process: auto (the best tier this CPU runs, "
         "or TOKENFLOW_KERNELS's), avx512, avx2, portable (a tier at or below the CPU's), or "
-        "aten: PyTorch's", kernels.KERNEL_CHOICES))
+        "aten: PyTorch's", KERNELS))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -106,6 +105,9 @@ class EngineConfig:
         """Settle every ``auto`` against this machine and the loaded HF ``model`` (its device
         and dtype are what loading made of ``device`` and ``dtype``; ``gguf``: the GGUF it
         came from, if any). Raises ``EngineConfigError`` for a combination that cannot run."""
+        from .model.llama import supports
+        from .weights.gguf import has_q4_1
+
         param = next(model.parameters())
         device, fast = param.device, supports(model)
         quant = self.quant
@@ -132,7 +134,7 @@ class EngineConfig:
             activations = asked if quant != "none" or head != "none" else "bf16"
         # The int kernels are fast only with bf16 activations on the CPU.
         dtype = torch.bfloat16 if quant != "none" else param.dtype
-        tier = kernels.status() if device.type == "cpu" else {
+        tier = _kernels().status() if device.type == "cpu" else {
             "tier": "aten", "reason": f"our kernels are CPU-only, not {device.type}"}
         ctx = int(getattr(model.config, "max_position_embeddings", 2048))
         return ResolvedConfig(
@@ -216,11 +218,19 @@ def resolve_activations(name: str | None = "auto") -> str:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown {source} {name!r}; choose from {', '.join(ACTIVATIONS)}")
     if name == "auto":
-        return "int8" if kernels.int8_activations() and kernels.status()["activations"] == "int8" else "bf16"
-    if name == "int8" and not kernels.int8_activations():
-        raise ValueError(f"int8 activations need tokenflow's kernels (on the avx512 tier, AVX512_VNNI); "
-                         f"kernels here: {kernels.status()['tier']}; use activations='bf16'")
+        k = _kernels()
+        return "int8" if k.int8_activations() and k.status()["activations"] == "int8" else "bf16"
+    if name == "int8" and not _kernels().int8_activations():
+        raise ValueError(f"int8 activations need tokenflow's kernels (avx512 with AVX512_VNNI, or avx2); "
+                         f"kernels here: {_kernels().status()['tier']}; use activations='bf16'")
     return name
+
+
+def _kernels():
+    """``generator.kernels``, imported when first needed: the flags (``tokenflow --help``) need no torch."""
+    from . import kernels
+
+    return kernels
 
 
 def compile_enabled(flag: bool | None) -> bool:

@@ -47,8 +47,9 @@ class IncrementalDetokenizer:
 class StopStringFilter:
     """Holds back text that might be the start of a stop string; cuts at a match."""
 
-    def __init__(self, stops: tuple[str, ...] | list[str]):
+    def __init__(self, stops: tuple[str, ...] | list[str], include_stop: bool = False):
         self.stops = [s for s in stops if s]
+        self.include_stop = include_stop  # show the stop string that matched (vLLM's include_stop_str_in_output)
         self.pending = ""
         self.stopped = False
 
@@ -62,8 +63,9 @@ class StopStringFilter:
         hits = [(self.pending.find(s), s) for s in self.stops]
         hits = [(i, s) for i, s in hits if i >= 0]
         if hits:
-            cut = min(i for i, _ in hits)
-            out, self.pending, self.stopped = self.pending[:cut], "", True
+            cut, stop = min(hits)  # the earliest match (the shorter stop, when two start there)
+            end = cut + len(stop) if self.include_stop else cut
+            out, self.pending, self.stopped = self.pending[:end], "", True
             return out
         hold = self._partial_tail()
         out = self.pending[: len(self.pending) - hold]
@@ -88,9 +90,9 @@ class StopStringFilter:
 class TextStream:
     """Detokenizer + stop strings: ``push(id)`` returns the delta safe to show."""
 
-    def __init__(self, tokenizer, stops=()):
-        self.detok = IncrementalDetokenizer(tokenizer)
-        self.stop = StopStringFilter(stops)
+    def __init__(self, tokenizer, stops=(), include_stop: bool = False, skip_special_tokens: bool = True):
+        self.detok = IncrementalDetokenizer(tokenizer, skip_special_tokens)
+        self.stop = StopStringFilter(stops, include_stop)
 
     @property
     def stopped(self) -> bool:

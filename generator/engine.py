@@ -15,7 +15,7 @@ from . import kernels
 from .batch import BatchGenerator
 from .config import EngineConfig, EngineConfigError, ResolvedConfig
 from .events import TokenEvent
-from .loading import load_model_and_tokenizer, pick_device, pick_dtype, resolve_model
+from .loading import DEFAULT_NAME, Progress, load_model_and_tokenizer, pick_device, pick_dtype, report, resolve_model
 from .model.hf import HFRunner
 from .model.llama import FastLlama
 from .model.runner import FastRunner, Runner
@@ -64,19 +64,30 @@ class Engine:
                                             dtype=dtype, quant=quant, compile=compile, **options))
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "Engine":
-        """Load the model ``config`` names and build the engine it asks for."""
+    def from_config(cls, config: EngineConfig, progress: Progress | None = None) -> "Engine":
+        """Load the model ``config`` names and build the engine it asks for. ``progress(stage,
+        message)`` hears each of ``loading.LOAD_STAGES`` as it begins (default: the
+        once-only download and conversion are said on stderr)."""
         if config.kernels != "auto":  # a tier, or PyTorch's (aten), for the whole process
             try:
                 kernels.use(config.kernels)
             except ValueError as exc:
                 raise EngineConfigError(str(exc)) from None
         dev = pick_device(config.device)
-        source, gguf = resolve_model(config.model)
+        source, gguf = resolve_model(config.model, progress)
+        report(progress, "loading", f"loading {Path(str(source)).name} on {dev}")
         # The HF model stays float32 on CPU: it is the reference and the source of the weights.
         hf_model, tokenizer = load_model_and_tokenizer(source, dev, pick_dtype(config.dtype, dev))
-        name = "tokenflow" if config.model is None else Path(config.model).name
+        name = DEFAULT_NAME if config.model is None else Path(config.model).name
+        report(progress, "preparing", "preparing the weights and kernels (tokenflow's kernels are compiled "
+                                      "once per CPU, on first use)")
         return cls(hf_model, tokenizer, config.resolve(hf_model, gguf), name=name)
+
+    def describe(self) -> str:
+        """What runs, in one line: the model, ``config.summary()`` (device, weight format,
+        activations, kernel tier, ...) and what the kernels say of themselves (why ours
+        are off, when they are). The CLI prints it with ``--stats``/``-v``; the server logs it."""
+        return f"{self.name}: {self.config.summary()} (kernels: {self.config.kernels_reason})"
 
     @property
     def quant(self) -> str:

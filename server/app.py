@@ -16,7 +16,7 @@ from .metrics import Metrics, RequestMetrics
 from .openai.routes import v1
 from .scheduler import Scheduler, WorkerHost
 from .settings import Settings
-from .web.resume import StreamStore
+from .resume import StreamStore
 from .web.routes import install_web
 
 log = logging.getLogger("tokenflow.server")
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, engine=None, host: WorkerHost |
     app.state.engine = None
     app.state.scheduler = None
     app.state.load_error = None
+    app.state.loading = {"stage": "starting", "detail": "starting the loader"}  # the load's stage, for /health
     app.state.started = int(time.time())
     app.state.worker_host = host
     install_error_handlers(app)
@@ -69,8 +70,12 @@ async def _load(app: FastAPI, engine) -> None:
             config = settings.engine.replace(num_slots=settings.max_active)
             log.info("loading model %s", config.model or "(default)")
 
+            def progress(stage: str, message: str) -> None:  # on the loading thread; /health reads it
+                state.loading = {"stage": stage, "detail": message}
+                log.info("loading [%s] %s", stage, message)
+
             def load():
-                return Engine.from_config(config)
+                return Engine.from_config(config, progress)
 
             host = state.worker_host  # all torch work on one thread: see WorkerHost
             engine = await (asyncio.wrap_future(host.submit(load)) if host is not None else asyncio.to_thread(load))
@@ -79,7 +84,7 @@ async def _load(app: FastAPI, engine) -> None:
         scheduler.start(state.worker_host)
         state.engine = engine
         state.scheduler = scheduler
-        log.info("model ready: %s (kernels: %s)", engine.config.summary(), engine.config.kernels_reason)
+        log.info("model ready: %s", engine.describe())
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - reported by /health and as 503, never a traceback

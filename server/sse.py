@@ -1,5 +1,5 @@
 """SSE on the wire with FastAPI's own ``fastapi.sse`` pieces: framing only (the
-resumable streams of ``GET /api/stream`` are server/web/resume.py).
+resumable streams are server/resume.py).
 
 ``event_stream()`` turns an async iterator of ``ServerSentEvent`` into an
 ``EventSourceResponse``: each event is framed by ``fastapi.sse.format_sse_event``

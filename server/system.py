@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import decoding
+from generator.loading import LOAD_STAGES
 
 from .intake import require_api_key
 
@@ -33,7 +34,8 @@ async def list_strategies():
 @router.get("/health")
 async def health(request: Request):
     """``ready`` (200) once the model is loaded, with what it runs on and the queue;
-    ``loading`` or ``error`` (503) before."""
+    ``loading`` (503, with the stage in hand and ``progress``: the share of the load's
+    stages done) or ``error`` (503) before."""
     state = request.app.state
     if state.load_error is not None:
         status, code = "error", 503
@@ -42,6 +44,11 @@ async def health(request: Request):
     else:
         status, code = "ready", 200
     body = {"status": status, "model": state.settings.model_name}
+    if status == "loading":
+        # Which of the load's stages runs, and the share of them already done.
+        stage = state.loading["stage"]
+        done = LOAD_STAGES.index(stage) if stage in LOAD_STAGES else 0
+        body.update(stage=stage, progress=round(done / len(LOAD_STAGES), 2), detail=state.loading["detail"])
     if state.load_error is not None:
         body["error"] = state.load_error
     if state.scheduler is not None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import torch
+from ..lazy import torch
 
 
 class _NoOff:
@@ -167,11 +167,11 @@ class ColumnLink(Link):
     """A link driven by one number per row: its switch field as a ``[B]`` column, with
     the rows' ``min_tokens_to_keep`` (a group shares it)."""
 
-    dtype: torch.dtype = torch.float32
+    dtype = "float32"  # the column's torch dtype, by name (naming it here imports no torch)
 
     def columns(self, rows: Sequence[Row], batch: Batch) -> tuple[torch.Tensor, int] | None:
         switch = self.params[0]
         values = [getattr(r.params, switch.name) for r in rows]
         if all(v == switch.off for v in values):
             return None
-        return torch.tensor(values, dtype=self.dtype, device=batch.device), rows[0].params.min_tokens_to_keep
+        return torch.tensor(values, dtype=getattr(torch, self.dtype), device=batch.device), rows[0].params.min_tokens_to_keep

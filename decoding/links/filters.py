@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+from ..lazy import torch
 
 from .. import selectors, transforms
 from .base import Batch, ColumnLink, Param
@@ -28,7 +28,7 @@ class TopK(ColumnLink):
     name = "top_k"
     params = (Param("top_k", "int | None", None, "keep only the k most likely tokens (0 = off)", low=0, off=0,
                     strict=False),)
-    dtype = torch.long
+    dtype = "long"
 
     def columns(self, rows, batch):
         cols = super().columns(rows, batch)

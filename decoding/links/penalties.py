@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
+from ..lazy import torch
 
 from .. import transforms
 from ..checks import int_tuple

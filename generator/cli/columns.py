@@ -4,8 +4,14 @@
 from __future__ import annotations
 
 
+# Narrower than this, a column would show a few words a line: the panels go one below another.
+MIN_COLUMN_WIDTH = 32
+
+
 class LiveColumns:
-    """Streams shown side by side in the terminal, one rich panel per column."""
+    """Streams shown side by side in the terminal, one rich panel per column, in order;
+    each panel starts with its whole title (wrapped, never cut). On a terminal too
+    narrow for every column to get ``MIN_COLUMN_WIDTH``, the panels are stacked."""
 
     def __init__(self, titles: list[str], console=None, title: str = ""):
         from rich.console import Console
@@ -26,22 +32,29 @@ class LiveColumns:
         """Add a text delta to column ``index``; the live view redraws on its own."""
         self.texts[index] += text
 
+    @property
+    def stacked(self) -> bool:
+        """One panel below another (the terminal is too narrow for side by side)."""
+        return self.console.width < MIN_COLUMN_WIDTH * len(self.titles)
+
     def __rich__(self):
+        from rich.console import Group
         from rich.panel import Panel
         from rich.table import Table
         from rich.text import Text
 
-        grid = Table.grid(expand=True, padding=(0, 1))
-        for _ in self.titles:
-            grid.add_column(ratio=1)
-        grid.add_row(*(Panel(Text(t), title=title, title_align="left")
-                       for t, title in zip(self.texts, self.titles)))
-        if self.title:
-            outer = Table.grid(expand=True)
-            outer.add_row(Text(self.title, style="bold"))
-            outer.add_row(grid)
-            return outer
-        return grid
+        # The title inside the panel, where it wraps; a border title is cut to the border.
+        # fold: a word longer than the column breaks onto the next line instead of ending in "…".
+        panels = [Panel(Text.assemble((title, "bold"), "\n", text, overflow="fold"))
+                  for text, title in zip(self.texts, self.titles)]
+        if self.stacked:
+            body = Group(*panels)
+        else:
+            body = Table.grid(expand=True, padding=(0, 1))
+            for _ in self.titles:
+                body.add_column(ratio=1, overflow="fold")
+            body.add_row(*panels)
+        return Group(Text(self.title, style="bold"), body) if self.title else body
 
     def __enter__(self) -> "LiveColumns":
         from rich.live import Live

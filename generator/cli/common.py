@@ -102,7 +102,10 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         kind = str(f.type)
-        if kind == "bool":
+        if kind == "bool" and f.default is True:  # on unless turned off: --no-skip-special-tokens
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{help_text} (default: on)")
+        elif kind == "bool":
             group.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
         elif f.metadata.get("file"):
             group.add_argument(flag, dest=f.name, type=_flag_type(f.name), metavar="FILE", help=help_text)
@@ -155,12 +158,51 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     add_engine_flags(parser)
 
 
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``Engine.load``'s keyword arguments from the model flags (validated here, before loading)."""
+def engine_options(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``Engine.load``'s keyword arguments from the model flags and ``extra`` (``--engine-arg``
+    settings), validated here, before anything loads."""
     try:
-        return dataclasses.asdict(EngineConfig.from_args(args))
+        config = EngineConfig.from_args(args)
+        return dataclasses.asdict(config.replace(**extra) if extra else config)
+    except TypeError as exc:  # an --engine-arg key that is no setting
+        known = ", ".join(f.name for f in dataclasses.fields(EngineConfig))
+        raise CLIError(f"--engine-arg: {str(exc).rsplit(' ', 1)[-1]} is no engine setting; known: {known}") from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+
+
+def load_engine(options: dict[str, Any], *, verbose: bool = False, stats: bool = False):
+    """``Engine.load(**options)``, saying what it does on stderr: each stage of the load
+    (``-v``; on a terminal, a spinner with the stage in hand; else only a first run's
+    download and conversion), then one ``[engine]`` line naming what runs (``-v``, ``--stats``)."""
+    import sys
+
+    from ..engine import Engine
+    from ..loading import report
+
+    spinner = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        spinner = Console(stderr=True).status("loading the model", spinner="dots")
+        spinner.start()
+
+    def progress(stage: str, message: str) -> None:
+        if spinner is not None:
+            spinner.update(f"{stage}: {message}")
+        if verbose:
+            print(f"tokenflow: [{stage}] {message}", file=sys.stderr, flush=True)
+        else:
+            report(None, stage, message)  # the once-only stages, as every load says them
+
+    try:
+        engine = Engine.from_config(EngineConfig(**options), progress)
+    finally:
+        if spinner is not None:
+            spinner.stop()
+    if verbose or stats:
+        print(f"[engine] {engine.describe()}", file=sys.stderr, flush=True)
+    return engine
 
 
 # -- settings from text -------------------------------------------------------------

@@ -26,8 +26,9 @@ from decoding import SamplingParams
 from ..eval.text import distinct_n, nan_mean, repetition_rate, self_bleu
 from ..eval.likelihood import mean_logprob, perplexity
 from .columns import LiveColumns
-from .common import CLIError, add_constraint_flags, add_model_flags, engine_options, is_sampling, parse_engine_args, parse_strategy_spec, read_prompts_file
-from .replay import StreamRecorder
+from .common import (CLIError, add_constraint_flags, add_model_flags, engine_options, is_sampling, load_engine,
+                     parse_engine_args, parse_strategy_spec, read_prompts_file)
+from .replay import StreamRecorder, engine_header
 
 # -- running -----------------------------------------------------------------
 
@@ -254,6 +255,8 @@ def add_commands(sub) -> None:
     cmp.add_argument("--sequential", action="store_true",
                      help="run the streams one after another instead of token by token in turn")
     cmp.add_argument("--no-live", action="store_true", help="do not show the streams, only the table")
+    cmp.add_argument("-v", "--verbose", action="store_true",
+                     help="say each stage of loading the model and what runs, on stderr")
     cmp.add_argument("--json", metavar="FILE", help="write everything (every token with logprob and time) here")
     cmp.add_argument("--record", metavar="FILE.jsonl", help="record every stream for `tokenflow replay`")
     cmp.add_argument("--engine-arg", action="append", metavar="KEY=VALUE", help="extra Engine.load option")
@@ -277,9 +280,8 @@ def cmd_compare(args) -> int:
     specs = [parse_strategy_spec(s, **defaults) for s in args.specs]  # ParamError -> one line
     labels = list(args.specs)
     options = parse_engine_args(args.engine_arg)
-    from ..engine import Engine  # heavy imports only once the flags are good
-
-    engine = Engine.load(**{**engine_options(args), **options})
+    load_options = engine_options(args, options)
+    engine = load_engine(load_options, verbose=args.verbose)  # heavy imports only once the flags are good
 
     from rich.console import Console
 
@@ -292,7 +294,7 @@ def cmd_compare(args) -> int:
         streams = {r.stream_id: f"{labels[r.spec_index]} #{r.sample} (prompt {r.prompt_index})"
                    for r in plan_runs(specs, len(prompts), args.samples, args.seed)}
         recorder = StreamRecorder(args.record, {"command": "compare", "prompts": prompts, "specs": labels,
-                                                "streams": streams, "model": engine.name})
+                                                "streams": streams, **engine_header(engine)})
     try:
         if view is not None:
             with view:

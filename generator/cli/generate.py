@@ -10,8 +10,8 @@ import time
 
 from decoding import SamplingParams
 
-from ..eval.timing import stream_timing
-from .common import CLIError, add_model_flags, add_sampling_flags, engine_options, sampling_params_from_args
+from .common import (CLIError, add_model_flags, add_sampling_flags, engine_options, load_engine,
+                     sampling_params_from_args)
 
 
 def add_commands(sub) -> None:
@@ -21,7 +21,10 @@ def add_commands(sub) -> None:
     gen.add_argument("prompt", help="the prompt text, or - to read it from stdin")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
     gen.add_argument("--stats", action="store_true",
-                     help="print time to first token, inter-token latency and tokens/s to stderr")
+                     help="print what runs (model, device, weights, kernels), then time to first token, "
+                     "inter-token latency and tokens/s, to stderr")
+    gen.add_argument("-v", "--verbose", action="store_true",
+                     help="say each stage of loading the model and what runs, on stderr")
     gen.add_argument("--record", metavar="FILE.jsonl",
                      help="also write every event with its wall-clock offset here (see `tokenflow replay`)")
     add_model_flags(gen)
@@ -37,15 +40,14 @@ def add_commands(sub) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Stream one completion to stdout, each text delta flushed as it comes."""
-    from ..engine import Engine  # heavy imports only once the flags are good
-
     params = sampling_params_from_args(args)
+    options = engine_options(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.prompt == "-":
         prompt = prompt.rstrip("\n")
-    engine = Engine.load(**engine_options(args))
-    if args.stats:
-        print(f"[engine] {engine.config.summary()} ({engine.config.kernels_reason})", file=sys.stderr, flush=True)
+    if not prompt:
+        raise CLIError("the prompt is empty" + (" (nothing on stdin)" if args.prompt == "-" else ""))
+    engine = load_engine(options, verbose=args.verbose, stats=args.stats)  # heavy imports only now
     if engine.runner.compiled:
         engine.runner.compile_notice = lambda text: print(f"[compile] {text}", file=sys.stderr, flush=True)
     recorder = _open_recorder(args, engine, prompt, params)
@@ -53,40 +55,56 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stamps: list[float] = []
     out = sys.stdout
     last = None
+    reader_gone = False
     try:
         for ev in engine.stream(prompt, params, chat=args.chat):
             stamps.append(time.perf_counter())
             if recorder is not None:
                 recorder.event(ev, at=stamps[-1])
+            last = ev
             if ev.text:
                 out.write(ev.text)
                 out.flush()
-            last = ev
+        out.write("\n")
+        out.flush()
+    except BrokenPipeError:  # stdout's reader left (`| head -c 40`): stop generating, still say --stats
+        reader_gone = True
+        _silence_stdout()
     finally:
         if recorder is not None:
             recorder.close()
-    out.write("\n")
-    out.flush()
     if args.stats and stamps:
-        print(format_stats(start, stamps, last.finish_reason if last else None), file=sys.stderr)
+        finish = "stdout closed" if reader_gone else (last.finish_reason if last else None)
+        print(format_stats(start, stamps, finish), file=sys.stderr, flush=True)
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of a closed pipe is quiet."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _open_recorder(args: argparse.Namespace, engine, prompt: str, params: SamplingParams):
     """A ``StreamRecorder`` for ``--record``, or None."""
     if not args.record:
         return None
-    from .replay import StreamRecorder
+    from .replay import StreamRecorder, engine_header
 
     try:
         return StreamRecorder(args.record, {"command": "generate", "prompt": prompt, "chat": args.chat,
-                                            "model": engine.name, "params": dataclasses.asdict(params)})
+                                            **engine_header(engine), "params": dataclasses.asdict(params)})
     except OSError as exc:
         raise CLIError(f"--record: cannot write {args.record}: {exc.strerror}") from None
 
 
 def format_stats(start: float, stamps: list[float], finish: str | None) -> str:
     """One line: tokens, time to first token, inter-token latency, decode tokens/s."""
+    from ..eval.timing import stream_timing
+
     t = stream_timing(start, stamps)
     if t["tokens"] > 1:
         rest = (f"itl mean {t['itl_mean_ms']:.1f} ms p50 {t['itl_p50_ms']:.1f} ms, "

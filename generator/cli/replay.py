@@ -63,6 +63,12 @@ class StreamRecorder:
         self.close()
 
 
+def engine_header(engine) -> dict[str, Any]:
+    """What a recording says of the engine that made it: the model, its one-line
+    description (weights, activations, kernel tier) and the whole resolved config."""
+    return {"model": engine.name, "engine_summary": engine.describe(), "engine": engine.config.as_dict()}
+
+
 def read_recording(path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The header and the token lines of a recording, tokens in file order."""
     try:

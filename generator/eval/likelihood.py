@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
+from decoding.lazy import numpy as np
 
 
 def mean_logprob(logprobs: Sequence[float | None]) -> float:

@@ -8,7 +8,7 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
-import numpy as np
+from decoding.lazy import numpy as np
 
 Tokens = Sequence[Hashable]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
+from decoding.lazy import numpy as np
 
 from .text import nan_mean
 

@@ -22,7 +22,6 @@ from .. import kernels
 from ..kernels import GROUP
 from .gguf import unpack_q4_1
 
-QUANTS = ("none", "int8", "int4")
 # From this many rows on (a prompt chunk), a quantized linear with a dense copy
 # multiplies by that instead: the weight-only kernels dequantize into float32 FMAs and
 # stay near 160 GFLOP/s here, where a bf16 GEMM reaches 300-400 (3072x576 at 128 rows:

@@ -4,7 +4,7 @@ into ``decoding.SamplingParams``: ``to_sampling_params()``."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +27,8 @@ _GUIDED = {"guided_json": "json_schema", "guided_regex": "regex", "guided_gramma
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage so far on every chunk (needs include_usage)
+    resumable: bool = False  # tokenflow's: keep generating for a reconnect with Last-Event-ID (server/resume.py)
 
 
 class BaseCompletionRequest(BaseModel):
@@ -38,6 +40,9 @@ class BaseCompletionRequest(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
+    # Fields accepted and ignored, and fields the route reads itself (a kind of request may add its own).
+    ignored_fields: ClassVar[frozenset[str]] = frozenset(_IGNORED)
+    own_fields: ClassVar[frozenset[str]] = frozenset(_OWN_FIELDS)
 
     model: str | None = None
     stream: bool = False
@@ -58,6 +63,14 @@ class BaseCompletionRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def resumable(self) -> bool:
+        return bool(self.stream_options and self.stream_options.resumable)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and self.stream_options.continuous_usage_stats
+
     def _max_tokens(self) -> int | None:
         return self.max_tokens
 
@@ -72,10 +85,10 @@ class BaseCompletionRequest(BaseModel):
         known = set(SamplingParams.field_names())
         kwargs: dict[str, Any] = {}
         for name, value in self:  # declared fields: each is a SamplingParams field or our own
-            if name not in _OWN_FIELDS and name not in _IGNORED and value is not None:
+            if name not in self.own_fields and name not in self.ignored_fields and value is not None:
                 kwargs[name] = value
         for name, value in (self.model_extra or {}).items():
-            if name in _IGNORED or value is None:
+            if name in self.ignored_fields or value is None:
                 continue
             if name not in known and name not in _GUIDED:
                 raise APIError(400, f"{name}: unknown field (not an OpenAI field nor a decoding setting; "

@@ -9,19 +9,23 @@ chunks ending in ``data: [DONE]``, with logprobs in both OpenAI shapes.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import Response
 from fastapi.sse import ServerSentEvent
 
 from decoding import SamplingParams
+from generator.eval.timing import decode_rate
 
 from ..errors import APIError
 from ..intake import Intake
 from ..jobs import GenerationError, JobGroup
+from ..resume import ResumableStream, new_stream_id, numbered
 from ..sse import error_event, event_stream
 from .protocol import BaseCompletionRequest, ChatCompletionRequest, CompletionRequest
 
@@ -89,6 +93,21 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def timings(job, prompt_n: int) -> dict[str, float | int] | None:
+    """llama.cpp's ``timings`` of one finished choice: the prompt (its forward, up to the
+    first token) and the tokens decoded after it, each with ms and tokens/s."""
+    if job.first_token_at is None or job.started_at is None:
+        return None
+    prompt_ms = (job.first_token_at - job.started_at) * 1000
+    predicted_n = max(job.tokens - 1, 0)  # the first token comes out of the prompt's forward
+    predicted_ms = (job.last_token_at - job.first_token_at) * 1000
+    rate = decode_rate(job.tokens, job.first_token_at, job.last_token_at)
+    return {"prompt_n": prompt_n, "prompt_ms": round(prompt_ms, 3),
+            "prompt_per_second": round(prompt_n / prompt_ms * 1000, 3) if prompt_ms > 0 else None,
+            "predicted_n": predicted_n, "predicted_ms": round(predicted_ms, 3),
+            "predicted_per_second": round(rate, 3) if math.isfinite(rate) else None}
+
+
 def chunk(kind: str, cid: str, created: int, model: str, choices: list[dict], with_usage: bool,
           usage_value: Any = None) -> dict:
     """A streamed chunk; ``kind`` is ``chat.completion.chunk`` or ``text_completion``."""
@@ -100,7 +119,7 @@ def chunk(kind: str, cid: str, created: int, model: str, choices: list[dict], wi
 
 # -- the handlers -----------------------------------------------------------------------
 @dataclass
-class _Started:
+class Started:
     """A request whose jobs are queued, and what every answer to it repeats."""
 
     intake: Intake
@@ -113,14 +132,14 @@ class _Started:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def _start(intake: Intake, req: BaseCompletionRequest, prompt, chat: bool, field_name: str,
-           id_prefix: str) -> _Started:
+def start_request(intake: Intake, req: BaseCompletionRequest, prompt, chat: bool, field_name: str,
+           id_prefix: str) -> Started:
     """Check the model, encode the prompt (``prompt()`` is called only then), make one
     ``SamplingParams`` per choice, queue them."""
     intake.check_model(req.model)
     ids = intake.encode(prompt(), chat=chat, field=field_name)
     group = intake.submit(ids, _choice_params(intake, req, ids))
-    return _Started(intake, req, ids, group, f"{id_prefix}-{uuid.uuid4().hex[:24]}",
+    return Started(intake, req, ids, group, f"{id_prefix}-{uuid.uuid4().hex[:24]}",
                     intake.settings.model_name, TokenText(intake.engine.tokenizer))
 
 
@@ -134,7 +153,7 @@ def _choice_params(intake: Intake, req: BaseCompletionRequest, ids: list[int]) -
 
 async def chat_completion(intake: Intake, req: ChatCompletionRequest, request: Request):
     """``POST /v1/chat/completions``: a ``chat.completion``, or its chunks as SSE."""
-    s = _start(intake, req, req.chat_messages, True, "messages", "chatcmpl")
+    s = start_request(intake, req, req.chat_messages, True, "messages", "chatcmpl")
     top_n = req.top_logprobs or 0
 
     def logprobs(evs):
@@ -145,17 +164,17 @@ async def chat_completion(intake: Intake, req: ChatCompletionRequest, request: R
                   "finish_reason": None} for i in range(req.n)]
         return _stream(s, "chat.completion.chunk", first, {"delta": {}}, lambda i, evs: {
             "index": i, "delta": {"content": "".join(ev.text for ev in evs)}, "logprobs": logprobs(evs)})
-    events = await _collect(s.group, req.n, request)
+    events = await collect(s.group, req.n, request)
     choices = [{"index": i, "message": {"role": "assistant", "content": "".join(e.text for e in evs)},
                 "logprobs": logprobs(evs), "finish_reason": evs[-1].finish_reason if evs else "stop"}
                for i, evs in enumerate(events)]
     return {"id": s.id, "object": "chat.completion", "created": s.created, "model": s.model, "choices": choices,
-            "usage": usage(len(s.ids), sum(len(e) for e in events))}
+            "usage": usage(len(s.ids), sum(len(e) for e in events)), "timings": timings(s.group.jobs[0], len(s.ids))}
 
 
 async def text_completion(intake: Intake, req: CompletionRequest, request: Request):
     """``POST /v1/completions``: a ``text_completion``, or its chunks as SSE."""
-    s = _start(intake, req, req.prompt_value, False, "prompt", "cmpl")
+    s = start_request(intake, req, req.prompt_value, False, "prompt", "cmpl")
     top_n = req.logprobs or 0
     want_logprobs = req.logprobs is not None
     if req.stream:
@@ -166,7 +185,7 @@ async def text_completion(intake: Intake, req: CompletionRequest, request: Reque
             return {"index": i, "text": "".join(ev.text for ev in evs), "logprobs": logprobs}
 
         return _stream(s, "text_completion", [], {"text": ""}, delta)
-    events = await _collect(s.group, req.n, request)
+    events = await collect(s.group, req.n, request)
     choices = []
     for i, evs in enumerate(events):
         logprobs = None
@@ -176,28 +195,34 @@ async def text_completion(intake: Intake, req: CompletionRequest, request: Reque
         choices.append({"index": i, "text": "".join(e.text for e in evs), "logprobs": logprobs,
                         "finish_reason": evs[-1].finish_reason if evs else "stop"})
     return {"id": s.id, "object": "text_completion", "created": s.created, "model": s.model, "choices": choices,
-            "usage": usage(len(s.ids), sum(len(e) for e in events))}
+            "usage": usage(len(s.ids), sum(len(e) for e in events)), "timings": timings(s.group.jobs[0], len(s.ids))}
 
 
-def _stream(s: _Started, kind: str, first: list[dict], closing: dict, delta):
+def _stream(s: Started, kind: str, first: list[dict], closing: dict, delta):
     """The SSE body both OpenAI routes share: ``first`` chunks, one chunk per batch of
     events (``delta(i, evs)``), a ``closing`` chunk with the finish reason, usage, [DONE]."""
-    with_usage = s.req.include_usage
+    with_usage, continuous = s.req.include_usage, s.req.continuous_usage
+    completion_tokens = 0
 
     async def chunks():
-        def make(choices, usage_value=None):
-            return ServerSentEvent(data=chunk(kind, s.id, s.created, s.model, choices, with_usage, usage_value))
+        nonlocal completion_tokens
+
+        def make(choices, usage_value=None, **extra):
+            if continuous and usage_value is None:  # vLLM's continuous_usage_stats: the counts so far
+                usage_value = usage(len(s.ids), completion_tokens)
+            return ServerSentEvent(data={**chunk(kind, s.id, s.created, s.model, choices, with_usage, usage_value),
+                                         **extra})
 
         if first:
             yield make(first)
-        completion_tokens = 0
         try:
             # A client that reads slower than tokens come gets the backlog as one merged chunk.
             async for i, evs in s.group.batches():
                 completion_tokens += len(evs)
                 yield make([{**delta(i, evs), "finish_reason": None}])
-                if evs[-1].finish_reason:
-                    yield make([{"index": i, **closing, "logprobs": None, "finish_reason": evs[-1].finish_reason}])
+                if evs[-1].finish_reason:  # the choice's last chunk: its finish reason and timings
+                    yield make([{"index": i, **closing, "logprobs": None, "finish_reason": evs[-1].finish_reason}],
+                               timings=timings(s.group.jobs[i], len(s.ids)))
         except GenerationError as exc:
             yield error_event(exc)
             return
@@ -206,10 +231,41 @@ def _stream(s: _Started, kind: str, first: list[dict], closing: dict, delta):
         yield ServerSentEvent(raw_data="[DONE]")
 
     state = s.intake.state
-    return event_stream(chunks(), state.settings.keepalive_s, on_close=s.group.cancel, metrics=state.metrics)
+    if not s.req.resumable:  # the chunks carry ids all the same; a client that leaves ends the generation
+        return event_stream(numbered(chunks(), new_stream_id()), state.settings.keepalive_s,
+                            on_close=s.group.cancel, metrics=state.metrics)
+    return follow(state, state.streams.create(s.group, chunks(), "openai"))
 
 
-async def _collect(group: JobGroup, n: int, request: Request) -> list[list]:
+def follow(state, stream: ResumableStream, after: int = -1):
+    """The SSE body of a kept stream from event ``after + 1`` on; a reader who leaves
+    lets it live ``resume_grace_s`` more seconds for a reconnect."""
+    stream.attach()
+    return event_stream(stream.follow(after), state.settings.keepalive_s, on_close=stream.detach,
+                        metrics=state.metrics)
+
+
+def resume(request: Request, stream_id: str | None = None):
+    """A reconnect to a kept OpenAI stream: the events after ``Last-Event-ID`` (header,
+    or ``last_event_id`` in the query), or all of them for ``GET /v1/streams/{id}`` alone."""
+    state = request.app.state
+    last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if not last_id:
+        stream = state.streams.streams.get(stream_id or "")
+        if stream is None or stream.kind != "openai":
+            raise APIError(404, "stream not found: it finished or expired, or was not resumable "
+                                "(stream_options.resumable)", param="stream_id", code="stream_not_found")
+        return follow(state, stream)
+    if stream_id is not None and not last_id.strip().startswith(stream_id + "."):
+        raise APIError(400, f"Last-Event-ID: {last_id[:80]!r} is not an event of stream {stream_id}",
+                       param="Last-Event-ID", code="invalid_value")
+    resumed = state.streams.reopen(last_id, "openai")
+    if resumed is None:
+        return Response(status_code=204)  # that was the last event: nothing more
+    return follow(state, *resumed)
+
+
+async def collect(group: JobGroup, n: int, request: Request) -> list[list]:
     """Every choice's events, for the non-streaming answers. A client that hangs
     up while it waits cancels the generation too (nothing else would notice)."""
     events: list[list] = [[] for _ in range(n)]

@@ -7,15 +7,22 @@ Everything the page uses lives in ``server/web/static/`` (no build step, no CDN)
 
 from __future__ import annotations
 
+import math
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, Response
+from fastapi.sse import ServerSentEvent
 from fastapi.staticfiles import StaticFiles
+
+from generator.eval.timing import decode_rate
 
 from ..errors import APIError
 from ..intake import Intake, require_api_key
-from ..sse import event_stream
+from ..jobs import GenerationError, JobGroup
+from ..sse import error_event, event_stream
 from .query import is_true, params_from_query
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -43,15 +50,10 @@ async def api_stream(request: Request):
     query = request.query_params
     last_id = request.headers.get("last-event-id") or query.get("last_event_id")
     if last_id:
-        stream, after = store.lookup(last_id)
-        if stream is None:
-            raise APIError(404, "stream not found: it finished or expired (the resume grace period is "
-                                f"{store.grace_s:g} s)", param="Last-Event-ID", code="stream_not_found")
-        if after >= len(stream.events):  # never sent: a forged id, not a reconnect
-            raise APIError(400, f"Last-Event-ID: event {after} of this stream has not been sent",
-                           param="Last-Event-ID", code="invalid_value")
-        if stream.finished and after >= len(stream.events) - 1:
+        resumed = store.reopen(last_id, "web")
+        if resumed is None:
             return Response(status_code=204)  # tells EventSource there is nothing more: stop reconnecting
+        stream, after = resumed
     else:
         prompt = query.get("prompt")
         if not prompt:
@@ -59,11 +61,38 @@ async def api_stream(request: Request):
         params = params_from_query(query, intake.default_max_tokens())
         ids = intake.encode(prompt, chat=is_true(query.get("chat")), field="prompt")
         intake.check_room(ids, params.max_new_tokens, "max_new_tokens")
-        stream = store.create(intake.submit(ids, [params]), params.strategy)
+        group = intake.submit(ids, [params])
+        stream = store.create(group, token_events(group, params.strategy), "web")
         after = -1
     stream.attach()
     return event_stream(stream.follow(after), intake.settings.keepalive_s, on_close=stream.detach,
                         metrics=request.app.state.metrics)
+
+
+async def token_events(group: JobGroup, strategy: str) -> AsyncIterator[ServerSentEvent]:
+    """``/api/stream``'s events: a ``token`` per token, then ``done`` with the stream's
+    timing (or ``error``)."""
+    try:
+        async for _, ev in group:
+            data = {"index": ev.index, "text": ev.text, "token_id": ev.token_id, "logprob": ev.logprob}
+            if ev.top_logprobs:
+                data["top_logprobs"] = jsonable_encoder(ev.top_logprobs)
+            yield ServerSentEvent(event="token", data=data)
+        yield ServerSentEvent(event="done", data=_stats(group.jobs[0], strategy))
+    except GenerationError as exc:
+        yield error_event(exc, named=True)
+
+
+def _stats(job, strategy: str) -> dict:
+    stats = {"finish_reason": job.finish_reason, "tokens": job.tokens, "strategy": strategy}
+    if job.first_token_at is not None:
+        stats["ttft_ms"] = round((job.first_token_at - job.submitted_at) * 1000, 2)
+        stats["duration_ms"] = round((job.last_token_at - job.submitted_at) * 1000, 2)
+        rate = decode_rate(job.tokens, job.first_token_at, job.last_token_at)
+        stats["tokens_per_s"] = round(rate, 2) if math.isfinite(rate) else None
+    if job.started_at is not None:
+        stats["queue_ms"] = round((job.started_at - job.submitted_at) * 1000, 2)
+    return stats
 
 
 @web.post("/api/stream/{stream_id}/cancel", dependencies=[Depends(require_api_key)])

@@ -21,8 +21,35 @@ def test_generate_streams_text_and_stats(tiny_model_dir, tiny_engine):
     expected = tiny_engine.generate_text("Once upon a time", SamplingParams(max_new_tokens=12, ignore_eos=True))
     assert res.stdout == expected + "\n"
     assert "[stats] 12 tokens" in res.stderr and "ttft" in res.stderr and "tok/s" in res.stderr
-    # --stats names what runs: the resolved engine configuration, one line
-    assert "[engine] cpu " in res.stderr and "kernels=" in res.stderr and "slots=" in res.stderr
+    # --stats names what runs: the model, the resolved engine configuration and the kernels' word, one line
+    engine_lines = [line for line in res.stderr.splitlines() if line.startswith("[engine] ")]
+    assert engine_lines == [f"[engine] {tiny_engine.name}: {tiny_engine.config.summary()} "
+                            f"(kernels: {tiny_engine.config.kernels_reason})"]
+    assert "[loading]" not in res.stderr  # the load's stages are -v's
+
+
+def test_verbose_says_each_stage_of_the_load(tiny_model_dir):
+    res = run(["generate", "Once", "--model", str(tiny_model_dir), "--max-new-tokens", "2", "-v"])
+    assert res.returncode == 0, res.stderr
+    stages = [line.split("]")[0].removeprefix("tokenflow: [") for line in res.stderr.splitlines()
+              if line.startswith("tokenflow: [")]
+    assert stages == ["loading", "preparing"]  # a local folder: nothing to fetch or convert
+    assert "[engine] " in res.stderr and "kernels=" in res.stderr
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["generate", ""], None, "the prompt is empty"),
+    (["generate", "-"], "\n", "the prompt is empty (nothing on stdin)"),
+    (["generate", "hi", "--top-k", "-3"], None, "top_k"),
+    (["generate", "hi", "--quant", "int5"], None, "--quant"),
+    (["compare", "hi", "--strategy", "greedy", "--engine-arg", "nope=1"], None, "nope"),
+])
+def test_bad_input_fails_before_the_model_loads(args, stdin, message):
+    """A model that does not exist is never reached: the flags and the prompt fail first."""
+    res = run([*args, "--model", "/nonexistent/model"], input=stdin)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("tokenflow: error: ") and message in res.stderr
+    assert "Traceback" not in res.stderr and "/nonexistent" not in res.stderr
 
 
 def test_prompt_from_stdin_and_chat(tiny_model_dir):
@@ -61,14 +88,18 @@ def test_corrupt_model_folder_is_one_clear_line(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1 and "could not load model" in res.stderr
 
 
-def test_pipe_closed_early_is_not_an_error(tiny_model_dir):
+def test_pipe_closed_early_is_not_an_error_and_stats_still_come(tiny_model_dir):
     proc = subprocess.Popen(CLI + ["generate", "Once", "--model", str(tiny_model_dir), "--max-new-tokens", "200",
-                                   "--ignore-eos"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   "--ignore-eos", "--stats"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.read(3)
     proc.stdout.close()  # like `| head -c 3`
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "Broken pipe" not in err
+    # The generation stops with its reader, and --stats still reaches stderr.
+    stats = [line for line in err.splitlines() if line.startswith("[stats] ")]
+    assert len(stats) == 1 and stats[0].endswith("finish=stdout closed")
+    assert int(stats[0].split()[1]) < 200
 
 
 def test_help_documents_every_flag():

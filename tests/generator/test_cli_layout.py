@@ -55,9 +55,39 @@ def test_entry_points_name_real_functions():
         assert callable(getattr(importlib.import_module(module), attr)), target
 
 
-def test_building_the_parser_imports_no_heavy_library():
-    code = ("import sys; from generator.cli.main import build_parser; build_parser(); "
-            "print(' '.join(m for m in ('transformers', 'rich', 'nltk', 'matplotlib') if m in sys.modules))")
+HEAVY = ("torch", "numpy", "transformers", "fastapi", "uvicorn", "rich", "nltk", "matplotlib")
+
+
+def _heavy_after(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; the heavy libraries it imported."""
+    code += f"; import sys; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == ""
+    return res.stdout.split()
+
+
+def test_building_the_parser_imports_no_heavy_library():
+    assert _heavy_after("from generator.cli.main import build_parser; build_parser()") == []
+
+
+def test_every_help_imports_no_torch():
+    """``tokenflow --help`` and each subcommand's ``--help`` print their text and exit 0
+    with torch, transformers and FastAPI never imported (what makes them instant)."""
+    from generator.cli.main import build_parser
+
+    commands = sorted(build_parser()._subparsers._group_actions[0].choices)
+    assert {"generate", "compare", "replay", "strategies", "serve"} <= set(commands)
+    for argv in [[], *([c] for c in commands)]:
+        code = ("import contextlib, io; from generator.cli import main; out = io.StringIO()\n"
+                "with contextlib.redirect_stdout(out):\n"
+                f"    try: main({argv + ['--help']!r})\n"
+                "    except SystemExit as exc: assert exc.code == 0, exc.code\n"
+                "assert 'usage: tokenflow' in out.getvalue()")
+        assert _heavy_after(code) == [], argv
+
+
+def test_settings_validate_without_torch():
+    """Decoding settings and engine flags are checked before anything heavy loads."""
+    code = ("from decoding import SamplingParams, describe; SamplingParams(strategy='sample', top_k=5); describe(); "
+            "from generator.config import EngineConfig; EngineConfig(quant='int4', num_slots=4)")
+    assert _heavy_after(code) == []

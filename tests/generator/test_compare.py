@@ -126,6 +126,11 @@ def test_record_then_replay_gives_the_same_text(tiny_model_dir, tmp_path):
     assert gen.returncode == 0, gen.stderr
     header, events = read_recording(rec)
     assert header["command"] == "generate" and header["params"]["max_new_tokens"] == 16
+    # The header names what made it: the model, its weights and kernels, the whole engine config.
+    assert header["model"] == tiny_model_dir.name
+    assert {"quant", "activations", "kernels", "kernels_reason", "device", "num_slots"} <= set(header["engine"])
+    assert header["engine_summary"].startswith(f"{tiny_model_dir.name}: cpu ")
+    assert f"kernels={header['engine']['kernels']}" in header["engine_summary"]
     assert len(events) == 16 and [e["index"] for e in events] == list(range(16))
     assert all(b["t"] >= a["t"] for a, b in zip(events, events[1:]))
     replay = run(["replay", str(rec), "--speed", "50"])

@@ -113,3 +113,10 @@ def test_engine_load_keeps_its_keywords(tiny_model_dir):
     assert engine.dtype.__repr__() == "torch.bfloat16" and engine.name == tiny_model_dir.name
     with pytest.raises(TypeError):
         Engine.load(model=tiny_model_dir, num_beams=2)
+
+
+def test_config_names_the_kernels_choices_the_kernels_take():
+    # config.py spells the choices out so that --help imports no torch; they must not drift.
+    from generator import config, kernels
+
+    assert config.KERNELS == kernels.KERNEL_CHOICES

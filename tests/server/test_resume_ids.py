@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from server.errors import APIError
-from server.web.resume import StreamStore
+from server.resume import StreamStore
 from server_harness import StepEngine, iter_sse, serve  # noqa: F401  (serve: a fixture)
 
 SID = "0123456789abcdef"

@@ -95,7 +95,7 @@ def test_keepalive_comments_on_an_idle_stream(serve, tiny_engine):
     with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
                       json={"prompt": "Once upon", "max_tokens": 2, "stream": True, "ignore_eos": True}) as res:
         raw = res.read().decode()
-    assert ": ping" in raw and raw.rstrip().endswith("data: [DONE]")
+    assert ": ping" in raw and raw.rstrip().split("\n\n")[-1].startswith("data: [DONE]\nid: ")
 
 
 def test_queue_full_is_429_with_retry_after(serve, tiny_engine):
@@ -243,15 +243,19 @@ def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
 
     release = threading.Event()
 
-    def slow_load(*args, **kwargs):
+    def slow_load(config, progress):
+        progress("converting", "converting whatever.gguf")
         release.wait(10)
         return tiny_engine
 
     monkeypatch.setattr(Engine, "from_config", staticmethod(slow_load))
     server = LiveServer(create_app(Settings(engine=EngineConfig(model="whatever"))), wait_ready=False)
     try:
+        # /health names the stage in hand and the share of the load's stages already done.
+        assert wait_until(lambda: httpx.get(server.url + "/health").json().get("stage") == "converting")
         health = httpx.get(server.url + "/health")
         assert health.status_code == 503 and health.json()["status"] == "loading"
+        assert (health.json()["progress"], health.json()["detail"]) == (0.25, "converting whatever.gguf")
         res = httpx.post(server.url + "/v1/completions", json={"prompt": "hi"})
         assert res.status_code == 503 and res.json()["error"]["code"] == "model_loading"
         release.set()
