@@ -88,7 +88,8 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         kind = _TYPES.get(exc.status_code, "invalid_request_error")
-        return _json(exc.status_code, error_body(message, kind, None, None), exc.headers)
+        return _json(exc.status_code, error_body(message, kind, getattr(exc, "param", None),
+                                                 getattr(exc, "code", None)), exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

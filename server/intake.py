@@ -13,12 +13,10 @@ model's, or ``max_total_tokens`` when smaller), the default ``max_tokens`` and
 the waiting queue; and the settings against the model (token ids inside its
 vocabulary, beams and ``n`` within its KV-cache slots), which ``SamplingParams``
 cannot check: it does not know the model. A setting the worker cannot run would
-otherwise fail at batch setup, inside the worker. ``require_api_key`` (a FastAPI dependency) guards the routes.
+otherwise fail at batch setup, inside the worker.
 """
 
 from __future__ import annotations
-
-import secrets
 
 from fastapi import Request
 
@@ -27,20 +25,6 @@ from decoding import ParamError, SamplingParams
 from .errors import APIError
 from .jobs import JobGroup
 from .scheduler import SchedulerFull
-
-
-def require_api_key(request: Request) -> None:
-    """With an API key configured, every ``/v1`` route needs ``Authorization: Bearer <key>``
-    (``/api/stream`` also takes ``?api_key=``: ``EventSource`` cannot send headers)."""
-    key = request.app.state.settings.api_key
-    if not key:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        given = request.query_params.get("api_key", "") if request.url.path == "/api/stream" else ""
-    if not given or not secrets.compare_digest(given.strip().encode(), key.encode()):
-        raise APIError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 class Intake:

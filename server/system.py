@@ -4,18 +4,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import decoding
 
-from .intake import require_api_key
-
 router = APIRouter()
 
 
-@router.get("/v1/models", dependencies=[Depends(require_api_key)])
+@router.get("/v1/models")
 async def list_models(request: Request):
     """The one model this server serves, as OpenAI lists models."""
     settings = request.app.state.settings

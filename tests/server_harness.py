@@ -217,3 +217,48 @@ class _FaultRunner:
     def release(self, slots):
         self.poisoned -= {int(s) for s in slots}
         return self._runner.release(slots)
+
+
+def serve_step_engine_main(model_dir: str, port: int, delay_s: float, **settings) -> None:
+    """What ``tokenflow serve`` runs (signals, drain, uvicorn beside the worker), over a
+    ``StepEngine`` of the model in ``model_dir`` that sleeps ``delay_s`` a step; the tests
+    start it in a subprocess: ``python -c "import server_harness as h; h.serve_step_engine_main(...)"``."""
+    import sys
+
+    from generator import Engine
+    from server import Settings
+    from server.cli import serve
+
+    engine = StepEngine(Engine.load(model=model_dir, device="cpu", dtype="float32"), delay_s=delay_s)
+    sys.exit(serve(Settings(port=port, **settings), engine=engine, log_level="info"))
+
+
+def start_step_server(model_dir, delay_s: float = 0.02, **settings):
+    """A subprocess serving the tiny model with slow steps (``serve_step_engine_main``);
+    returns ``(process, url)`` once ``/health`` says ready."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(here), here,
+                                                        os.environ.get("PYTHONPATH", "")])}
+    code = (f"import server_harness as h; h.serve_step_engine_main({str(model_dir)!r}, {port}, {delay_s!r}, "
+            f"**{settings!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        try:
+            return httpx.get(url + "/health").status_code == 200
+        except httpx.TransportError:
+            return proc.poll() is not None
+    if not wait_until(ready, timeout=60, interval=0.1) or proc.poll() is not None:
+        proc.kill()
+        raise RuntimeError("the step server did not start: " + proc.communicate()[1][-2000:])
+    return proc, url
