@@ -2,7 +2,7 @@
 
     intake = Intake.ready(request)                   # 503 while the model loads
     intake.check_model(req.model)                    # 404: not the model we serve
-    ids = intake.encode(prompt, chat, field="prompt")  # 400: bad, too long, no room
+    ids = await intake.encode(prompt, chat, field="prompt")  # 400: bad, too long, no room (in a thread)
     max_new = intake.default_max_tokens(ids)         # what the context has left
     intake.check_room(ids, params.max_new_tokens, "max_tokens")
     group = intake.submit(ids, [params, ...])        # 400: settings the model cannot run; 429: queue full
@@ -19,6 +19,7 @@ otherwise fail at batch setup, inside the worker.
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from decoding import ParamError, SamplingParams
 
@@ -60,12 +61,14 @@ class Intake:
             raise APIError(404, f"model {name!r} does not exist; this server serves "
                                 f"{self.settings.model_name!r}", param="model", code="model_not_found")
 
-    def encode(self, prompt, chat: bool, field: str) -> list[int]:
+    async def encode(self, prompt, chat: bool, field: str) -> list[int]:
         """The prompt's token ids; 400 (naming ``field``) when it cannot be encoded, is
-        longer than ``max_prompt_tokens``, or leaves no room in the context."""
-        _check_text(prompt, field)
+        longer than ``max_prompt_tokens``, or leaves no room in the context. The work runs
+        in a thread: a prompt of megabytes takes seconds to tokenize, and the event loop
+        keeps serving every other stream meanwhile (the tokenizer is Rust, not torch, so
+        no OpenMP team is made: see ``WorkerHost``)."""
         try:
-            ids = self.engine.encode(prompt, chat=chat)
+            ids = await run_in_threadpool(self._encode, prompt, chat, field)
         except ParamError as exc:
             raise APIError(400, f"{field}: {exc.message}", param=field, code="invalid_value") from None
         limit = self.settings.max_prompt_tokens
@@ -76,6 +79,10 @@ class Intake:
             raise APIError(400, f"{field}: the prompt is {len(ids)} tokens; the model's context is "
                                 f"{self.context} tokens", param=field, code="context_length_exceeded")
         return ids
+
+    def _encode(self, prompt, chat: bool, field: str) -> list[int]:
+        _check_text(prompt, field)
+        return self.engine.encode(prompt, chat=chat)
 
     def default_max_tokens(self, ids: list[int] | None = None) -> int:
         """``max_tokens`` for a request that names none: the server's default, capped by

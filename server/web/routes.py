@@ -57,7 +57,7 @@ async def api_stream(request: Request):
         if not prompt:
             raise APIError(400, "prompt: required", param="prompt", code="missing_field")
         params = params_from_query(query, intake.default_max_tokens())
-        ids = intake.encode(prompt, chat=is_true(query.get("chat")), field="prompt")
+        ids = await intake.encode(prompt, chat=is_true(query.get("chat")), field="prompt")
         intake.check_room(ids, params.max_new_tokens, "max_new_tokens")
         stream = store.create(intake.submit(ids, [params]), params.strategy)
         after = -1

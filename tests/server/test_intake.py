@@ -4,6 +4,8 @@ the types of ``SamplingParams``' fields."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 from types import SimpleNamespace
 
@@ -30,8 +32,13 @@ def _state(engine, scheduler=object(), load_error=None, **settings):
 
 def _raises(fn, *args, **kwargs) -> APIError:
     with pytest.raises(APIError) as info:
-        fn(*args, **kwargs)
+        _run(fn(*args, **kwargs))
     return info.value
+
+
+def _run(result):
+    """``result``, awaited first when it is a coroutine (``Intake.encode`` is one)."""
+    return asyncio.run(result) if inspect.iscoroutine(result) else result
 
 
 def test_not_ready_is_503_with_the_reason(tiny_engine):
@@ -58,7 +65,7 @@ def test_model_names_the_server_answers_to(tiny_engine):
 
 def test_prompt_limits(tiny_engine):
     intake = Intake(_state(tiny_engine, max_prompt_tokens=8, max_total_tokens=12))
-    assert intake.encode([5, 6, 7], chat=False, field="prompt") == [5, 6, 7]
+    assert _run(intake.encode([5, 6, 7], chat=False, field="prompt")) == [5, 6, 7]
     long = _raises(intake.encode, list(range(3, 12)), chat=False, field="prompt")
     assert (long.status, long.param, long.code) == (400, "prompt", "prompt_too_long")
     empty = _raises(intake.encode, [], chat=False, field="messages")
