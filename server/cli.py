@@ -118,10 +118,11 @@ def serve(settings, engine=None, log_level: str = "info") -> int:
     import uvicorn
 
     from .app import create_app
+    from .transport import UVICORN_OPTIONS
 
     # uvicorn's own grace only backs ours up: by the time it runs, no request is open.
     server = uvicorn.Server(uvicorn.Config(None, host=settings.host, port=settings.port, log_level=log_level,
-                                           timeout_graceful_shutdown=2))
+                                           timeout_graceful_shutdown=2, **UVICORN_OPTIONS))
     apps = []
 
     def stop() -> None:

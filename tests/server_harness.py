@@ -20,7 +20,10 @@ class LiveServer:
 
     def __init__(self, app, wait_ready: bool = True):
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        from server.transport import UVICORN_OPTIONS  # what `tokenflow serve` runs
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                                **UVICORN_OPTIONS)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
