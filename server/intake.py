@@ -82,7 +82,7 @@ class Intake:
 
     def _encode(self, prompt, chat: bool, field: str) -> list[int]:
         _check_text(prompt, field)
-        return self.engine.encode(prompt, chat=chat)
+        return self.engine.encode(prompt, chat=chat, special_tokens=self.settings.special_tokens_in_messages)
 
     def default_max_tokens(self, ids: list[int] | None = None) -> int:
         """``max_tokens`` for a request that names none: the server's default, capped by
