@@ -16,6 +16,7 @@ from .guards import ApiKey, BodyLimit, HostCheck, redact_access_log
 from .lifecycle import Drain, Lifecycle
 from .metrics import Metrics, RequestMetrics
 from .openai.routes import v1
+from .openapi import install_openapi
 from .scheduler import Scheduler, WorkerHost
 from .settings import Settings
 from .web.resume import StreamStore
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, engine=None, host: WorkerHost |
     app.include_router(v1)  # the OpenAI routes
     app.include_router(system.router)  # /health, /metrics, /strategies, /v1/models
     install_web(app)  # GET / (the page), /static, /api/stream and its cancel
+    install_openapi(app)  # /openapi.json as the server answers: 400s, not 422s
     # Middlewares, innermost first: each of these answers before a route runs.
     app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 1e6))
     app.add_middleware(ApiKey, key=settings.api_key, public_metrics=settings.public_metrics)

@@ -65,6 +65,9 @@ class BaseCompletionRequest(BaseModel):
 
         Raises ``APIError`` 400 naming the field as the client spelled it.
         """
+        if self.stream_options is not None and not self.stream:  # OpenAI refuses it too
+            raise APIError(400, "stream_options: only allowed with stream: true", param="stream_options",
+                           code="invalid_value")
         known = set(SamplingParams.field_names())
         kwargs: dict[str, Any] = {}
         for name, value in self:  # declared fields: each is a SamplingParams field or our own

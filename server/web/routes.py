@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from ..errors import APIError
 from ..intake import Intake
 from ..sse import event_stream
-from .query import is_true, params_from_query
+from .query import flag, length_key, params_from_query
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -57,8 +57,8 @@ async def api_stream(request: Request):
         if not prompt:
             raise APIError(400, "prompt: required", param="prompt", code="missing_field")
         params = params_from_query(query, intake.default_max_tokens())
-        ids = await intake.encode(prompt, chat=is_true(query.get("chat")), field="prompt")
-        intake.check_room(ids, params.max_new_tokens, "max_new_tokens")
+        ids = await intake.encode(prompt, chat=flag(query, "chat"), field="prompt")
+        intake.check_room(ids, params.max_new_tokens, length_key(query))
         stream = store.create(intake.submit(ids, [params]), params.strategy)
         after = -1
     stream.attach()
