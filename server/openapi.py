@@ -69,7 +69,15 @@ def describe(app: FastAPI) -> dict:
             if path in _STREAMING:
                 ok = responses.setdefault("200", {"description": "OK"}).setdefault("content", {})
                 ok["text/event-stream"] = {"schema": {"type": "string"}}
-    stream = schema.get("paths", {}).get("/api/stream", {}).get("get")
+    paths = schema.get("paths", {})
+    if "/metrics" in paths:
+        paths["/metrics"]["get"]["responses"]["200"] = {
+            "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    cancel = paths.get("/api/stream/{stream_id}/cancel", {}).get("post")
+    if cancel is not None:
+        cancel["responses"].pop("200", None)
+        cancel["responses"]["204"] = {"description": "cancelled"}
+    stream = paths.get("/api/stream", {}).get("get")
     if stream is not None:
         stream["parameters"] = _stream_parameters()
         stream["responses"]["204"] = {"description": "resumed after the last event of a finished stream"}

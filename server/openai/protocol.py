@@ -91,7 +91,8 @@ class BaseCompletionRequest(BaseModel):
             kwargs["seed"] = self.seed + choice
         rename = {"max_new_tokens": self.max_tokens_name()}
         try:
-            if "strategy" in kwargs or (kwargs.get("num_beams") or 1) > 1:
+            beams = kwargs.get("num_beams")  # any type: SamplingParams names a bad one
+            if "strategy" in kwargs or (isinstance(beams, int) and beams > 1):
                 return SamplingParams(**kwargs)
             return _openai_default_strategy(kwargs)
         except ParamError as exc:
