@@ -47,6 +47,7 @@ async def health(request: Request):
         body.update(device=str(engine.device), dtype=str(engine.dtype).replace("torch.", ""),
                     quant=engine.quant, activations=engine.activations, context_length=engine.context_length,
                     queue_depth=scheduler.queue_depth, running=scheduler.active_count,
+                    free_slots=engine.free_slots, slots=engine.runner.num_slots,
                     worker_thread=scheduler.worker_thread, engine=engine.config.as_dict())
     return JSONResponse(body, status_code=code)
 

@@ -238,7 +238,7 @@ def serve_step_engine_main(model_dir: str, port: int, delay_s: float, **settings
 
 def start_step_server(model_dir, delay_s: float = 0.02, **settings):
     """A subprocess serving the tiny model with slow steps (``serve_step_engine_main``);
-    returns ``(process, url)`` once ``/health`` says ready."""
+    returns ``(process, url)`` once ``/health`` says ready (its log: ``read_log(process)``)."""
     import os
     import socket
     import subprocess
@@ -252,8 +252,14 @@ def start_step_server(model_dir, delay_s: float = 0.02, **settings):
                                                         os.environ.get("PYTHONPATH", "")])}
     code = (f"import server_harness as h; h.serve_step_engine_main({str(model_dir)!r}, {port}, {delay_s!r}, "
             f"**{settings!r})")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    # The log goes to a file, not a pipe: nobody reads a pipe while the server runs, and
+    # a full one (the access log of a thousand requests) would block the server's writes.
+    import tempfile
+
+    log = tempfile.NamedTemporaryFile("w+", prefix="tokenflow-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    proc.log_path = log.name
     url = f"http://127.0.0.1:{port}"
 
     def ready():
@@ -263,5 +269,11 @@ def start_step_server(model_dir, delay_s: float = 0.02, **settings):
             return proc.poll() is not None
     if not wait_until(ready, timeout=60, interval=0.1) or proc.poll() is not None:
         proc.kill()
-        raise RuntimeError("the step server did not start: " + proc.communicate()[1][-2000:])
+        raise RuntimeError("the step server did not start: " + read_log(proc)[-2000:])
     return proc, url
+
+
+def read_log(proc) -> str:
+    """What a ``start_step_server`` process has logged so far."""
+    with open(proc.log_path) as f:
+        return f.read()

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from server_harness import CHAT, data_json, iter_sse, start_step_server, wait_until
+from server_harness import CHAT, data_json, iter_sse, read_log, start_step_server, wait_until
 
 GRACE = 2.0
 
@@ -62,12 +62,12 @@ def test_shutdown_drains_then_closes_every_stream_with_a_final_event(tiny_model_
         refused = httpx.post(url + "/v1/completions", json={"prompt": "Once", "max_tokens": 2})
     except httpx.HTTPError:
         proc.kill()
-        raise AssertionError(proc.communicate()[1][-3000:])
+        raise AssertionError(read_log(proc)[-3000:])
     for t in readers:
         t.join(15)
     code = proc.wait(GRACE + 10)
     took = time.monotonic() - sent
-    stderr = proc.stderr.read()
+    stderr = read_log(proc)
 
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "server_shutdown"
