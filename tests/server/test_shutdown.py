@@ -47,7 +47,7 @@ def test_shutdown_drains_then_closes_every_stream_with_a_final_event(tiny_model_
                                                              "ignore_eos": "true"}}),
         # finishes within the grace: it must end normally, with [DONE]
         threading.Thread(target=_read_stream, args=(url, "/v1/completions", out, "short"),
-                         kwargs={"json": {"prompt": "Once", "ignore_eos": True, "max_tokens": 12,
+                         kwargs={"json": {"prompt": "Once", "ignore_eos": True, "max_tokens": 5,
                                           "stream": True}}),
     ]
     for t in readers:
