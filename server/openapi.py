@@ -35,6 +35,9 @@ _ERROR_SCHEMA = {
                        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
 }
 _STREAMING = {"/v1/chat/completions", "/v1/completions", "/api/stream"}
+# One server-sent event (a stream is a sequence of them): its data is JSON text, or [DONE].
+_SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                                               "id": {"type": "string"}, "retry": {"type": "integer"}}}
 _REQUEST_KEY_SCHEMAS = {
     "prompt": ({"type": "string"}, "the prompt (required unless resuming)"),
     "chat": ({"type": "boolean"}, "apply the chat template to the prompt as a user message"),
@@ -68,7 +71,7 @@ def describe(app: FastAPI) -> dict:
                 responses[status] = {"description": what, **error}
             if path in _STREAMING:
                 ok = responses.setdefault("200", {"description": "OK"}).setdefault("content", {})
-                ok["text/event-stream"] = {"schema": {"type": "string"}}
+                ok["text/event-stream"] = {"schema": _SSE_EVENT}
     paths = schema.get("paths", {})
     if "/metrics" in paths:
         paths["/metrics"]["get"]["responses"]["200"] = {
@@ -81,7 +84,7 @@ def describe(app: FastAPI) -> dict:
     if stream is not None:
         stream["parameters"] = _stream_parameters()
         stream["responses"]["204"] = {"description": "resumed after the last event of a finished stream"}
-        stream["responses"]["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+        stream["responses"]["200"]["content"] = {"text/event-stream": {"schema": _SSE_EVENT}}
     return schema
 
 
