@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar
+.PHONY: test test-unit test-integration test-browser test-reliability serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,15 @@ test: $(STAMP)  ## all tests: unit (tiny random model) + integration (default mo
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -m "not integration and not reliability"
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
+
+# The server's slow reliability checks: hypothesis and schemathesis fuzzing, a disconnect
+# storm and many open connections (pytest marker `reliability`; `make test` leaves them out).
+test-reliability: $(STAMP)
+	$(PY) -m pytest -q -m reliability
 
 # The web page in headless Chromium. Chromium comes from apt and playwright (pinned in
 # pyproject's `browser` extra) from PyPI; never `playwright install`, which downloads

@@ -11,6 +11,8 @@ boundary reads. Validation resolves the strategy once and keeps it
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -81,14 +83,19 @@ class SamplingParams:
     n: int = _f(1, "independent samples of the same prompt", low=1, high=128)
 
     def __post_init__(self) -> None:
-        # Normalise list inputs to tuples so the object stays hashable/frozen.
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        else:
-            object.__setattr__(self, "stop", tuple(self.stop or ()))
+        # Normalise list inputs to tuples so the object stays hashable/frozen. A value of the
+        # wrong shape is a ParamError naming its field, never a TypeError from inside.
+        with _reading("stop", self.stop):
+            stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+            if not all(isinstance(s, str) for s in stop):
+                raise TypeError("stop strings must be text")
+            object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "stop_token_ids", int_tuple("stop_token_ids", self.stop_token_ids))
         for name, convert in _CONVERTERS.items():
-            object.__setattr__(self, name, convert(getattr(self, name)))
+            with _reading(name, getattr(self, name)):
+                object.__setattr__(self, name, convert(getattr(self, name)))
+        if self.strategy is not None and not isinstance(self.strategy, str):
+            raise ParamError("strategy", f"must be a strategy name, got {self.strategy!r}")
         self._validate()
 
     def _validate(self) -> None:
@@ -208,6 +215,17 @@ _STRATEGY_DEFAULTED = tuple(f.name for f in fields(SamplingParams) if f.default 
 _HISTORY_FIELDS = frozenset(name for link in history() for name in link.fields)
 _HISTORY_SWITCHES = tuple(p.name for link in history() if not link.with_beam for p in link.switches)
 _CONVERTERS = {p.name: p.convert for p in _LINK_PARAMS if p.convert is not None}
+
+
+@contextmanager
+def _reading(name: str, value):
+    """Turn a conversion's TypeError/ValueError/OverflowError into a ParamError naming ``name``."""
+    try:
+        yield
+    except ParamError:
+        raise
+    except (TypeError, ValueError, OverflowError):
+        raise ParamError(name, f"cannot read {str(value)[:60]!r} as this setting") from None
 
 
 def _check_field(params: SamplingParams, name: str) -> None:

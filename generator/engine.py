@@ -13,6 +13,7 @@ from decoding.links.grammar import Grammars
 
 from . import kernels
 from .batch import BatchGenerator
+from .chat import encode_chat
 from .config import EngineConfig, EngineConfigError, ResolvedConfig
 from .events import TokenEvent
 from .loading import DEFAULT_NAME, Progress, load_model_and_tokenizer, pick_device, pick_dtype, report, resolve_model
@@ -105,9 +106,10 @@ class Engine:
         return None if self.config.gguf is None else Path(self.config.gguf)
 
     # -- prompt -------------------------------------------------------------
-    def encode(self, prompt: Prompt | list[dict], chat: bool = False) -> list[int]:
+    def encode(self, prompt: Prompt | list[dict], chat: bool = False, special_tokens: bool = False) -> list[int]:
         """Token ids of a prompt: raw text, ids as they are, or (``chat=True``) a
-        user message / list of messages through the chat template."""
+        user message / list of messages through the chat template, whose contents are
+        read as text unless ``special_tokens`` (``generator/chat.py``)."""
         if chat:
             if isinstance(prompt, str):
                 messages = [{"role": "user", "content": prompt}]
@@ -115,9 +117,7 @@ class Engine:
                 messages = prompt
             else:
                 raise ParamError("prompt", "chat=True needs a string or a list of {role, content} messages")
-            enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                     tokenize=True, return_dict=True)
-            ids = list(enc["input_ids"])
+            ids = encode_chat(self.tokenizer, messages, special_tokens=special_tokens)
         elif isinstance(prompt, str):
             ids = self.tokenizer(prompt)["input_ids"]
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool)

@@ -12,8 +12,11 @@ from fastapi import FastAPI
 
 from . import system
 from .errors import install_error_handlers
+from .guards import ApiKey, BodyLimit, HostCheck, redact_access_log
+from .lifecycle import Drain, Lifecycle
 from .metrics import Metrics, RequestMetrics
 from .openai.routes import v1
+from .openapi import install_openapi
 from .scheduler import Scheduler, WorkerHost
 from .settings import Settings
 from .resume import StreamStore
@@ -32,6 +35,7 @@ def create_app(settings: Settings | None = None, engine=None, host: WorkerHost |
     async def lifespan(app: FastAPI):
         state = app.state
         state.streams = StreamStore(settings.resume_grace_s)
+        state.lifecycle.bind(asyncio.get_running_loop())
         loader = asyncio.create_task(_load(app, engine))
         try:
             yield
@@ -51,11 +55,24 @@ def create_app(settings: Settings | None = None, engine=None, host: WorkerHost |
     app.state.loading = {"stage": "starting", "detail": "starting the loader"}  # the load's stage, for /health
     app.state.started = int(time.time())
     app.state.worker_host = host
+    app.state.lifecycle = Lifecycle(settings.shutdown_grace_s)
     install_error_handlers(app)
     app.include_router(v1)  # the OpenAI routes
     app.include_router(system.router)  # /health, /metrics, /strategies, /v1/models
     install_web(app)  # GET / (the page), /static, /api/stream and its cancel
+    install_openapi(app)  # /openapi.json as the server answers: 400s, not 422s
+    # Middlewares, innermost first: each of these answers before a route runs.
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 1e6))
+    app.add_middleware(ApiKey, key=settings.api_key, public_metrics=settings.public_metrics)
+    if settings.cors_origins:  # off unless asked for: outside the key check, so preflights pass
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+    app.add_middleware(Drain, lifecycle=app.state.lifecycle)
+    app.add_middleware(HostCheck, bind_host=settings.host, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    redact_access_log()
     return app
 
 

@@ -4,7 +4,9 @@ group (``generator.cli`` finds it there; it never imports ``server``)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import sys
 
 
 def _bounded_int(low: int, high: int | None = None):
@@ -19,6 +21,23 @@ def _bounded_int(low: int, high: int | None = None):
             raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
     return parse
+
+
+def _bounded_float(low: float):
+    """An argparse type: a finite float >= low."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= low or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {low:g}, got {text}")
+        return value
+    return parse
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def add_commands(sub) -> None:
@@ -50,38 +69,85 @@ def add_commands(sub) -> None:
                         "(env TOKENFLOW_STALL_TIMEOUT, default 30)")
     p.add_argument("--resume-grace", type=float, default=30.0,
                    help="seconds an /api/stream generation stays resumable after its reader left")
+    p.add_argument("--shutdown-grace", type=_bounded_float(0), default=env.shutdown_grace_s,
+                   help="on SIGTERM/SIGINT, seconds open requests may still finish (new ones get 503) before "
+                        "each open stream gets a final 'server_shutdown' error event "
+                        "(env TOKENFLOW_SHUTDOWN_GRACE, default 5)")
+    p.add_argument("--max-body-mb", type=_bounded_float(0.001), default=env.max_body_mb,
+                   help="largest request body in MB; a larger one gets 413 before it is parsed "
+                        "(env TOKENFLOW_MAX_BODY_MB, default 4)")
+    p.add_argument("--allowed-hosts", default="",
+                   help="comma-separated Host names accepted besides localhost/127.0.0.1/::1 "
+                        "('*': any); other Host headers get 421 (guards against DNS rebinding)")
+    p.add_argument("--cors-origins", default="",
+                   help="comma-separated origins browsers may call the API from (default: none, CORS off)")
+    p.add_argument("--public-metrics", action="store_true",
+                   help="with --api-key, leave /metrics open (for a scraper without the key)")
+    p.add_argument("--special-tokens-in-messages", action="store_true",
+                   help="let chat message content hold control tokens such as <|im_end|> (default: such "
+                        "text is read as plain text, so a message cannot forge a turn)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_flags(p)
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import signal
-
-    import uvicorn
-
-    from .app import create_app
-    from .settings import Settings
-
     from generator.config import EngineConfig
+
+    from .settings import Settings
 
     settings = Settings(host=args.host, port=args.port, engine=EngineConfig.from_args(args),
                         model_name=args.model_name, api_key=args.api_key or None, max_waiting=args.max_waiting,
                         max_active=args.max_active, resume_grace_s=args.resume_grace,
                         max_prompt_tokens=args.max_prompt_tokens, max_total_tokens=args.max_total_tokens,
-                        stall_timeout_s=args.stall_timeout)
-    server = uvicorn.Server(uvicorn.Config(None, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=5))
+                        stall_timeout_s=args.stall_timeout, shutdown_grace_s=args.shutdown_grace,
+                        max_body_mb=args.max_body_mb, allowed_hosts=_names(args.allowed_hosts),
+                        cors_origins=_names(args.cors_origins), public_metrics=args.public_metrics,
+                        special_tokens_in_messages=args.special_tokens_in_messages)
+    return serve(settings, log_level=args.log_level)
 
-    def on_signal(signum, frame) -> None:  # what uvicorn does on its own main thread
-        if server.should_exit:
-            server.force_exit = True
+
+def serve(settings, engine=None, log_level: str = "info") -> int:
+    """Serve ``settings`` (the model it names, or an already loaded ``engine``) until
+    SIGTERM or SIGINT; returns the exit status. The first signal drains the server
+    (``server.lifecycle``: new requests 503, open ones finish within the shutdown grace,
+    then get a final event), then uvicorn stops; a second one exits at once. Ends the
+    process with the exit status (0 after a clean stop)."""
+    import signal
+
+    import uvicorn
+
+    from .app import create_app
+    from .transport import UVICORN_OPTIONS
+
+    # uvicorn's own grace only backs ours up: by the time it runs, no request is open.
+    server = uvicorn.Server(uvicorn.Config(None, host=settings.host, port=settings.port, log_level=log_level,
+                                           timeout_graceful_shutdown=2, **UVICORN_OPTIONS))
+    apps = []
+
+    def stop() -> None:
         server.should_exit = True
+
+    def on_signal(signum, frame) -> None:  # on the main thread (uvicorn runs on another: see below)
+        if server.should_exit or (apps and apps[0].state.lifecycle.draining):
+            server.force_exit = server.should_exit = True  # a second signal: exit now
+        elif not apps or not apps[0].state.lifecycle.request_shutdown(then=lambda: stop()):
+            stop()
+
+    def make_app(host):
+        apps.append(create_app(settings, engine=engine, host=host))
+        return apps[0]
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    failed = serve_with_worker_here(server, lambda host: create_app(settings, host=host))
-    return 1 if failed or not server.started else 0
+    failed = serve_with_worker_here(server, make_app)
+    status = 1 if failed or not server.started else 0
+    # Nothing is left to run, yet the interpreter's teardown (torch and its thread pools)
+    # took 2-3 s more here: end the process now, so a stop is grace + about a second.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def serve_with_worker_here(server, make_app) -> list[BaseException]:

@@ -53,6 +53,14 @@ def _json(status: int, body: dict, headers: dict[str, str] | None = None) -> JSO
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _required_fields(request: Request) -> list[str]:
+    """The required top-level fields of the route's JSON body model (none when unknown)."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    fields = getattr(model, "model_fields", {})
+    return [name for name, info in fields.items() if info.is_required()]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every exception to an OpenAI-style JSON response."""
 
@@ -74,8 +82,11 @@ def install_error_handlers(app: FastAPI) -> None:
             return _json(400, error_body(f"the body is not valid JSON: {detail}", "invalid_request_error", None,
                                          "invalid_json"))
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header")]
-        param = loc[0] if loc else None
         msg = first.get("msg", "invalid request")
+        if not loc and first.get("type") == "missing":  # no body at all: name what it must hold
+            loc = _required_fields(request)[:1]
+            msg = "required (the request has no JSON body)"
+        param = loc[0] if loc else None
         message = f"{'.'.join(loc)}: {msg}" if loc else msg
         return _json(400, error_body(message, "invalid_request_error", param, "invalid_value"))
 
@@ -88,7 +99,8 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         kind = _TYPES.get(exc.status_code, "invalid_request_error")
-        return _json(exc.status_code, error_body(message, kind, None, None), exc.headers)
+        return _json(exc.status_code, error_body(message, kind, getattr(exc, "param", None),
+                                                 getattr(exc, "code", None)), exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

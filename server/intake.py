@@ -2,7 +2,7 @@
 
     intake = Intake.ready(request)                   # 503 while the model loads
     intake.check_model(req.model)                    # 404: not the model we serve
-    ids = intake.encode(prompt, chat, field="prompt")  # 400: bad, too long, no room
+    ids = await intake.encode(prompt, chat, field="prompt")  # 400: bad, too long, no room (in a thread)
     max_new = intake.default_max_tokens(ids)         # what the context has left
     intake.check_room(ids, params.max_new_tokens, "max_tokens")
     group = intake.submit(ids, [params, ...])        # 400: settings the model cannot run; 429: queue full
@@ -13,34 +13,19 @@ model's, or ``max_total_tokens`` when smaller), the default ``max_tokens`` and
 the waiting queue; and the settings against the model (token ids inside its
 vocabulary, beams and ``n`` within its KV-cache slots), which ``SamplingParams``
 cannot check: it does not know the model. A setting the worker cannot run would
-otherwise fail at batch setup, inside the worker. ``require_api_key`` (a FastAPI dependency) guards the routes.
+otherwise fail at batch setup, inside the worker.
 """
 
 from __future__ import annotations
 
-import secrets
-
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from decoding import ParamError, SamplingParams
 
 from .errors import APIError, from_param_error
 from .jobs import JobGroup
 from .scheduler import SchedulerFull
-
-
-def require_api_key(request: Request) -> None:
-    """With an API key configured, every ``/v1`` route needs ``Authorization: Bearer <key>``
-    (``/api/stream`` also takes ``?api_key=``: ``EventSource`` cannot send headers)."""
-    key = request.app.state.settings.api_key
-    if not key:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        given = request.query_params.get("api_key", "") if request.url.path == "/api/stream" else ""
-    if not given or not secrets.compare_digest(given.strip().encode(), key.encode()):
-        raise APIError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 class Intake:
@@ -76,12 +61,14 @@ class Intake:
             raise APIError(404, f"model {name!r} does not exist; this server serves "
                                 f"{self.settings.model_name!r}", param="model", code="model_not_found")
 
-    def encode(self, prompt, chat: bool, field: str) -> list[int]:
+    async def encode(self, prompt, chat: bool, field: str) -> list[int]:
         """The prompt's token ids; 400 (naming ``field``) when it cannot be encoded, is
-        longer than ``max_prompt_tokens``, or leaves no room in the context."""
-        _check_text(prompt, field)
+        longer than ``max_prompt_tokens``, or leaves no room in the context. The work runs
+        in a thread: a prompt of megabytes takes seconds to tokenize, and the event loop
+        keeps serving every other stream meanwhile (the tokenizer is Rust, not torch, so
+        no OpenMP team is made: see ``WorkerHost``)."""
         try:
-            ids = self.engine.encode(prompt, chat=chat)
+            ids = await run_in_threadpool(self._encode, prompt, chat, field)
         except ParamError as exc:
             raise APIError(400, f"{field}: {exc.message}", param=field, code="invalid_value") from None
         limit = self.settings.max_prompt_tokens
@@ -92,6 +79,10 @@ class Intake:
             raise APIError(400, f"{field}: the prompt is {len(ids)} tokens; the model's context is "
                                 f"{self.context} tokens", param=field, code="context_length_exceeded")
         return ids
+
+    def _encode(self, prompt, chat: bool, field: str) -> list[int]:
+        _check_text(prompt, field)
+        return self.engine.encode(prompt, chat=chat, special_tokens=self.settings.special_tokens_in_messages)
 
     def default_max_tokens(self, ids: list[int] | None = None) -> int:
         """``max_tokens`` for a request that names none: the server's default, capped by

@@ -23,8 +23,11 @@ class Settings:
     """Everything the app needs to know that is not a request.
 
     ``engine``: the model and how it runs (``EngineConfig``; its ``num_slots`` is
-    ``max_active``, one KV-cache slot per batch row). ``api_key`` set makes every ``/v1``
-    route require ``Authorization: Bearer <key>``.
+    ``max_active``, one KV-cache slot per batch row). ``api_key`` set makes every route but
+    ``/health`` and the page's files require ``Authorization: Bearer <key>`` (``/metrics``
+    too unless ``public_metrics``). ``allowed_hosts``: ``Host`` names accepted besides the
+    loopback ones (``*``: any); ``cors_origins``: origins that browsers may call from
+    (none: CORS off).
     """
 
     host: str = "127.0.0.1"
@@ -43,3 +46,10 @@ class Settings:
     resume_grace_s: float = field(default_factory=lambda: _env_float("TOKENFLOW_RESUME_GRACE", 30.0))
     keepalive_s: float = 15.0  # idle time before an SSE ": ping" comment
     default_max_tokens: int = 256  # when a request names none (capped by the context)
+    # Reliability and security (server/lifecycle.py, server/guards.py).
+    shutdown_grace_s: float = field(default_factory=lambda: _env_float("TOKENFLOW_SHUTDOWN_GRACE", 5.0))
+    max_body_mb: float = field(default_factory=lambda: _env_float("TOKENFLOW_MAX_BODY_MB", 4.0))  # else 413
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    public_metrics: bool = False
+    special_tokens_in_messages: bool = False  # chat content may hold control tokens (off: read as text)

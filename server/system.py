@@ -4,19 +4,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import decoding
 from generator.loading import LOAD_STAGES
 
-from .intake import require_api_key
-
 router = APIRouter()
 
 
-@router.get("/v1/models", dependencies=[Depends(require_api_key)])
+@router.get("/v1/models")
 async def list_models(request: Request):
     """The one model this server serves, as OpenAI lists models."""
     settings = request.app.state.settings
@@ -56,6 +54,7 @@ async def health(request: Request):
         body.update(device=str(engine.device), dtype=str(engine.dtype).replace("torch.", ""),
                     quant=engine.quant, activations=engine.activations, context_length=engine.context_length,
                     queue_depth=scheduler.queue_depth, running=scheduler.active_count,
+                    free_slots=engine.free_slots, slots=engine.runner.num_slots,
                     worker_thread=scheduler.worker_thread, engine=engine.config.as_dict())
     return JSONResponse(body, status_code=code)
 

@@ -20,7 +20,10 @@ class LiveServer:
 
     def __init__(self, app, wait_ready: bool = True):
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        from server.transport import UVICORN_OPTIONS  # what `tokenflow serve` runs
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                                **UVICORN_OPTIONS)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -217,3 +220,60 @@ class _FaultRunner:
     def release(self, slots):
         self.poisoned -= {int(s) for s in slots}
         return self._runner.release(slots)
+
+
+def serve_step_engine_main(model_dir: str, port: int, delay_s: float, **settings) -> None:
+    """What ``tokenflow serve`` runs (signals, drain, uvicorn beside the worker), over a
+    ``StepEngine`` of the model in ``model_dir`` that sleeps ``delay_s`` a step; the tests
+    start it in a subprocess: ``python -c "import server_harness as h; h.serve_step_engine_main(...)"``."""
+    import sys
+
+    from generator import Engine
+    from server import Settings
+    from server.cli import serve
+
+    engine = StepEngine(Engine.load(model=model_dir, device="cpu", dtype="float32"), delay_s=delay_s)
+    sys.exit(serve(Settings(port=port, **settings), engine=engine, log_level="info"))
+
+
+def start_step_server(model_dir, delay_s: float = 0.02, **settings):
+    """A subprocess serving the tiny model with slow steps (``serve_step_engine_main``);
+    returns ``(process, url)`` once ``/health`` says ready (its log: ``read_log(process)``)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(here), here,
+                                                        os.environ.get("PYTHONPATH", "")])}
+    code = (f"import server_harness as h; h.serve_step_engine_main({str(model_dir)!r}, {port}, {delay_s!r}, "
+            f"**{settings!r})")
+    # The log goes to a file, not a pipe: nobody reads a pipe while the server runs, and
+    # a full one (the access log of a thousand requests) would block the server's writes.
+    import tempfile
+
+    log = tempfile.NamedTemporaryFile("w+", prefix="tokenflow-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    proc.log_path = log.name
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        try:
+            return httpx.get(url + "/health").status_code == 200
+        except httpx.TransportError:
+            return proc.poll() is not None
+    if not wait_until(ready, timeout=60, interval=0.1) or proc.poll() is not None:
+        proc.kill()
+        raise RuntimeError("the step server did not start: " + read_log(proc)[-2000:])
+    return proc, url
+
+
+def read_log(proc) -> str:
+    """What a ``start_step_server`` process has logged so far."""
+    with open(proc.log_path) as f:
+        return f.read()

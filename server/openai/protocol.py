@@ -82,6 +82,9 @@ class BaseCompletionRequest(BaseModel):
 
         Raises ``APIError`` 400 naming the field as the client spelled it.
         """
+        if self.stream_options is not None and not self.stream:  # OpenAI refuses it too
+            raise APIError(400, "stream_options: only allowed with stream: true", param="stream_options",
+                           code="invalid_value")
         known = set(SamplingParams.field_names())
         kwargs: dict[str, Any] = {}
         for name, value in self:  # declared fields: each is a SamplingParams field or our own
@@ -113,7 +116,8 @@ class BaseCompletionRequest(BaseModel):
         if self.seed is not None:
             kwargs["seed"] = self.seed + choice
         try:
-            if "strategy" in kwargs or (kwargs.get("num_beams") or 1) > 1:
+            beams = kwargs.get("num_beams")  # any type: SamplingParams names a bad one
+            if "strategy" in kwargs or (isinstance(beams, int) and beams > 1):
                 return SamplingParams(**kwargs)
             return _openai_default_strategy(kwargs)
         except ParamError as exc:

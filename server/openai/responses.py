@@ -140,7 +140,7 @@ def _status(finish: str | None) -> str:
 async def create_response(intake: Intake, req: ResponsesRequest, request: Request):
     """``POST /v1/responses``: a ``response``, or its event stream with ``stream: true``."""
     req.check_supported()
-    s = start_request(intake, req, req.chat_messages, True, "input", "resp")
+    s = await start_request(intake, req, req.chat_messages, True, "input", "resp")
     answer = _Answer(s, req)
     if req.stream:
         return _stream(answer)

@@ -132,12 +132,12 @@ class Started:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def start_request(intake: Intake, req: BaseCompletionRequest, prompt, chat: bool, field_name: str,
-           id_prefix: str) -> Started:
+async def start_request(intake: Intake, req: BaseCompletionRequest, prompt, chat: bool, field_name: str,
+                        id_prefix: str) -> Started:
     """Check the model, encode the prompt (``prompt()`` is called only then), make one
     ``SamplingParams`` per choice, queue them."""
     intake.check_model(req.model)
-    ids = intake.encode(prompt(), chat=chat, field=field_name)
+    ids = await intake.encode(prompt(), chat=chat, field=field_name)
     group = intake.submit(ids, _choice_params(intake, req, ids))
     return Started(intake, req, ids, group, f"{id_prefix}-{uuid.uuid4().hex[:24]}",
                     intake.settings.model_name, TokenText(intake.engine.tokenizer))
@@ -153,7 +153,7 @@ def _choice_params(intake: Intake, req: BaseCompletionRequest, ids: list[int]) -
 
 async def chat_completion(intake: Intake, req: ChatCompletionRequest, request: Request):
     """``POST /v1/chat/completions``: a ``chat.completion``, or its chunks as SSE."""
-    s = start_request(intake, req, req.chat_messages, True, "messages", "chatcmpl")
+    s = await start_request(intake, req, req.chat_messages, True, "messages", "chatcmpl")
     top_n = req.top_logprobs or 0
 
     def logprobs(evs):
@@ -174,7 +174,7 @@ async def chat_completion(intake: Intake, req: ChatCompletionRequest, request: R
 
 async def text_completion(intake: Intake, req: CompletionRequest, request: Request):
     """``POST /v1/completions``: a ``text_completion``, or its chunks as SSE."""
-    s = start_request(intake, req, req.prompt_value, False, "prompt", "cmpl")
+    s = await start_request(intake, req, req.prompt_value, False, "prompt", "cmpl")
     top_n = req.logprobs or 0
     want_logprobs = req.logprobs is not None
     if req.stream:

@@ -42,12 +42,25 @@ def params_from_query(query, default_max_tokens: int) -> SamplingParams:
     try:
         return SamplingParams(**kwargs)
     except ParamError as exc:
-        raise from_param_error(exc) from None
+        raise from_param_error(exc, {"max_new_tokens": length_key(query)}) from None
 
 
-def is_true(text: str | None) -> bool:
-    """A query flag such as ``chat=1``: on for ``1``, ``true``, ``yes``, ``on``."""
-    return (text or "").lower() in ("1", "true", "yes", "on")
+def length_key(query) -> str:
+    """The output-length key as the client spelled it (errors name it): ``max_tokens`` or
+    ``max_new_tokens``."""
+    return "max_tokens" if "max_tokens" in query and "max_new_tokens" not in query else "max_new_tokens"
+
+
+def flag(query, key: str) -> bool:
+    """A query flag such as ``chat=1``: on for ``1``, ``true``, ``yes``, ``on``, off for
+    ``0``, ``false``, ``no``, ``off`` or when absent; 400 naming ``key`` for anything else."""
+    text = (query.get(key) or "").lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise APIError(400, f"{key}: expected true or false, got {query.get(key)[:40]!r}", param=key,
+                   code="invalid_value")
 
 
 def _convert(kind: str, values: list[str]):

@@ -11,7 +11,7 @@ import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, Response
 from fastapi.sse import ServerSentEvent
@@ -20,10 +20,10 @@ from fastapi.staticfiles import StaticFiles
 from generator.eval.timing import decode_rate
 
 from ..errors import APIError
-from ..intake import Intake, require_api_key
+from ..intake import Intake
 from ..jobs import GenerationError, JobGroup
 from ..sse import error_event, event_stream
-from .query import is_true, params_from_query
+from .query import flag, length_key, params_from_query
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -37,7 +37,7 @@ async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-@web.get("/api/stream", dependencies=[Depends(require_api_key)])
+@web.get("/api/stream")
 async def api_stream(request: Request):
     """Server-sent events for ``EventSource``: ``token``, then ``done`` (or ``error``).
 
@@ -59,8 +59,8 @@ async def api_stream(request: Request):
         if not prompt:
             raise APIError(400, "prompt: required", param="prompt", code="missing_field")
         params = params_from_query(query, intake.default_max_tokens())
-        ids = intake.encode(prompt, chat=is_true(query.get("chat")), field="prompt")
-        intake.check_room(ids, params.max_new_tokens, "max_new_tokens")
+        ids = await intake.encode(prompt, chat=flag(query, "chat"), field="prompt")
+        intake.check_room(ids, params.max_new_tokens, length_key(query))
         group = intake.submit(ids, [params])
         stream = store.create(group, token_events(group, params.strategy), "web")
         after = -1
@@ -95,7 +95,7 @@ def _stats(job, strategy: str) -> dict:
     return stats
 
 
-@web.post("/api/stream/{stream_id}/cancel", dependencies=[Depends(require_api_key)])
+@web.post("/api/stream/{stream_id}/cancel")
 async def cancel_stream(stream_id: str, request: Request) -> Response:
     """Stop a ``/api/stream`` generation now.
 

@@ -42,7 +42,7 @@ function percent(p) {
 /** Normalise GET /strategies: ``params`` may map a field to a spec object
  * ({type, default, min, max, help, ...}) or to its help text alone. */
 async function loadCatalogue() {
-  const res = await fetch("/strategies");
+  const res = await fetch("/strategies", { headers: authHeaders });
   if (!res.ok) throw new Error(`GET /strategies: HTTP ${res.status}`);
   const body = await res.json();
   const params = {};
