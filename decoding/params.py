@@ -135,6 +135,9 @@ class SamplingParams:
             if f.metadata.get("low") is not None or f.metadata.get("high") is not None:
                 if getattr(self, f.name) is not None:
                     _check_field(self, f.name)
+        for f in fields(self):  # a switch is a bool: [] or "yes" must not reach the tokenizer
+            if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
+                raise ParamError(f.name, f"must be true or false, got {getattr(self, f.name)!r}")
         if self.early_stopping not in (True, False, "never"):
             raise ParamError("early_stopping", "must be true, false or 'never'")
         for s in self.stop:

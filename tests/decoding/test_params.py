@@ -130,3 +130,13 @@ def test_value_from_text_reads_by_the_field_type():
     for kind, text in (("int", "1.5"), ("float", "x"), ("bool", "maybe")):
         with pytest.raises(ValueError):
             value_from_text(kind, text)
+
+
+@pytest.mark.parametrize("name", ["ignore_eos", "include_stop_str_in_output", "skip_special_tokens"])
+@pytest.mark.parametrize("value", [[], "yes", 1, {}])
+def test_switches_take_only_booleans(name, value):
+    # Found by the server's fuzzing: skip_special_tokens=[] passed validation and failed
+    # inside the tokenizer's decode, in the worker.
+    with pytest.raises(ParamError, match=name):
+        SamplingParams(**{name: value})
+    assert getattr(SamplingParams(**{name: True}), name) is True
