@@ -22,12 +22,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import llguidance
-import torch
-
 from ..checks import ParamError
+from ..lazy import LazyModule, torch
 from .base import Batch, Link, Param
 
+llguidance: Any = LazyModule("llguidance")  # imported when a constraint is first checked
 KINDS = ("json_schema", "regex", "grammar", "choice")  # the fields, in the order they are checked
 
 
