@@ -50,6 +50,9 @@ FLAGS = {"avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-ma
          "avx2": ["-mavx2", "-mfma", "-mf16c"], "portable": []}
 
 
+_unbuilt: dict[str, str] = {}  # tiers the CPU runs but the compiler could not build, and why
+
+
 def _cache_dir() -> Path:
     from ..loading import cache_dir  # the model cache's folder ($TOKENFLOW_HOME, XDG, ~/.cache)
 
@@ -93,7 +96,7 @@ def missing(tier: str) -> str | None:
     if NEEDS[tier] and platform.machine().lower() not in X86:
         return f"not an x86-64 CPU ({platform.machine()})"
     lacking = [f.upper() for f in NEEDS[tier] if f not in cpu_features()]
-    return f"no {', '.join(lacking)}" if lacking else None
+    return f"no {', '.join(lacking)}" if lacking else _unbuilt.get(tier)
 
 
 def runnable() -> tuple[str, ...]:
@@ -138,7 +141,11 @@ def _build(tiers: tuple[str, ...]) -> Path:
         objs = []
         for t in tiers:
             objs.append(Path(tmp) / f"{t}.o")
-            _run([cc, *_tier_flags(t), "-c", str(CSRC / f"{t}.c"), "-o", str(objs[-1])])
+            try:
+                _run([cc, *_tier_flags(t), "-c", str(CSRC / f"{t}.c"), "-o", str(objs[-1])])
+            except subprocess.CalledProcessError as exc:
+                exc.tier = t  # load() drops the tier (an older compiler may lack its flags)
+                raise
         op_o, so = Path(tmp) / "op.o", Path(tmp) / out.name
         _run([cxx, *cxx_flags, "-c", str(OP_SOURCE), "-o", str(op_o)])
         _run([cxx, "-shared", "-fopenmp", str(op_o), *map(str, objs), f"-L{torch_lib}", "-lc10", "-ltorch_cpu",
@@ -177,7 +184,19 @@ def load() -> tuple[tuple[str, ...], str | None]:
     ``(tiers best first, None)`` or ``((), why not)``."""
     tiers = runnable()
     try:
-        torch.ops.load_library(str(_build(tiers)))
+        while True:
+            try:
+                path = _build(tiers)
+                break
+            except subprocess.CalledProcessError as exc:
+                if getattr(exc, "tier", "portable") == "portable":
+                    raise
+                detail = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
+                log.warning("tokenflow kernels: the %s tier did not build (%s); going on without it", exc.tier,
+                            " ".join(detail))
+                _unbuilt[exc.tier] = "the C compiler could not build it"
+                tiers = tuple(t for t in tiers if t != exc.tier)
+        torch.ops.load_library(str(path))
     except FileNotFoundError:
         log.warning("tokenflow kernels unavailable (no C compiler); using PyTorch's kernels")
         return (), "no C compiler"

@@ -65,8 +65,9 @@ def use(choice: str) -> str:
 
 def requested() -> str:
     """The process's choice: ``use()``'s, else ``$TOKENFLOW_KERNELS``, else
-    ``TOKENFLOW_INT4_KERNEL=aten``, else ``auto``."""
-    return _requested()[0]
+    ``TOKENFLOW_INT4_KERNEL=aten``, else ``auto`` (also for a variable that names no choice)."""
+    choice = _requested()[0]
+    return choice if choice in KERNEL_CHOICES else "auto"
 
 
 def _requested() -> tuple[str, str]:

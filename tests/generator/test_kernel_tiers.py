@@ -247,3 +247,26 @@ def test_cpu_features_and_what_each_tier_needs(monkeypatch):
 def test_without_a_c_compiler_pytorchs_ops_run(monkeypatch):
     monkeypatch.setattr(build.shutil, "which", lambda name: None)
     assert build.load.__wrapped__() == ((), "no C compiler")
+
+
+def test_a_tier_the_compiler_cannot_build_is_left_out(monkeypatch):
+    """An older compiler without a tier's flags: that tier is dropped (and named as the
+    reason), the others still build."""
+    calls = []
+
+    def fake_build(tiers):
+        calls.append(tiers)
+        if "avx2" in tiers:
+            exc = subprocess.CalledProcessError(1, ["cc"], stderr=b"cc: error: unrecognized option '-mf16c'")
+            exc.tier = "avx2"
+            raise exc
+        return "unused.so"
+
+    monkeypatch.setattr(build, "runnable", lambda: ("avx2", "portable"))
+    monkeypatch.setattr(build, "_build", fake_build)
+    monkeypatch.setattr(build.torch.ops, "load_library", lambda path: None)
+    monkeypatch.setattr(build, "_register_fakes", lambda: None)
+    monkeypatch.setattr(build, "_unbuilt", {})
+    build.load.__wrapped__()
+    assert calls == [("avx2", "portable"), ("portable",)]
+    assert build._unbuilt == {"avx2": "the C compiler could not build it"}
