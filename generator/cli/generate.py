@@ -39,7 +39,9 @@ def add_commands(sub) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Stream one completion to stdout, each text delta flushed as it comes."""
+    """Stream one completion to stdout, each text delta flushed as it comes. With ``--n K``
+    the K choices run as rows of one batch: choice 0 streams, the others are printed after
+    it, each under a ``--- choice i ---`` line (``--stats`` times choice 0)."""
     params = sampling_params_from_args(args)
     options = engine_options(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -56,16 +58,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = sys.stdout
     last = None
     reader_gone = False
+    later: dict[int, list[str]] = {}  # --n > 1: choice 0 streams live, the others follow it
     try:
-        for ev in engine.stream(prompt, params, chat=args.chat):
-            stamps.append(time.perf_counter())
+        for choice, ev in engine.stream_n(prompt, params, chat=args.chat):
             if recorder is not None:
-                recorder.event(ev, at=stamps[-1])
+                recorder.event(ev, stream=str(choice), at=time.perf_counter())
+            if choice:
+                later.setdefault(choice, []).append(ev.text)
+                continue
+            stamps.append(time.perf_counter())
             last = ev
             if ev.text:
                 out.write(ev.text)
                 out.flush()
         out.write("\n")
+        for choice in sorted(later):
+            seed = "" if params.seed is None else f", seed {params.seed + choice}"
+            out.write(f"--- choice {choice}{seed} ---\n{''.join(later[choice])}\n")
         out.flush()
     except BrokenPipeError:  # stdout's reader left (`| head -c 40`): stop generating, still say --stats
         reader_gone = True

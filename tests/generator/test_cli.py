@@ -113,3 +113,18 @@ def test_help_documents_every_flag():
         assert "--" + f.name.replace("_", "-") in res.stdout
     for flag in ("--chat", "--stats", "--model", "--device", "--dtype"):
         assert flag in res.stdout
+
+
+def test_generate_n_prints_every_choice_as_the_engine_makes_them(tiny_model_dir, tiny_engine):
+    # --n K: choice 0 streams, the others follow under a header; each equals Engine.stream_n's text.
+    from decoding import SamplingParams
+
+    res = run(["generate", "Once upon a time", "--model", str(tiny_model_dir), "--max-new-tokens", "8",
+               "--ignore-eos", "--strategy", "sample", "--seed", "5", "--n", "3"])
+    assert res.returncode == 0, res.stderr
+    params = SamplingParams(strategy="sample", seed=5, n=3, max_new_tokens=8, ignore_eos=True)
+    texts = ["", "", ""]
+    for choice, ev in tiny_engine.stream_n("Once upon a time", params):
+        texts[choice] += ev.text
+    assert res.stdout == (f"{texts[0]}\n--- choice 1, seed 6 ---\n{texts[1]}\n"
+                          f"--- choice 2, seed 7 ---\n{texts[2]}\n")
