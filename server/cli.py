@@ -52,7 +52,8 @@ def add_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_bounded_int(0, 65535), default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("TOKENFLOW_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $TOKENFLOW_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' on every route but /health, the page and its static "
+                        "files (/api/stream also takes ?api_key=) (default: $TOKENFLOW_API_KEY)")
     p.add_argument("--model-name", default="tokenflow", help="the model id clients send and /v1/models lists")
     env = Settings()  # defaults, read from TOKENFLOW_* environment variables
     p.add_argument("--max-waiting", type=_bounded_int(1), default=env.max_waiting,
@@ -68,7 +69,8 @@ def add_commands(sub) -> None:
                    help="seconds a client may stop reading its stream before it is dropped and its row freed "
                         "(env TOKENFLOW_STALL_TIMEOUT, default 30)")
     p.add_argument("--resume-grace", type=float, default=30.0,
-                   help="seconds an /api/stream generation stays resumable after its reader left")
+                   help="seconds a resumable stream (/api/stream, or an OpenAI stream with "
+                        "stream_options.resumable) stays resumable after its reader left")
     p.add_argument("--shutdown-grace", type=_bounded_float(0), default=env.shutdown_grace_s,
                    help="on SIGTERM/SIGINT, seconds open requests may still finish (new ones get 503) before "
                         "each open stream gets a final 'server_shutdown' error event "
