@@ -34,7 +34,7 @@ _ERROR_SCHEMA = {
         "properties": {"message": {"type": "string"}, "type": {"type": "string"},
                        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
 }
-_STREAMING = {"/v1/chat/completions", "/v1/completions", "/api/stream"}
+_STREAMING = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/streams/{stream_id}", "/api/stream"}
 # One server-sent event (a stream is a sequence of them): its data is JSON text, or [DONE].
 _SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
                                                "id": {"type": "string"}, "retry": {"type": "integer"}}}
