@@ -11,23 +11,10 @@ import openai
 import pytest
 
 from decoding import SamplingParams
-from server import Settings, create_app
-from server_harness import LiveServer, iter_sse
+from server_harness import iter_sse
 
 NO_EOS = {"ignore_eos": True}
 PLAIN = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Once upon a time"}]
-
-
-@pytest.fixture(scope="module")
-def live(tiny_engine):
-    server = LiveServer(create_app(Settings(), engine=tiny_engine))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def client(live):
-    return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=30)
 
 
 def greedy(engine, prompt, n, chat=True, **params):

@@ -12,8 +12,6 @@ import openai
 import pytest
 
 from decoding import SamplingParams
-from server import Settings, create_app
-from server_harness import LiveServer
 from json_prefix import is_json_prefix
 
 MESSAGES = [{"role": "user", "content": "Once upon a time"}]
@@ -21,18 +19,6 @@ SCHEMA = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1
                                            "unit": {"enum": ["kg", "g"]}},
           "required": ["n", "unit"], "additionalProperties": False}
 FORMAT = {"type": "json_schema", "json_schema": {"name": "weight", "schema": SCHEMA, "strict": True}}
-
-
-@pytest.fixture(scope="module")
-def live(tiny_engine):
-    server = LiveServer(create_app(Settings(), engine=tiny_engine))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def client(live):
-    return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def test_response_format_json_schema_streams_valid_prefixes(client, tiny_engine):

@@ -7,23 +7,9 @@ import openai
 import pytest
 
 from decoding import SamplingParams
-from server import Settings, create_app
-from server_harness import LiveServer
 
 MESSAGES = [{"role": "user", "content": "Once upon a time"}]
 NO_EOS = {"ignore_eos": True}  # the random model may emit EOS at any step; fixed lengths are easier to check
-
-
-@pytest.fixture(scope="module")
-def live(tiny_engine):
-    server = LiveServer(create_app(Settings(), engine=tiny_engine))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def client(live):
-    return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=30)
 
 
 def engine_events(engine, prompt, chat=False, **params):
