@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--heads", default="auto,int4",
                     help="our output-head formats to run, comma separated (auto: int8 as in the GGUF; int4: "
-                         "a third fewer bytes a token, see --head in the README)")
+                         "a third fewer bytes a token, see --head in docs/performance.md)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--skip", action="append", default=[], choices=["llamacpp", "transformers"])
     ap.add_argument("--out", default=str(RESULTS / "peer_llamacpp.json"))

@@ -315,7 +315,7 @@ def _basis(result: dict[str, Any]) -> str:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The README table: one row per strategy, ours against transformers."""
+    """The markdown table (docs/performance.md): one row per strategy, ours against transformers."""
     s = report["settings"]
     lines = [
         f"Machine: {machine_stamp(report['machine'])}. {s['tokens']} new tokens (EOS ignored), "

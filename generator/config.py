@@ -57,7 +57,7 @@ class EngineConfig:
     head: str = field(default="auto", metadata=_opt(
         "the output head's weights (28M of the model's 135M); auto: int8 with --quant int8/int4 "
         "(the GGUF stores it in 8 bits), else dense. int4 reads a third fewer bytes per "
-        "token at a small quality cost (see the README's quality table)", ("auto", *QUANTS), "--head"))
+        "token at a small quality cost (see the quality table in docs/performance.md)", ("auto", *QUANTS), "--head"))
     activations: str = field(default="auto", metadata=_opt(
         "what the int4 layers and an int8/int4 head multiply their codes by: int8 (the inputs "
         "rounded per row and group of 32, as llama.cpp does for this GGUF; integer dot products, "
@@ -210,7 +210,7 @@ def resolve_activations(name: str | None = "auto") -> str:
     that runs (``kernels.status()["activations"]``: int8 on avx512 with AVX512_VNNI and on
     avx2, measured). int8 is the arithmetic llama.cpp uses for this GGUF's Q4_1 layers (its
     Q8_1 activations): integer dot products, 64 an instruction with VNNI where bf16 does 32;
-    the README's quality table compares both."""
+    the quality table in docs/performance.md compares both."""
     name = (name or "auto").strip().lower()
     source = "activations"
     if name == "auto" and os.environ.get("TOKENFLOW_ACTIVATIONS", "").strip():

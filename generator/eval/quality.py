@@ -1,7 +1,7 @@
 """Quality checks of a weight format against the float32 reference: greedy token
 agreement on fixed prompts, and the log-likelihood of a fixed text (score it with
 ``likelihood.text_logprobs(engine, LIKELIHOOD_TEXT)``). Used by tests, the quality
-benchmark and the README's table."""
+benchmark and the quality table in docs/performance.md."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def _eager_ours(x: torch.Tensor) -> bool:
 def pack(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Our layout of int4 codes ``[N, K]`` (0..15) with per-group ``scale`` and ``zero``
     ``[N, K // 32]`` (rounded to bf16, as in PyTorch's kernel): ``(codes [N/16, K/4, 32]
-    uint8, sz [N/16, K/32, 32] bf16)``. See ``csrc/int4_gemm.c`` for the bytes."""
+    uint8, sz [N/16, K/32, 32] bf16)``. See ``csrc/avx512.c`` for the bytes."""
     n, k = codes.shape
     if n % 16 or k % GROUP:
         raise ValueError(f"the int4 kernel needs N a multiple of 16 and K of {GROUP}, got {n} x {k}")

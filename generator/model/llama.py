@@ -95,7 +95,7 @@ class FastLlama(nn.Module):
         for what int layers multiply by, and ``dense_prefill``: quantized layers also keep a
         bf16 copy of the weights their kernel computes with, used for prompt chunks of
         ``formats.DENSE_MIN_ROWS`` tokens or more (prefill about 2x faster; +214 MB for the
-        default model; a second rounding, so greedy agreement with float32 drops: README)."""
+        default model; a second rounding, so greedy agreement with float32 drops: docs/performance.md)."""
         cfg = model.config
         quant, head, acts, dtype = config.quant, config.head, config.activations, config.torch_dtype
         sd = {k: v.detach() for k, v in model.state_dict().items()}
@@ -111,7 +111,7 @@ class FastLlama(nn.Module):
                     return Int4Linear.from_q4_1_codes(*gguf.stacked_codes(i, names), acts)
                 w = torch.cat([sd[p + n + ".weight"] for n in names])
                 # int8 activations for int4 layers only: with int8 weights quantized here from
-                # float, greedy agreement with float32 halved (README, quality table).
+                # float, greedy agreement with float32 halved (docs/performance.md, quality table).
                 return make_linear(w, quant, dtype, acts if quant == "int4" else "bf16")
 
             layers.append(Layer(
