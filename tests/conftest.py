@@ -109,3 +109,13 @@ def tier(request):
     previous = kernels.use(request.param)
     yield request.param
     kernels.use(previous)
+
+
+@pytest.fixture
+def pytorchs_kernels():
+    """Our kernels off for one test (as ``TOKENFLOW_KERNELS=aten`` does for a process)."""
+    from generator import kernels
+
+    previous = kernels.use("aten")
+    yield
+    kernels.use(previous)

@@ -10,13 +10,6 @@ from generator import kernels
 needs_kernel = pytest.mark.skipif(not kernels.ours(), reason="our kernels are off here")
 
 
-@pytest.fixture
-def pytorchs_kernels():
-    previous = kernels.use("aten")
-    yield
-    kernels.use(previous)
-
-
 def test_status_says_which_runs_and_why(pytorchs_kernels):
     off = kernels.status()
     assert off["tier"] == "aten" and off["reason"] == "forced by kernels.use('aten')" and not off["int8_activations"]

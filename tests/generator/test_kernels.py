@@ -136,14 +136,6 @@ def _on_pytorchs_kernels(make):
         kernels.use(previous)
 
 
-@pytest.fixture
-def pytorchs_kernels():
-    """Our kernels off for one test (as ``TOKENFLOW_INT4_KERNEL=aten`` does for a process)."""
-    previous = kernels.use("aten")
-    yield
-    kernels.use(previous)
-
-
 def test_linears_use_the_kernel_in_eager_and_pytorchs_otherwise(tier):
     """Each linear keeps ONE packing: ours where our kernel runs, PyTorch's otherwise; both
     compute the same weights (and read them back alike)."""
