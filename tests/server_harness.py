@@ -261,16 +261,22 @@ def start_step_server(model_dir, delay_s: float = 0.02, **settings):
                             env=env)
     proc.log_path = log.name
     url = f"http://127.0.0.1:{port}"
+    if not wait_for_health(url, proc, interval=0.1):
+        proc.kill()
+        raise RuntimeError("the step server did not start: " + read_log(proc)[-2000:])
+    return proc, url
+
+
+def wait_for_health(url: str, proc, timeout: float = 60.0, interval: float = 0.1) -> bool:
+    """Wait until the server process ``proc`` at ``url`` answers ``/health`` with 200;
+    False if it exits first or the timeout passes."""
 
     def ready():
         try:
             return httpx.get(url + "/health").status_code == 200
         except httpx.TransportError:
             return proc.poll() is not None
-    if not wait_until(ready, timeout=60, interval=0.1) or proc.poll() is not None:
-        proc.kill()
-        raise RuntimeError("the step server did not start: " + read_log(proc)[-2000:])
-    return proc, url
+    return wait_until(ready, timeout=timeout, interval=interval) and proc.poll() is None
 
 
 def read_log(proc) -> str:

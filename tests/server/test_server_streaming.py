@@ -18,7 +18,8 @@ import pytest
 
 from generator.config import EngineConfig
 from server import Settings, create_app
-from server_harness import CHAT, LiveServer, StepEngine, data_json, iter_sse, serve, wait_until  # noqa: F401
+from server_harness import (CHAT, LiveServer, StepEngine, data_json, iter_sse, serve,  # noqa: F401
+                            wait_for_health, wait_until)
 
 
 # -- OpenAI streams over httpx ------------------------------------------------------------
@@ -291,13 +292,7 @@ def test_tokenflow_serve_command(tiny_model_dir):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-
-        def ready():
-            try:
-                return httpx.get(url + "/health").status_code == 200
-            except httpx.TransportError:
-                return proc.poll() is not None
-        assert wait_until(ready, timeout=60, interval=0.2) and proc.poll() is None
+        assert wait_for_health(url, proc, interval=0.2)
         # The model's loop runs on the process's main thread (uvicorn on another): a torch
         # loop on a second thread decodes at about half speed here (server.scheduler.WorkerHost).
         health = httpx.get(url + "/health").json()
