@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +133,38 @@ class Engine:
         if not ids:
             raise ParamError("prompt", "the prompt is empty")
         return ids
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The most bytes of text one token can stand for, read off the vocabulary once. A
+        byte-level vocabulary (GPT-2's, SmolLM2's) spells each byte as one character, so a
+        piece's length in characters is its bytes; any other piece spells its bytes with at
+        least as many (a ``<0xE2>`` fallback is six), so its UTF-8 length is never below the
+        truth. Added tokens count as their text. A tokenizer that normalizes text first
+        (NFKC turns a three-byte full-width letter into one ASCII byte) gets a factor of 4."""
+        tok = self.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        byte_level = type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
+        pieces = tok.get_vocab()
+        longest = max((len(p) if byte_level else len(p.encode("utf-8", "replace")) for p in pieces), default=1)
+        added = [str(getattr(a, "content", a)) for a in getattr(tok, "added_tokens_decoder", {}).values()]
+        longest = max([longest, *(len(a.encode("utf-8", "replace")) for a in added)])
+        normalizes = backend is None or backend.normalizer is not None
+        return max(1, longest) * (4 if normalizes else 1)
+
+    def fewest_tokens(self, prompt: Prompt | list[dict]) -> int:
+        """A floor on the number of tokens ``prompt`` (text, ids, or chat messages) encodes
+        to, found without tokenizing it: its text's UTF-8 bytes over ``max_token_bytes``.
+        A server refuses a prompt of megabytes with it at once, before the seconds and the
+        hundreds of MB that tokenizing it would cost only to find it too long."""
+        if isinstance(prompt, str):
+            texts = [prompt]
+        elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+            texts = [c for m in prompt if isinstance(c := m.get("content"), str)]
+        else:
+            return len(prompt) if isinstance(prompt, (list, tuple)) else 0
+        size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        return size // self.max_token_bytes
 
     def check_length(self, ids: list[int], params: SamplingParams) -> None:
         if len(ids) + params.max_new_tokens > self.context_length:

@@ -66,7 +66,8 @@ def add_commands(sub) -> None:
     p.add_argument("--max-total-tokens", type=_bounded_int(2), default=env.max_total_tokens,
                    help="prompt + max_tokens limit per request (env TOKENFLOW_MAX_TOTAL; default: the context)")
     p.add_argument("--stall-timeout", type=float, default=env.stall_timeout_s,
-                   help="seconds a client may stop reading its stream before it is dropped and its row freed "
+                   help="seconds a client may stop reading its stream before it is dropped and its row freed; "
+                        "a connection whose socket then takes no byte for as long is closed "
                         "(env TOKENFLOW_STALL_TIMEOUT, default 30)")
     p.add_argument("--resume-grace", type=float, default=30.0,
                    help="seconds a resumable stream (/api/stream, or an OpenAI stream with "
@@ -120,11 +121,12 @@ def serve(settings, engine=None, log_level: str = "info") -> int:
     import uvicorn
 
     from .app import create_app
-    from .transport import UVICORN_OPTIONS
+    from .transport import uvicorn_options
 
     # uvicorn's own grace only backs ours up: by the time it runs, no request is open.
     server = uvicorn.Server(uvicorn.Config(None, host=settings.host, port=settings.port, log_level=log_level,
-                                           timeout_graceful_shutdown=2, **UVICORN_OPTIONS))
+                                           timeout_graceful_shutdown=2,
+                                           **uvicorn_options(settings.stall_timeout_s)))
     apps = []
 
     def stop() -> None:

@@ -67,6 +67,7 @@ class Intake:
         in a thread: a prompt of megabytes takes seconds to tokenize, and the event loop
         keeps serving every other stream meanwhile (the tokenizer is Rust, not torch, so
         no OpenMP team is made: see ``WorkerHost``)."""
+        self._check_size(prompt, field)
         try:
             ids = await run_in_threadpool(self._encode, prompt, chat, field)
         except ParamError as exc:
@@ -79,6 +80,19 @@ class Intake:
             raise APIError(400, f"{field}: the prompt is {len(ids)} tokens; the model's context is "
                                 f"{self.context} tokens", param=field, code="context_length_exceeded")
         return ids
+
+    def _check_size(self, prompt, field: str) -> None:
+        """400 at once, before tokenizing, when the prompt's text is so long that even at
+        the most bytes one token can hold (``Engine.fewest_tokens``) it cannot fit: a prompt
+        of megabytes would otherwise cost seconds of tokenizing and hundreds of MB."""
+        floor = self.engine.fewest_tokens(prompt)
+        limit = self.settings.max_prompt_tokens
+        if limit and floor > limit:
+            raise APIError(400, f"{field}: the prompt is at least {floor} tokens; this server takes at most "
+                                f"{limit}", param=field, code="prompt_too_long")
+        if floor >= self.context:
+            raise APIError(400, f"{field}: the prompt is at least {floor} tokens; the model's context is "
+                                f"{self.context} tokens", param=field, code="context_length_exceeded")
 
     def _encode(self, prompt, chat: bool, field: str) -> list[int]:
         _check_text(prompt, field)

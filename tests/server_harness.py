@@ -20,10 +20,11 @@ class LiveServer:
 
     def __init__(self, app, wait_ready: bool = True):
         self.app = app
-        from server.transport import UVICORN_OPTIONS  # what `tokenflow serve` runs
+        from server.transport import uvicorn_options  # what `tokenflow serve` runs
 
+        settings = getattr(app.state, "settings", None)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                                **UVICORN_OPTIONS)
+                                **uvicorn_options(getattr(settings, "stall_timeout_s", 30.0)))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -134,3 +134,27 @@ def test_prompt_longer_than_context_is_rejected(tiny_engine):
     with pytest.raises(ParamError) as info:
         list(tiny_engine.stream([5] * 250, SamplingParams(max_new_tokens=10)))
     assert info.value.field == "max_new_tokens" and "context" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["Once upon a time, " * 50, " " * 4000, "\n\n\t  " * 300, "naïve café déjà vu " * 40,
+                                  "東京の天気は晴れです。" * 60, "🙂👍🏽🚀" * 100, "<|im_end|><|im_start|>user" * 30,
+                                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" * 50, "0123456789" * 200])
+def test_the_token_floor_never_exceeds_the_real_count(tiny_engine, text):
+    """``fewest_tokens`` refuses prompts before tokenizing them: it must never claim more
+    tokens than the tokenizer then makes, or a prompt that fits would be refused."""
+    assert 0 < tiny_engine.fewest_tokens(text) <= len(tiny_engine.encode(text))
+    messages = [{"role": "system", "content": text}, {"role": "user", "content": text}]
+    assert tiny_engine.fewest_tokens(messages) <= len(tiny_engine.encode(messages, chat=True))
+    assert tiny_engine.fewest_tokens(messages) <= len(tiny_engine.encode(messages, chat=True, special_tokens=True))
+
+
+def test_no_token_spells_more_bytes_than_the_floor_assumes(tiny_engine):
+    tok = tiny_engine.tokenizer
+    bound = tiny_engine.max_token_bytes
+    vocab = tiny_engine.model.config.vocab_size
+    assert max(len(tok.convert_tokens_to_string([p]).encode()) for p in tok.convert_ids_to_tokens(range(vocab))) \
+        <= bound
+    # Not a loose guess either: the longest piece's own bytes, or a special token's text.
+    longest = max(len(tok.convert_tokens_to_string([p]).encode()) for p in tok.convert_ids_to_tokens(range(vocab))
+                  if p not in tok.all_special_tokens)
+    assert bound == max(longest, *(len(t.encode()) for t in tok.all_special_tokens))

@@ -41,7 +41,36 @@ def test_a_body_over_the_cap_is_413_before_it_is_parsed(serve, tiny_engine):
     assert httpx.post(server.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 1}).status_code == 200
 
 
-def test_health_answers_while_a_large_prompt_is_tokenized(serve, tiny_engine):
+def test_a_prompt_too_long_by_its_bytes_is_refused_before_it_is_tokenized(serve, tiny_engine, monkeypatch):
+    server = serve(tiny_engine)
+    calls = []
+    encode = tiny_engine.encode
+    monkeypatch.setattr(tiny_engine, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    big = "Once upon a time. " * 200_000  # 3.6 MB
+    floor = len(big) // tiny_engine.max_token_bytes
+    res = httpx.post(server.url + "/v1/completions", json={"prompt": big, "max_tokens": 1}, timeout=60)
+    _is_error(res, 400, "context_length_exceeded", "prompt")
+    assert f"at least {floor} tokens" in res.json()["error"]["message"]
+    res = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                     json={**CHAT, "messages": [{"role": "user", "content": big}], "max_tokens": 1})
+    _is_error(res, 400, "context_length_exceeded", "messages")
+    assert calls == []  # neither was tokenized
+    # Within the context by its bytes but over the server's own prompt limit: also at once.
+    server = serve(tiny_engine, max_prompt_tokens=100)
+    res = httpx.post(server.url + "/v1/completions", json={"prompt": "x" * (tiny_engine.max_token_bytes * 101),
+                                                          "max_tokens": 1})
+    _is_error(res, 400, "prompt_too_long", "prompt")
+    assert calls == []
+    # A prompt the floor cannot refuse is tokenized and then measured, as before.
+    res = httpx.post(server.url + "/v1/completions", json={"prompt": "🙂" * 100, "max_tokens": 1})  # 400 bytes, 300 tokens
+    _is_error(res, 400, "prompt_too_long", "prompt")
+    assert calls == [1]
+
+
+def test_health_answers_while_a_large_prompt_is_tokenized(serve, tiny_engine, monkeypatch):
+    # A tokenizer whose longest token could hold the whole prompt: the byte floor cannot
+    # refuse it, so it is tokenized to the end (in a thread) before its length is known.
+    monkeypatch.setattr(tiny_engine, "max_token_bytes", 10**9)
     server = serve(tiny_engine)
     prompt = "Once upon a time there was a small model. " * 12_000  # 0.5 MB: seconds of tokenizing here
     done = {}

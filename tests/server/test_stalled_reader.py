@@ -26,6 +26,19 @@ def _never_reading_client(port: int, body: dict) -> socket.socket:
     return sock
 
 
+def _closed_by_the_server(sock: socket.socket, timeout: float = 10.0) -> bool:
+    """Read what the server sent until it closes (a reset, or the end of the stream)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        return False
+    return True
+
+
 def test_a_never_reading_client_is_dropped_and_its_rows_freed(serve, tiny_engine):
     # 50 ms a step, 200 tokens: the generation alone would hold its rows for 10 s or more.
     engine = StepEngine(tiny_engine, delay_s=0.05)
@@ -58,9 +71,16 @@ def test_a_never_reading_client_is_dropped_and_its_rows_freed(serve, tiny_engine
             scheduler.active_count
         dropped_after = time.monotonic() - started
         reader.join(30)
+        # Dropped, but the client neither reads nor leaves: the server closes the connection
+        # itself once its socket has taken no byte for the write timeout (the stall timeout).
+        connections = server.server.server_state.connections
+        assert wait_until(lambda: not connections, timeout=STALL + 5, interval=0.05), len(connections)
+        closed_after = time.monotonic() - started
+        assert _closed_by_the_server(stalled)
     finally:
         stalled.close()
     assert dropped_after < STALL + 4
+    assert closed_after < 2 * STALL + 5
     assert normal["last"]["data"] == "[DONE]"
     # The normal reader never waited on its neighbour (steps are 50 ms).
     assert max(gaps[1:]) < STALL, max(gaps)
@@ -171,6 +191,6 @@ def test_a_one_byte_a_second_reader_is_dropped_beside_normal_clients(serve, tiny
         stop.set()
         slow.join(5)
         sock.close()
-    # The slow reader's connection stays open (its send blocked) until it leaves; then the stream closes.
+    # Its connection was closed by the server (the write timeout) or by the client: the stream is gone.
     assert wait_until(lambda: open_streams() == 0, timeout=5), open_streams()
     assert trickle and trickle[0] == b"H"  # it did get its answer, a byte at a time
