@@ -56,16 +56,25 @@ bench: $(STAMP)
 # llama.cpp from source (several minutes, once per venv).
 LLAMA_CPP_PIN := llama-cpp-python==0.3.36
 
-bench-peer: $(STAMP)  ## ours vs llama.cpp (same GGUF) vs transformers generate(), one run
+# TIER=avx2|avx512|portable: our kernels forced to that tier against llama.cpp's own server
+# built for the same ISA from the same sdist's source (benchmarks/llamacpp.py, cached).
+TIER ?=
+bench-peer: $(STAMP)  ## ours vs llama.cpp (same GGUF) vs transformers generate(), one run; TIER=avx2 per tier
+ifeq ($(TIER),)
 	$(PY) -c "import llama_cpp" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check '$(LLAMA_CPP_PIN)'
 	$(PY) benchmarks/peer_llamacpp.py
+else
+	$(PY) benchmarks/peer_llamacpp.py --tier $(TIER) --out benchmarks/results/peer_llamacpp_$(TIER).json
+endif
 
 bench-quality: $(STAMP)  ## greedy agreement and perplexity of each weight format vs float32
 	$(PY) benchmarks/quality.py
 
 LEVELS ?= 1,2,4,8,16,32,64
+# PEER=llama-server: then the same load against llama-server (-np = the largest level) in the same run.
+PEER ?=
 bench-serve: $(STAMP)  ## serving load over HTTP on the default model: benchmarks/results/serve_load.{json,csv,png}
-	$(PY) benchmarks/serve_load.py --levels $(LEVELS)
+	$(PY) benchmarks/serve_load.py --levels $(LEVELS) $(if $(PEER),--peer $(PEER) --out serve_load_vs_$(PEER))
 
 bench-grammar: $(STAMP)  ## what constrained output costs: benchmarks/results/grammar_cost.json
 	$(PY) benchmarks/grammar_cost.py

@@ -25,6 +25,7 @@ from decoding import SamplingParams
 from decoding.links.grammar import GRAMMAR, Grammars, mask_rows
 from decoding.sampler import RowState
 from generator import Engine
+from generator.kernels.build import cpu
 
 SCHEMA = {  # ten fields: strings, integers with bounds, an enum, a boolean, an array, a nested object
     "type": "object",
@@ -126,7 +127,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     engine = Engine.load(model=args.model, num_slots=max(16, *(int(r) for r in args.rows.split(","))))
-    result = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    result = {"machine": {"cpu": cpu()["model"], "cpu_features": cpu()["features"], "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "torch": torch.__version__, "platform": platform.platform(),
                           "engine": engine.config.summary()},
               "schema_fields": len(SCHEMA["properties"]), "compile": compile_costs(engine, args.repeats)}
@@ -176,14 +177,6 @@ def _valid(text: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - reported, not raised
         return False
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
-    except OSError:
-        return platform.machine()
 
 
 if __name__ == "__main__":

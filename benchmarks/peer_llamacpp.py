@@ -2,8 +2,14 @@
 
 ours             tokenflow's engine, compiled step, int4 from the GGUF's Q4_1 blocks; once per
                  --heads format of the output head (int8 as in the GGUF, and int4)
-llama.cpp        llama-cpp-python on the very same GGUF file (optional: `make bench-peer` builds it)
+llama.cpp        llama-cpp-python on the very same GGUF file (optional: `make bench-peer` builds it);
+                 with ``--tier``: llama.cpp's own ``llama-server`` built for that ISA tier
+                 (``benchmarks/llamacpp.py``), streaming ``/completion`` with the same prompt ids
 transformers     `model.generate()` greedy, float32 (the converted HF model)
+
+``--tier avx512|avx2|portable`` forces our kernel tier (``TOKENFLOW_KERNELS``) and builds
+llama.cpp for the same ISA (``native`` for ``avx512``), so a lower tier forced on a bigger
+CPU is compared like for like: ``make bench-peer TIER=avx2``.
 
 Every contender gets the same prompt token ids (the chat template applied once by
 our tokenizer), greedy decoding, exactly ``--tokens`` new tokens (EOS ignored) and
@@ -11,7 +17,7 @@ our tokenizer), greedy decoding, exactly ``--tokens`` new tokens (EOS ignored) a
 included), decode tokens/s over the tokens after the first, and ratios. Writes
 ``benchmarks/results/peer_llamacpp.json``.
 
-    .venv/bin/python benchmarks/peer_llamacpp.py [--tokens 128] [--threads 2] [--quant int4]
+    .venv/bin/python benchmarks/peer_llamacpp.py [--tokens 128] [--threads 2] [--quant int4] [--tier avx2]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch
 
 from decoding import SamplingParams
 from generator import Engine, kernels
+from generator.kernels.build import cpu
 from generator.eval.quality import agreement
 from generator.eval.timing import median, stream_timing
 
@@ -103,6 +110,41 @@ def bench_llamacpp(ids: list[int], gguf: Path, args) -> tuple[dict | None, list[
     return res, tokens
 
 
+def bench_llama_server(ids: list[int], gguf: Path, tier: str, args) -> tuple[dict, list[int]]:
+    """llama-server built for ``tier`` on the same GGUF: one slot, the same threads, the
+    prompt ids as they are, greedy, exactly ``--tokens`` tokens, the prompt cache off; each
+    streamed event timestamped on arrival, as ours are."""
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import llamacpp
+
+    bin_dir = llamacpp.build(tier, log=lambda m: print(m, file=sys.stderr))
+    body = {"prompt": ids, "n_predict": args.tokens, "temperature": 0.0, "top_k": 1, "ignore_eos": True,
+            "stream": True, "cache_prompt": False, "return_tokens": True, "samplers": ["top_k"]}
+    runs, tokens = [], []
+    with llamacpp.LlamaServer(bin_dir, gguf, slots=1, threads=args.threads,
+                              ctx_per_slot=max(512, len(ids) + args.tokens + 8)) as server:
+        for rep in range(args.repeats + 1):  # the first run warms up
+            start, stamps, tokens = time.perf_counter(), [], []
+            with httpx.stream("POST", server.url + "/completion", json=body, timeout=300) as res:
+                res.raise_for_status()
+                for line in res.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    event = json.loads(line[6:])
+                    new = event.get("tokens") or []
+                    if new:
+                        now = time.perf_counter()
+                        stamps += [now] * len(new)
+                        tokens += [int(t) for t in new]
+            if rep:
+                runs.append(_rates(start, stamps))
+    res = _median_run(runs)
+    res.update(name=f"llama.cpp server ({tier} build)", tier=tier, llama_cpp_python=llamacpp.VERSION)
+    return res, tokens
+
+
 def bench_transformers(ids: list[int], model, args) -> tuple[dict, list[int]]:
     from transformers.generation.streamers import BaseStreamer
 
@@ -149,10 +191,14 @@ def main() -> None:
                     help="our output-head formats to run, comma separated (auto: int8 as in the GGUF; int4: "
                          "a third fewer bytes a token, see --head in docs/performance.md)")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--tier", choices=["avx512", "avx2", "portable"],
+                    help="force our kernel tier and compare with llama.cpp built for the same ISA")
     ap.add_argument("--skip", action="append", default=[], choices=["llamacpp", "transformers"])
     ap.add_argument("--out", default=str(RESULTS / "peer_llamacpp.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tier:
+        kernels.use(args.tier)  # for the whole process, before any engine loads
 
     ref = Engine.load(device="cpu", dtype="float32", quant="none", compile=False)
     ids = ref.encode(args.prompt, chat=True)
@@ -164,7 +210,8 @@ def main() -> None:
         token_sets["ours" if i == 0 else f"ours, {res['head']} head"] = toks
     ours = results[0]
     if "llamacpp" not in args.skip:
-        peer, token_sets["llamacpp"] = bench_llamacpp(ids, gguf, args)
+        peer, token_sets["llamacpp"] = (bench_llama_server(ids, gguf, {"avx512": "native"}.get(args.tier, args.tier),
+                                                           args) if args.tier else bench_llamacpp(ids, gguf, args))
         if peer:
             results.append(peer)
     if "transformers" not in args.skip:
@@ -189,7 +236,7 @@ def main() -> None:
             print(f"greedy ids: ours and {name} agree on the first {n} tokens")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(kernels=kernels.status()["tier"], prompt=args.prompt, prompt_tokens=len(ids),
+    out.write_text(json.dumps(dict(kernels=kernels.status()["tier"], cpu=cpu(), prompt=args.prompt, prompt_tokens=len(ids),
                                    new_tokens=args.tokens,
                                    threads=args.threads, machine=platform.machine(), torch=torch.__version__,
                                    results=results, greedy_agreement=agree,

@@ -1,7 +1,8 @@
 """Serving load over HTTP: N concurrent streaming clients per concurrency level.
 
     .venv/bin/python benchmarks/serve_load.py [--levels 1,2,4,8,16,32,64] [--max-tokens 64]
-        [--requests-per-client 2] [--min-requests 16] [--url http://127.0.0.1:8000] [-- serve flags...]
+        [--requests-per-client 2] [--min-requests 16] [--url http://127.0.0.1:8000]
+        [--peer llama-server [--peer-tier avx2]] [-- serve flags...]
 
 Without ``--url`` it starts ``tokenflow serve`` on a free port (default model,
 ``--max-batch`` = the largest level unless given after ``--``) and stops it at
@@ -15,6 +16,12 @@ tokens/s (all tokens of the level over its wall time), time to first token
 p50/p95, inter-token latency p50/p95 and errors, and writes JSON, CSV and a PNG
 under ``benchmarks/results/``. Numbers on a shared machine are noisy: compare
 levels of one run, not runs.
+
+``--peer llama-server`` then runs the same levels, prompts and settings against
+``llama-server`` on the same GGUF in the same run (``-np`` = the largest level, continuous
+batching, the same threads), built for the kernel tier ours ran (``--peer-tier``;
+``benchmarks/llamacpp.py``), and reports both side by side. Every request opens its own
+connection: no keep-alive reuse, which llama-server does not promise between requests.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+
+from generator.kernels.build import cpu
 
 PROMPTS = [
     "Explain why the sky is blue.",
@@ -94,10 +103,11 @@ def parse(result: dict) -> dict:
                     return {"error": payload["error"].get("message", "error")}
                 if payload.get("usage"):
                     tokens = payload["usage"]["completion_tokens"]
-                elif payload["choices"] and payload["choices"][0].get("text"):
+                if payload.get("choices") and payload["choices"][0].get("text"):
                     arrivals.append(at)
     if not arrivals:
         return {"error": "no tokens"}
+    tokens = tokens or len(arrivals)  # a server without usage in its stream: one event a token
     start = result["start"]
     return {"ttft": arrivals[0] - start, "itl": [b - a for a, b in zip(arrivals, arrivals[1:])],
             "tokens": tokens, "start": start, "end": result["end"]}
@@ -105,7 +115,9 @@ def parse(result: dict) -> dict:
 
 async def run_level(url: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
     """``concurrency`` clients, each sending ``per_client`` requests one after another."""
-    connector = aiohttp.TCPConnector(limit=concurrency + 4)
+    # A fresh connection a request (force_close): a peer may close an idle keep-alive
+    # connection between requests, and a reused one then fails ("Server disconnected").
+    connector = aiohttp.TCPConnector(limit=concurrency + 4, force_close=True)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
         async def client_loop(c: int) -> list[dict]:
             out = []
@@ -154,7 +166,7 @@ def start_server(serve_args: list[str], max_batch: int) -> tuple[subprocess.Pope
     raise SystemExit("the server did not become ready in 600 s")
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict], path: Path, title: str, peer_rows: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +174,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     xs = [r["concurrency"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    axes[0].plot(xs, [r["tok_per_s"] for r in rows], "o-")
+    axes[0].plot(xs, [r["tok_per_s"] for r in rows], "o-", label="tokenflow")
+    if peer_rows:
+        axes[0].plot(xs, [r["tok_per_s"] for r in peer_rows], "s--", label="llama-server")
+        axes[0].legend()
+        for key, label in (("ttft_p95_ms", "llama-server p95"),):
+            axes[1].plot(xs, [r[key] for r in peer_rows], "s--", label=label)
     axes[0].set(title="aggregate tokens/s", xlabel="concurrent streams", xscale="log", xticks=xs, xticklabels=xs)
     for key, label in (("ttft_p50_ms", "p50"), ("ttft_p95_ms", "p95")):
         axes[1].plot(xs, [r[key] for r in rows], "o-", label=label)
@@ -189,6 +206,55 @@ def _run(coro):
     return uvloop.run(coro)
 
 
+def measure(url: str, levels: list[int], args, label: str) -> list[dict]:
+    """Every level ``args.repeats`` times, in rounds over all the levels (a slow spell of a
+    shared host lands on one round's levels, not on every repeat of one level); each level
+    reports its median round."""
+    # Warm-up: the compiled decode step builds its batch-size-1 graph, then the dynamic one.
+    _run(run_level(url, 1, 1, 4))
+    _run(run_level(url, 3, 1, 4))
+    runs: dict[int, list[dict]] = {level: [] for level in levels}
+    print(f"{label}\n{'round':>5} {'streams':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} {'itl p50':>8} "
+          f"{'itl p95':>8} {'errors':>6}", flush=True)
+    for rnd in range(1, args.repeats + 1):
+        for level in levels:
+            per_client = max(args.requests_per_client, -(-args.min_requests // level))
+            row = _run(run_level(url, level, per_client, args.max_tokens))
+            runs[level].append(row)
+            print(f"{rnd:>5} {level:>7} {row['tok_per_s']:>8} {row['ttft_p50_ms']!s:>9} "
+                  f"{row['ttft_p95_ms']!s:>9} {row['itl_p50_ms']!s:>8} {row['itl_p95_ms']!s:>8} "
+                  f"{row['errors']:>6}", flush=True)
+    rows = []
+    for level in levels:  # the round with the median throughput stands for the level
+        ranked = sorted(runs[level], key=lambda r: r["tok_per_s"])
+        row = dict(ranked[(len(ranked) - 1) // 2])
+        row["tok_per_s_runs"] = [r["tok_per_s"] for r in runs[level]]
+        row["speedup"] = round(row["tok_per_s"] / rows[0]["tok_per_s"], 2) if rows and rows[0]["tok_per_s"] \
+            else 1.0
+        rows.append(row)
+    return rows
+
+
+# Our kernel tier -> the llama.cpp build it is compared with (benchmarks/llamacpp.py).
+PEER_TIER = {"avx512": "native", "avx2": "avx2", "portable": "portable", "aten": "native"}
+
+
+def run_peer(health: dict, levels: list[int], args) -> tuple[list[dict], dict]:
+    """The same levels against llama-server on the GGUF ours serves, built for the tier."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import llamacpp
+
+    from generator.loading import resolve_model
+
+    tier = args.peer_tier or PEER_TIER.get(((health.get("engine") or {}).get("kernels")) or "aten", "native")
+    bin_dir = llamacpp.build(tier, log=lambda m: print(m, file=sys.stderr))
+    _, gguf = resolve_model(None, None)
+    with llamacpp.LlamaServer(bin_dir, Path(gguf), slots=max(levels), threads=args.threads) as peer:
+        rows = measure(peer.url, levels, args, f"llama-server {llamacpp.VERSION} ({tier} build), -np {max(levels)}")
+    return rows, {"name": "llama-server", "llama_cpp_python": llamacpp.VERSION, "tier": tier,
+                  "slots": max(levels), "threads": args.threads}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", help="an already running server (default: start one)")
@@ -199,6 +265,10 @@ def main() -> None:
                     help="rounds over all levels; each level reports its median round")
     ap.add_argument("--min-requests", type=int, default=16,
                     help="at least this many requests a level (low levels: more per client)")
+    ap.add_argument("--peer", choices=["llama-server"], help="then the same load against this peer, same run")
+    ap.add_argument("--peer-tier", choices=list(dict.fromkeys(PEER_TIER.values())) + ["avx512"],
+                    help="the llama.cpp build to compare with (default: the one matching our kernel tier)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="the peer's CPU threads")
     ap.add_argument("--out", default="serve_load", help="file name stem under benchmarks/results/")
     ap.add_argument("serve_args", nargs="*", help="after --: flags for tokenflow serve (e.g. --model)")
     args = ap.parse_args()
@@ -209,54 +279,43 @@ def main() -> None:
         proc, url = start_server(args.serve_args, max(levels))
     try:
         health = httpx.get(url + "/health", timeout=10).json()
-        # Warm-up: the compiled decode step builds its batch-size-1 graph, then the dynamic one.
-        _run(run_level(url, 1, 1, 4))
-        _run(run_level(url, 3, 1, 4))
-        runs: dict[int, list[dict]] = {level: [] for level in levels}
-        print(f"{'round':>5} {'streams':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} {'itl p50':>8} "
-              f"{'itl p95':>8} {'errors':>6}", flush=True)
-        # Rounds over all the levels: a slow spell of a shared host lands on one round's
-        # levels, not on every repeat of one level.
-        for rnd in range(1, args.repeats + 1):
-            for level in levels:
-                per_client = max(args.requests_per_client, -(-args.min_requests // level))
-                row = _run(run_level(url, level, per_client, args.max_tokens))
-                runs[level].append(row)
-                print(f"{rnd:>5} {level:>7} {row['tok_per_s']:>8} {row['ttft_p50_ms']!s:>9} "
-                      f"{row['ttft_p95_ms']!s:>9} {row['itl_p50_ms']!s:>8} {row['itl_p95_ms']!s:>8} "
-                      f"{row['errors']:>6}", flush=True)
-        rows = []
-        for level in levels:  # the round with the median throughput stands for the level
-            ranked = sorted(runs[level], key=lambda r: r["tok_per_s"])
-            row = dict(ranked[(len(ranked) - 1) // 2])
-            row["tok_per_s_runs"] = [r["tok_per_s"] for r in runs[level]]
-            row["speedup"] = round(row["tok_per_s"] / rows[0]["tok_per_s"], 2) if rows and rows[0]["tok_per_s"] \
-                else 1.0
-            rows.append(row)
+        rows = measure(url, levels, args, f"tokenflow serve ({((health.get('engine') or {}).get('kernels'))} tier)")
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
+    peer_rows, peer_meta = run_peer(health, levels, args) if args.peer else (None, None)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"url": args.url or "started by the benchmark", "server": health, "max_tokens": args.max_tokens,
             "kernels": ((health or {}).get("engine") or {}).get("kernels"),  # ours: the kernel tier it ran
             "requests_per_client": args.requests_per_client, "min_requests": args.min_requests,
-            "repeats": args.repeats,
+            "repeats": args.repeats, "peer": peer_meta, "cpu": cpu(),
             "machine": platform.platform(),
             "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     stem = RESULTS / args.out
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "levels": rows}, indent=2))
+    doc = {"meta": meta, "levels": rows}
+    if peer_rows:
+        doc["peer_levels"] = peer_rows
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2))
     with stem.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k not in ("error_samples", "tok_per_s_runs")],
+        writer = csv.DictWriter(f, fieldnames=["server", *(k for k in rows[0] if k not in ("error_samples",
+                                                                                          "tok_per_s_runs"))],
                                 extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({"server": "tokenflow", **r} for r in rows)
+        writer.writerows({"server": "llama-server", **r} for r in peer_rows or [])
     print(f"medians of {args.repeats} round(s), throughput vs the first level:")
-    for r in rows:
-        print(f"{r['concurrency']:>7} {r['tok_per_s']:>8} ({r['speedup']}x) ttft p95 {r['ttft_p95_ms']} ms, "
-              f"itl p50 {r['itl_p50_ms']} ms; rounds: {r['tok_per_s_runs']}")
+    for i, r in enumerate(rows):
+        line = (f"{r['concurrency']:>7} {r['tok_per_s']:>8} ({r['speedup']}x) ttft p95 {r['ttft_p95_ms']} ms, "
+                f"itl p50 {r['itl_p50_ms']} ms; rounds: {r['tok_per_s_runs']}")
+        if peer_rows:
+            p = peer_rows[i]
+            ratio = r["tok_per_s"] / p["tok_per_s"] if p["tok_per_s"] else float("nan")
+            line += (f" | llama-server {p['tok_per_s']} tok/s, ttft p95 {p['ttft_p95_ms']} ms, "
+                     f"errors {p['errors']}: ours {ratio:.2f}x")
+        print(line)
     plot(rows, stem.with_suffix(".png"), f"tokenflow serve load ({health.get('device')}, {health.get('dtype')}, "
-                                         f"max_tokens={args.max_tokens})")
+                                         f"max_tokens={args.max_tokens})", peer_rows)
     print(f"wrote {stem}.json, .csv, .png")
 
 

@@ -248,12 +248,9 @@ def machine_info(engine, args) -> dict[str, Any]:
     """What the numbers were measured on."""
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from generator.kernels.build import cpu as cpu_of_this_machine
+
+    cpu = cpu_of_this_machine()["model"]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
@@ -261,6 +258,7 @@ def machine_info(engine, args) -> dict[str, Any]:
         commit = None
     info = {
         "cpu": cpu,
+        "cpu_features": cpu_of_this_machine()["features"],
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

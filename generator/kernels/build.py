@@ -104,6 +104,28 @@ def runnable() -> tuple[str, ...]:
     return tuple(t for t in TIERS if missing(t) is None)
 
 
+# The features a figure's reader needs beside it: what decides which tier runs.
+NAMED_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                  "avx_vnni", "asimd", "asimddp")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu() -> dict:
+    """The CPU a figure came from: ``{"model": name, "cores": n, "features": [the
+    NAMED_FEATURES it has]}`` (the name from ``/proc/cpuinfo``, or ``sysctl`` on macOS)."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model", "Hardware")):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = _sysctl("machdep.cpu.brand_string") if sys.platform == "darwin" else ""
+    have = cpu_features()
+    return {"model": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "features": [f for f in NAMED_FEATURES if f in have]}
+
+
 def has_vnni() -> bool:
     """Whether the avx512 tier's int8-activation kernels run here (AVX512_VNNI)."""
     return "avx512_vnni" in cpu_features()
