@@ -106,8 +106,7 @@ def test_logprob_bytes_round_trip(live, tiny_engine, text):
     content = choice["logprobs"]["content"]
     data = b"".join(bytes(e["bytes"]) for e in content)
     assert data == text.encode("utf-8")
-    assert any(len(e["bytes"]) < 3 and any(b >= 0x80 for b in e["bytes"]) for e in content) or text.isascii() \
-        or "\\x" not in "".join(e["token"] for e in content)
+    assert any("\\x" in e["token"] for e in content)  # the tiny vocabulary splits each of these texts' characters
     for e in content:
         assert "\ufffd" not in e["token"]
         assert e["token"] == bytes(e["bytes"]).decode("utf-8", "backslashreplace")
