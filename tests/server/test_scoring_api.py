@@ -4,6 +4,8 @@ on the tiny model served by a real uvicorn."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import torch
@@ -112,3 +114,35 @@ def test_logprob_bytes_round_trip(live, tiny_engine, text):
         assert e["token"] == bytes(e["bytes"]).decode("utf-8", "backslashreplace")
         for alt in e["top_logprobs"]:
             assert alt["token"] == bytes(alt["bytes"]).decode("utf-8", "backslashreplace")
+
+
+def test_tokenize_and_detokenize(live, tiny_engine):
+    text = "naïve 🙂 日本語"
+    r = _post(live, {"prompt": text}, "/tokenize").json()
+    ids = tiny_engine.encode(text)
+    assert r["tokens"] == ids and r["count"] == len(ids) and r["max_model_len"] == tiny_engine.context_length
+    assert b"".join(bytes(b) for b in r["bytes"]) == text.encode("utf-8")
+    assert [bytes(b).decode("utf-8", "backslashreplace") for b in r["bytes"]] == r["pieces"]
+    data = text.encode("utf-8")
+    assert [data[s:e] for s, e in r["offsets"]] == [bytes(b) for b in r["bytes"]]
+    assert all("\ufffd" not in p for p in r["pieces"])
+    chat = _post(live, {"messages": [{"role": "user", "content": text}]}, "/tokenize").json()
+    assert chat["tokens"] == tiny_engine.encode([{"role": "user", "content": text}], chat=True)
+    back = _post(live, {"tokens": ids}, "/detokenize").json()
+    assert back["prompt"] == text and back["count"] == len(ids)
+    info = httpx.get(live.url + "/tokenizer_info").json()
+    assert info["eos_token"] == "</s>" and info["bos_token"] == "<s>" and "chat_template" in info
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/tokenize", {}, "prompt"),
+    ("/tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, "prompt"),
+    ("/tokenize", {"prompt": "\ud800"}, "prompt"),
+    ("/detokenize", {"tokens": [99999]}, "tokens"),
+    ("/tokenize", {"prompt": "a", "model": "other"}, "model"),
+])
+def test_tokenize_errors(live, path, body, param):
+    r = httpx.post(live.url + path, content=json.dumps(body), timeout=30,
+                   headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["error"]["param"] == param
