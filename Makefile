@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar
+.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,9 @@ bench-serve: $(STAMP)  ## serving load over HTTP on the default model: benchmark
 
 bench-grammar: $(STAMP)  ## what constrained output costs: benchmarks/results/grammar_cost.json
 	$(PY) benchmarks/grammar_cost.py
+
+bench-scoring: $(STAMP)  ## scoring throughput (prompt logprobs), ours vs transformers: benchmarks/results/scoring.json
+	$(PY) benchmarks/scoring.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -89,31 +89,35 @@ def score_ids(engine, id_lists: Sequence[Sequence[int]], top_n: int = 0,
               batch_tokens: int = SCORE_BATCH_TOKENS) -> list[TokenScores]:
     """Score several texts (token ids) under the engine's weights, teacher forcing: the
     texts that fit ``batch_tokens`` (rows x the longest) and the free KV-cache slots go
-    through ONE forward (``runner.all_logits_many``), in order; no token is generated.
+    through ONE forward (``runner.all_logits_many``), shortest first so that rows of a
+    forward are of similar lengths; the answers in the order given; no token is generated.
     Raises ``SlotsExhausted`` when no slot is free."""
     import torch
 
     from ..model.runner import SlotsExhausted
 
     runner = engine.runner
-    out: list[TokenScores] = []
-    pending = [list(ids) for ids in id_lists]
+    lists = [list(ids) for ids in id_lists]
+    # Shortest first, so each forward's rows are of similar lengths (little padding);
+    # the answers come back in the order given.
+    pending = sorted(range(len(lists)), key=lambda i: len(lists[i]))
+    out: list[TokenScores | None] = [None] * len(lists)
     with torch.inference_mode():
         while pending:
             room = runner.free_count
             if room < 1:
                 raise SlotsExhausted("scoring needs a free KV-cache slot")
-            group = [pending[0]]
-            while (len(group) < min(room, len(pending))
-                   and (len(group) + 1) * max(max(map(len, group)), len(pending[len(group)])) <= batch_tokens):
-                group.append(pending[len(group)])
-            pending = pending[len(group):]
+            take = 1
+            while take < min(room, len(pending)) and (take + 1) * len(lists[pending[take]]) <= batch_tokens:
+                take += 1
+            group, pending = pending[:take], pending[take:]
             slots = runner.acquire(len(group))
             try:
-                logits = runner.all_logits_many(slots, group)
+                logits = runner.all_logits_many(slots, [lists[i] for i in group])
             finally:
                 runner.release(slots)
-            out += [_scores(lg, ids, top_n) for lg, ids in zip(logits, group)]
+            for i, lg in zip(group, logits):
+                out[i] = _scores(lg, lists[i], top_n)
     return out
 
 
