@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser test-reliability serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar
+.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test-integration: $(STAMP)
 # storm and many open connections (pytest marker `reliability`; `make test` leaves them out).
 test-reliability: $(STAMP)
 	$(PY) -m pytest -q -m reliability
+
+# lm-eval-harness (the `eval` extra, installed on first use) scoring an offline
+# multiple-choice task through `tokenflow serve`, checked against transformers (marker `lm_eval`).
+test-lm-eval: $(STAMP)
+	$(PY) -c "import lm_eval, tenacity" 2>/dev/null || \
+	  $(PY) -m pip install -q --disable-pip-version-check -e '.[dev,eval]'
+	$(PY) -m pytest -q -m lm_eval
 
 # The web page in headless Chromium. Chromium comes from apt and playwright (pinned in
 # pyproject's `browser` extra) from PyPI; never `playwright install`, which downloads
@@ -78,6 +85,9 @@ bench-serve: $(STAMP)  ## serving load over HTTP on the default model: benchmark
 
 bench-grammar: $(STAMP)  ## what constrained output costs: benchmarks/results/grammar_cost.json
 	$(PY) benchmarks/grammar_cost.py
+
+bench-scoring: $(STAMP)  ## scoring throughput (prompt logprobs), ours vs transformers: benchmarks/results/scoring.json
+	$(PY) benchmarks/scoring.py
 
 clean-venv:
 	rm -rf $(VENV)

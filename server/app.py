@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import system
+from . import system, tokens
 from .errors import install_error_handlers
 from .guards import ApiKey, BodyLimit, HostCheck, redact_access_log
 from .lifecycle import Drain, Lifecycle
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, engine=None, host: WorkerHost |
     install_error_handlers(app)
     app.include_router(v1)  # the OpenAI routes
     app.include_router(system.router)  # /health, /metrics, /strategies, /v1/models
+    app.include_router(tokens.router)  # /tokenize, /detokenize, /tokenizer_info
     install_web(app)  # GET / (the page), /static, /api/stream and its cancel
     install_openapi(app)  # /openapi.json as the server answers: 400s, not 422s
     # Middlewares, innermost first: each of these answers before a route runs.

@@ -95,7 +95,7 @@ class Intake:
                                 f"{self.context} tokens", param=field, code="context_length_exceeded")
 
     def _encode(self, prompt, chat: bool, field: str) -> list[int]:
-        _check_text(prompt, field)
+        check_text(prompt, field)
         return self.engine.encode(prompt, chat=chat, special_tokens=self.settings.special_tokens_in_messages)
 
     def default_max_tokens(self, ids: list[int] | None = None) -> int:
@@ -154,7 +154,7 @@ class Intake:
                            param="n", code="invalid_value")
 
 
-def _check_text(prompt, field: str) -> None:
+def check_text(prompt, field: str) -> None:
     """400 naming ``field`` when a text of the prompt is not valid Unicode (a lone surrogate
     such as ``"\\ud800"`` passes JSON but the tokenizer raises a TypeError on it)."""
     texts = [prompt] if isinstance(prompt, str) else []

@@ -58,6 +58,8 @@ class Scheduler:
         self.stall_timeout_s = stall_timeout_s
         self.max_outbox = max_outbox
         self.waiting: collections.deque[Job] = collections.deque()
+        # Work for the model that is not a generation (scoring), run between two steps.
+        self.calls: collections.deque = collections.deque()
         self.active: list[Job] = []
         self.batch = None  # the engine's BatchGenerator, made in the worker
         self._jobs: dict[int, Job] = {}  # batch handle -> job
@@ -107,6 +109,34 @@ class Scheduler:
             self._wake.notify()
         return group
 
+    def call(self, fn) -> asyncio.Future:
+        """Run ``fn(engine)`` on the worker between two steps (a forward that generates
+        nothing: scoring); await its result. Call from the event loop. It waits while every
+        KV-cache slot is taken, and counts against ``max_waiting`` like a job."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._wake:
+            if self._stopping:
+                raise SchedulerFull("the server is shutting down")
+            if len(self.waiting) + len(self.calls) >= self.max_waiting:
+                raise SchedulerFull(f"{len(self.waiting) + len(self.calls)} requests are waiting "
+                                    f"(limit {self.max_waiting})")
+            self.calls.append((fn, future))
+            self._wake.notify()
+        return asyncio.wrap_future(future)
+
+    def _run_calls(self) -> None:
+        """The queued ``call``s, while a KV-cache slot is free (the rest wait for a step
+        that frees one)."""
+        while self.calls and self.engine.free_slots > 0:
+            with self._wake:
+                fn, future = self.calls.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(self.engine))
+            except Exception as exc:  # noqa: BLE001 - the caller's error, never the worker's
+                future.set_exception(exc)
+
     @property
     def queue_depth(self) -> int:
         return len(self.waiting)
@@ -149,7 +179,7 @@ class Scheduler:
         self.batch = self.engine.batch()
         while True:
             with self._wake:
-                while not self._stopping and not self.waiting and not self.active:
+                while not self._stopping and not self.waiting and not self.active and not self.calls:
                     # Never block without a timeout: on the main thread, a signal that the
                     # kernel delivers to another thread only runs its Python handler when
                     # this thread wakes (SIGINT could otherwise wait for a request forever).
@@ -160,10 +190,15 @@ class Scheduler:
                     for job in jobs:
                         self._end(job, "cancelled")
                     self.active = []
+                    while self.calls:
+                        future = self.calls.popleft()[1]
+                        if future.set_running_or_notify_cancel():
+                            future.set_exception(SchedulerFull("the server is shutting down"))
                     return
                 admitted = self._admit()
             for group_jobs in admitted:
                 self._join(group_jobs)
+            self._run_calls()
             self._drop_gone()
             if not self.active:
                 self._flush()

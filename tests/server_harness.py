@@ -4,6 +4,7 @@ wrappers that count or slow down steps, and an SSE reader."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -266,6 +267,13 @@ def start_step_server(model_dir, delay_s: float = 0.02, **settings):
         proc.kill()
         raise RuntimeError("the step server did not start: " + read_log(proc)[-2000:])
     return proc, url
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server started as a process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for_health(url: str, proc, timeout: float = 60.0, interval: float = 0.1) -> bool:

@@ -43,7 +43,7 @@ NOT_RUN_LINES = {
                        "(`tokenflow serve --model DIR --port P`) for the curl and openai examples",
 }
 # Subcommands that load a model, so take --model (strategies and replay load none).
-MODEL_COMMANDS = ("generate", "compare")
+MODEL_COMMANDS = ("generate", "compare", "score")
 
 
 def _blocks() -> list[tuple[str, int, str]]:

@@ -49,6 +49,7 @@ class HFRunner(Slots):
         """Logits of every position ``[T, V]`` of ``ids`` written into ``slot`` (scoring)."""
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(1, -1)
         self.caches[slot] = self._new_cache()
+        self.forward_calls += 1
         out = self.model(input_ids=ids, cache=self.caches[slot], use_cache=True)
         self.lengths[slot] = ids.shape[1]
         return out.logits[0].float()

@@ -122,6 +122,12 @@ class Slots:
         logits of each, ``[n, V]``. This generic form runs them one after another."""
         return torch.cat([self.prefill(s, ids, start=st) for s, ids, st in zip(slots, id_lists, starts)])
 
+    def all_logits_many(self, slots: Sequence[int], id_lists: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """``all_logits(slots[i], id_lists[i])`` for every i (scoring several texts): the
+        logits of every position of each, ``[T_i, V]``. This generic form runs them one
+        after another; ``FastRunner`` writes them all in one forward."""
+        return [self.all_logits(s, ids) for s, ids in zip(slots, id_lists)]
+
     def _check_room(self, slot: int, extra: int) -> None:
         if self.lengths[slot] + extra > self.max_len:
             raise ValueError(f"slot {slot} would hold {self.lengths[slot] + extra} tokens, "
@@ -201,7 +207,18 @@ class FastRunner(Slots):
         if self._flat_prefill_fits(id_lists):
             return self._prefill_flat(slots, id_lists, starts)
         out: list[torch.Tensor | None] = [None] * len(slots)
-        # Column windows of at most prefill_chunk tokens: every row still going takes part.
+        for rows, parts, logits in self._padded_windows(slots, id_lists, starts, every_position=False):
+            for r, i in enumerate(rows):
+                out[i] = logits[r: r + 1]
+        return torch.cat(out)
+
+    def _padded_windows(self, slots: list[int], id_lists: list[list[int]], starts: list[int],
+                        every_position: bool):
+        """The padded form of a multi-prompt forward: column windows of at most
+        ``prefill_chunk`` tokens, every row still going taking part, shorter rows padded
+        with tokens at the scratch position. Yields ``(rows, parts, logits)`` per window:
+        the rows' indices, their tokens in it, and each row's logits at its last token
+        ``[R, V]`` (or at every position ``[R, W, V]``); the slots' lengths are set at the end."""
         for c0 in range(0, max(len(ids) for ids in id_lists), self.prefill_chunk):
             rows = [i for i, ids in enumerate(id_lists) if len(ids) > c0]
             parts = [id_lists[i][c0: c0 + self.prefill_chunk] for i in rows]
@@ -212,14 +229,13 @@ class FastRunner(Slots):
                 tokens[r, : len(part)] = torch.tensor(part, dtype=torch.long)
                 positions[r, : len(part)] = torch.arange(starts[i] + c0, starts[i] + c0 + len(part))
             end = max(starts[i] + c0 + len(part) for i, part in zip(rows, parts))
-            logits = self.model(tokens.to(self.device), torch.tensor([slots[i] for i in rows], device=self.device),
-                                positions.to(self.device), torch.arange(end, device=self.device),
-                                last_at=torch.tensor([len(p) - 1 for p in parts], device=self.device))
-            for r, i in enumerate(rows):
-                out[i] = logits[r: r + 1]
+            last_at = None if every_position else torch.tensor([len(p) - 1 for p in parts], device=self.device)
+            yield rows, parts, self.model(tokens.to(self.device), torch.tensor([slots[i] for i in rows],
+                                                                                device=self.device),
+                                          positions.to(self.device), torch.arange(end, device=self.device),
+                                          last_only=False, last_at=last_at)
         for s, ids, st in zip(slots, id_lists, starts):
             self.lengths[s] = st + len(ids)
-        return torch.cat(out)
 
     # Flat prefill (below) for bursts of short prompts: each prompt token a row of its own.
     FLAT_PREFILL_MAX_PROMPT = 64
@@ -260,11 +276,31 @@ class FastRunner(Slots):
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(1, -1)
         self.lengths[slot] = 0
         self._check_room(slot, ids.shape[1])
+        self.forward_calls += 1
         n = ids.shape[1]
         out = self.model(ids, torch.tensor([slot], device=self.device), torch.arange(n, device=self.device)[None],
                          torch.arange(n, device=self.device), last_only=False, first_slot=slot)
         self.lengths[slot] = n
         return out[0]
+
+    @torch.inference_mode()
+    def all_logits_many(self, slots: Sequence[int], id_lists: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Several texts scored in ONE forward (padded rows, as ``prefill_many``): the
+        logits of every position of each, ``[T_i, V]`` float32."""
+        slots, id_lists = [int(s) for s in slots], [[int(t) for t in ids] for ids in id_lists]
+        if len(slots) == 1:
+            return [self.all_logits(slots[0], id_lists[0])]
+        if len(set(slots)) != len(slots):
+            raise ValueError("all_logits_many needs distinct slots")
+        for s, ids in zip(slots, id_lists):
+            self.lengths[s] = 0
+            self._check_room(s, len(ids))
+        self.forward_calls += 1
+        out: list[list[torch.Tensor]] = [[] for _ in slots]
+        for rows, parts, logits in self._padded_windows(slots, id_lists, [0] * len(slots), every_position=True):
+            for r, (i, part) in enumerate(zip(rows, parts)):
+                out[i].append(logits[r, : len(part)])
+        return [torch.cat(pieces) for pieces in out]
 
     @torch.inference_mode()
     def decode(self, slots: Sequence[int], token_ids: torch.Tensor) -> torch.Tensor:

@@ -242,9 +242,12 @@ class ChatCompletionRequest(BaseCompletionRequest):
 
 
 class CompletionRequest(BaseCompletionRequest):
-    """``POST /v1/completions``: ``prompt`` is text or a list of token ids."""
+    """``POST /v1/completions``: ``prompt`` is text, a list of token ids, or several
+    prompts (a list of texts or of id lists: one choice per prompt, or ``n`` each).
+    ``echo`` puts the prompt before the completion, with its tokens' logprobs when
+    ``logprobs`` is set (scoring: ``max_tokens`` 0 generates nothing)."""
 
-    prompt: str | list[int] | list[str]
+    prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
@@ -253,9 +256,15 @@ class CompletionRequest(BaseCompletionRequest):
     def _top_logprobs(self) -> int:
         return self.logprobs or 0
 
-    def prompt_value(self) -> str | list[int]:
-        if self.echo:
-            raise APIError(400, "echo: not supported by this server", param="echo", code="unsupported_parameter")
+    @property
+    def scoring(self) -> bool:
+        """Whether this request takes the scoring path (``openai/scoring.py``): an echo,
+        several prompts, or ``max_tokens`` 0."""
+        return self.echo or len(self.prompt_list()) > 1 or self.max_tokens == 0
+
+    def prompt_list(self) -> list[str | list[int]]:
+        """The prompts, in order: one for a text or a list of ids, several for a list of
+        texts or of id lists."""
         if self.suffix:
             raise APIError(400, "suffix: not supported by this server", param="suffix",
                            code="unsupported_parameter")
@@ -263,9 +272,10 @@ class CompletionRequest(BaseCompletionRequest):
             raise APIError(400, "best_of: only best_of == n is supported", param="best_of",
                            code="unsupported_parameter")
         prompt = self.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise APIError(400, "prompt: a list of several prompts is not supported; send one request each",
-                               param="prompt", code="unsupported_parameter")
-            prompt = prompt[0]
-        return prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            return list(prompt)
+        return [prompt]
+
+    def prompt_value(self) -> str | list[int]:
+        """The one prompt of a generation (the scoring path takes the others)."""
+        return self.prompt_list()[0]

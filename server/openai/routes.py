@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ..intake import Intake
-from . import responses, serving
+from . import responses, scoring, serving
 from .protocol import ChatCompletionRequest, CompletionRequest
 
 v1 = APIRouter(prefix="/v1")  # the API key: server/guards.py
@@ -27,6 +27,8 @@ async def completions(req: CompletionRequest, request: Request):
     ``Last-Event-ID`` header, the rest of that resumable stream instead."""
     if request.headers.get("last-event-id"):
         return serving.resume(request)
+    if req.scoring:  # echo, several prompts, max_tokens 0: scored in one forward, then generated
+        return await scoring.text_completions(Intake.ready(request), req, request)
     return await serving.text_completion(Intake.ready(request), req, request)
 
 

@@ -32,28 +32,29 @@ from .protocol import BaseCompletionRequest, ChatCompletionRequest, CompletionRe
 
 # -- tokens as OpenAI shows them ------------------------------------------------------
 class TokenText:
-    """Token id -> the string OpenAI shows in logprobs (cached per id)."""
+    """Token id -> the string OpenAI shows in logprobs and its bytes (``generator.tokens``:
+    a token's own bytes; a piece of a character printed as ``\\xNN``, never U+FFFD)."""
 
     def __init__(self, tokenizer):
+        from generator.tokens import token_table
+
         self.tokenizer = tokenizer
-        self.cache: dict[int, str] = {}
+        self.table = token_table(tokenizer)
 
     def __call__(self, token_id: int) -> str:
-        text = self.cache.get(token_id)
-        if text is None:
-            text = self.tokenizer.decode([token_id], skip_special_tokens=False,
-                                         clean_up_tokenization_spaces=False)
-            self.cache[token_id] = text
-        return text
+        return self.table.piece(token_id)
+
+    def bytes(self, token_id: int) -> list[int]:
+        return list(self.table.bytes(token_id))
 
 
 def chat_logprob(ev, top_n: int, token_text: TokenText) -> dict:
     """One entry of ``choices[].logprobs.content`` for a chat completion."""
     tok = token_text(ev.token_id)
     return {
-        "token": tok, "logprob": ev.logprob, "bytes": list(tok.encode("utf-8")),
+        "token": tok, "logprob": ev.logprob, "bytes": token_text.bytes(ev.token_id),
         "top_logprobs": [{"token": token_text(alt.token_id), "logprob": alt.logprob,
-                          "bytes": list(token_text(alt.token_id).encode("utf-8"))}
+                          "bytes": token_text.bytes(alt.token_id)}
                          for alt in ev.top_logprobs[:top_n]],
     }
 
@@ -61,10 +62,10 @@ def chat_logprob(ev, top_n: int, token_text: TokenText) -> dict:
 class CompletionLogprobs:
     """``choices[].logprobs`` of a text completion: parallel lists, grown per token."""
 
-    def __init__(self, top_n: int, token_text: TokenText):
+    def __init__(self, top_n: int, token_text: TokenText, offset: int = 0):
         self.top_n = top_n
         self.token_text = token_text
-        self.offset = 0
+        self.offset = offset  # characters before the first token (an echoed prompt's)
 
     def entry(self, ev) -> dict[str, list]:
         """The lists for one token; ``text_offset`` counts the text shown before it."""
@@ -268,25 +269,34 @@ def resume(request: Request, stream_id: str | None = None):
 async def collect(group: JobGroup, n: int, request: Request) -> list[list]:
     """Every choice's events, for the non-streaming answers. A client that hangs
     up while it waits cancels the generation too (nothing else would notice)."""
-    events: list[list] = [[] for _ in range(n)]
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, group))
+    return (await collect_groups([group], n, request))[0]
+
+
+async def collect_groups(groups: list[JobGroup], n: int, request: Request) -> list[list[list]]:
+    """``collect`` for several requests' groups at once (several prompts): one watcher
+    for the client, every group cancelled when it leaves or one fails."""
+    events: list[list[list]] = [[[] for _ in range(n)] for _ in groups]
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, groups))
     try:
-        async for index, ev in group:
-            events[index].append(ev)
+        for group, out in zip(groups, events):
+            async for index, ev in group:
+                out[index].append(ev)
     except GenerationError as exc:
         raise APIError(500, f"generation failed: {type(exc.cause).__name__}: {exc.cause}", type="server_error",
                        code="generation_failed") from None
     finally:
         watcher.cancel()
-        if not group.finished:  # we were cancelled (disconnect, shutdown): stop the work too
-            group.cancel()
+        for group in groups:
+            if not group.finished:  # we were cancelled (disconnect, shutdown): stop the work too
+                group.cancel()
     return events
 
 
-async def _cancel_on_disconnect(request: Request, group: JobGroup) -> None:
+async def _cancel_on_disconnect(request: Request, groups: list[JobGroup]) -> None:
     # The body is read already, so the next ASGI message is the disconnect.
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            group.cancel()
+            for group in groups:
+                group.cancel()
             return

@@ -18,7 +18,7 @@ import pytest
 
 from generator.config import EngineConfig
 from server import Settings, create_app
-from server_harness import (CHAT, LiveServer, StepEngine, data_json, iter_sse, serve,  # noqa: F401
+from server_harness import (CHAT, LiveServer, free_port, StepEngine, data_json, iter_sse, serve,  # noqa: F401
                             wait_for_health, wait_until)
 
 
@@ -275,12 +275,6 @@ def test_loading_then_ready_and_failed_load(monkeypatch, tiny_engine):
         assert res.status_code == 503 and "no such model folder" in res.json()["error"]["message"]
     finally:
         server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_tokenflow_serve_command(tiny_model_dir):
