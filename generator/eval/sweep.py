@@ -28,7 +28,6 @@ from typing import Any
 
 from decoding import SamplingParams
 
-from ..cli.common import is_sampling
 from ..fingerprint import engine_fingerprint, with_chain
 from .likelihood import mean_logprob, perplexity
 from .text import distinct_n, repetition_rate
@@ -50,6 +49,11 @@ class Cell:
     def key(self) -> str:
         """Stable across runs of the same sweep: what resuming matches rows on."""
         return f"p{self.prompt}|{self.label}|s{'-' if self.seed is None else self.seed}"
+
+
+def is_sampling(params: SamplingParams) -> bool:
+    """True when the strategy draws at random (so different seeds give different texts)."""
+    return not params.is_greedy and params.resolved_strategy.selector.samples
 
 
 def parse_seeds(text: str) -> list[int]:
