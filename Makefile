@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring
+.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ test: $(STAMP)  ## all tests: unit (tiny random model) + integration (default mo
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q -m "not integration and not reliability"
+	$(PY) -m pytest -q -m "not integration and not reliability and not ray"
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
@@ -34,6 +34,13 @@ test-lm-eval: $(STAMP)
 	$(PY) -c "import lm_eval, tenacity" 2>/dev/null || \
 	  $(PY) -m pip install -q --disable-pip-version-check -e '.[dev,eval]'
 	$(PY) -m pytest -q -m lm_eval
+
+# `tokenflow sweep --ray` and Ray Serve replicas on a real local Ray cluster (pytest marker
+# `ray`; `make test` leaves them out). Installs the `ray` extra (ray[serve], pinned) the first time.
+test-ray: $(STAMP)
+	$(PY) -c "import ray.serve" 2>/dev/null || \
+	  $(PY) -m pip install -q --disable-pip-version-check -e '.[dev,ray]'
+	$(PY) -m pytest -q -m ray
 
 # The web page in headless Chromium. Chromium comes from apt and playwright (pinned in
 # pyproject's `browser` extra) from PyPI; never `playwright install`, which downloads

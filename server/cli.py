@@ -89,6 +89,13 @@ def add_commands(sub) -> None:
     p.add_argument("--special-tokens-in-messages", action="store_true",
                    help="let chat message content hold control tokens such as <|im_end|> (default: such "
                         "text is read as plain text, so a message cannot forge a turn)")
+    p.add_argument("--ray-replicas", type=_bounded_int(1), default=None, metavar="N",
+                   help="serve N replicas of the app as a Ray Serve deployment behind one endpoint "
+                        "(--host/--port), each with its own model; needs pip install 'tokenflow[ray]'")
+    p.add_argument("--ray", dest="ray_address", default=None, metavar="ADDRESS",
+                   help="with --ray-replicas: the Ray cluster to deploy on (default: a local Ray started here)")
+    p.add_argument("--ray-cpus", type=_bounded_int(1), default=1,
+                   help="with --ray-replicas: CPUs (torch threads) per replica (1)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_flags(p)
     p.set_defaults(func=cmd_serve)
@@ -107,6 +114,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         max_body_mb=args.max_body_mb, allowed_hosts=_names(args.allowed_hosts),
                         cors_origins=_names(args.cors_origins), public_metrics=args.public_metrics,
                         special_tokens_in_messages=args.special_tokens_in_messages)
+    if args.ray_replicas:
+        try:
+            import ray  # noqa: F401 - only to say it is missing, in one line
+        except ImportError:
+            from generator.cli.common import CLIError
+
+            raise CLIError("--ray-replicas needs Ray: pip install 'tokenflow[ray]'") from None
+        from .ray_serve import serve_on_ray
+
+        return serve_on_ray(settings, args.ray_replicas, args.ray_address, args.ray_cpus)
     return serve(settings, log_level=args.log_level)
 
 

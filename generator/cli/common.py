@@ -18,6 +18,7 @@ from decoding import ParamError, SamplingParams
 from decoding.checks import value_from_text
 
 from ..config import EngineConfig, add_engine_flags
+from ..eval.sweep import is_sampling  # noqa: F401 - compare and generate read it from here
 
 
 class CLIError(Exception):
@@ -240,11 +241,6 @@ def parse_strategy_spec(spec: str, **defaults: Any) -> SamplingParams:
         given[key] = (*given.get(key, ()), val) if _is_list(key) else val
     merged = {**{k: v for k, v in defaults.items() if v is not None}, **given}
     return _settings(merged)
-
-
-def is_sampling(params: SamplingParams) -> bool:
-    """True when the strategy draws at random (so different seeds give different texts)."""
-    return not params.is_greedy and params.resolved_strategy.selector.samples
 
 
 def parse_engine_args(items: list[str] | None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 error into one line and an exit status.
 
 Subcommands: ``generate`` and ``strategies`` (generate.py), ``compare``
-(compare.py), ``replay`` (replay.py), ``score`` (score.py), and any other package's, found through the
+(compare.py), ``replay`` (replay.py), ``score`` (score.py), ``sweep`` (sweep.py), and any other package's, found through the
 ``tokenflow.commands`` entry point group (``serve`` from ``server``) so that
 ``generator`` never imports them.
 """
@@ -15,7 +15,7 @@ import sys
 
 from decoding import ParamError
 
-from . import compare, generate, replay, score
+from . import compare, generate, replay, score, sweep
 from .common import CLIError, CLIParser
 
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_commands(sub)
     replay.add_commands(sub)
     score.add_commands(sub)
+    sweep.add_commands(sub)
     _add_entry_point_commands(sub)
     return parser
 

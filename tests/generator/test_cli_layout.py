@@ -55,7 +55,7 @@ def test_entry_points_name_real_functions():
         assert callable(getattr(importlib.import_module(module), attr)), target
 
 
-HEAVY = ("torch", "numpy", "transformers", "fastapi", "uvicorn", "rich", "nltk", "matplotlib")
+HEAVY = ("torch", "numpy", "transformers", "fastapi", "uvicorn", "rich", "nltk", "matplotlib", "ray")
 
 
 def _heavy_after(code: str) -> list[str]:
