@@ -80,7 +80,11 @@ class SamplingParams:
     min_tokens_to_keep: int = _f(1, "filters never keep fewer tokens than this", low=1)
     logprobs: int = _f(0, "also report the N most likely tokens of each step, raw distribution (0 = off)",
                        low=0, high=20, off=0)
+    logprobs_mode: str = _f("raw", "where the top alternatives come from: 'raw' (the model's distribution) "
+                            "or 'processed' (after penalties, temperature and filters)")
     n: int = _f(1, "independent samples of the same prompt", low=1, high=128)
+    trace: bool = _f(False, "add a decision trace to every token: entropy, rank, margin, what each link "
+                     "kept and removed, the processed logprob", off=False)
 
     def __post_init__(self) -> None:
         # Normalise list inputs to tuples so the object stays hashable/frozen. A value of the
@@ -138,6 +142,8 @@ class SamplingParams:
         for f in fields(self):  # a switch is a bool: [] or "yes" must not reach the tokenizer
             if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 raise ParamError(f.name, f"must be true or false, got {getattr(self, f.name)!r}")
+        if self.logprobs_mode not in ("raw", "processed"):
+            raise ParamError("logprobs_mode", f"must be 'raw' or 'processed', got {self.logprobs_mode!r}")
         if self.early_stopping not in (True, False, "never"):
             raise ParamError("early_stopping", "must be true, false or 'never'")
         for s in self.stop:
@@ -150,7 +156,7 @@ class SamplingParams:
         if not beam and self.num_beams != 1:
             raise ParamError("num_beams", f"num_beams > 1 needs strategy 'beam', not '{strategy.name}'")
         if beam:
-            for fname in (*_HISTORY_SWITCHES, "logprobs"):
+            for fname in (*_HISTORY_SWITCHES, "logprobs", "trace"):
                 if getattr(self, fname) != _META[fname]["off"]:
                     raise ParamError(fname, "is not supported with beam search (strategy 'beam')")
             if self.n > self.num_beams:

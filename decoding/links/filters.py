@@ -105,11 +105,13 @@ class ExcludeTopChoices(ColumnLink):
         threshold = torch.tensor([r.params.xtc_threshold for r in rows], device=batch.device)
         # host-side list of the rows that draw, so a step needs no device read to know it
         drawing = [j for j, r in enumerate(rows) if r.params.xtc_probability > 0]
-        return (*cols, threshold, torch.tensor(drawing, device=batch.device), [rows[j].generator for j in drawing])
+        # the coin comes from each row's second stream: the selector's noise stays where it was
+        return (*cols, threshold, torch.tensor(drawing, device=batch.device),
+                [rows[j].extra_generator for j in drawing])
 
     def apply(self, logits, columns):
         probability, min_keep, threshold, drawing, generators = columns
-        # the draw comes first from each row's own generator, so it depends on that row alone
+        # each row draws from its own stream, so the coin depends on that row alone
         u = torch.ones(logits.shape[0], device=logits.device)
         u = u.index_copy(0, drawing, selectors.uniform(generators, logits.device))
         return transforms.xtc(logits, probability, threshold, u, min_keep)

@@ -77,6 +77,8 @@ async def token_events(group: JobGroup, strategy: str) -> AsyncIterator[ServerSe
             data = {"index": ev.index, "text": ev.text, "token_id": ev.token_id, "logprob": ev.logprob}
             if ev.top_logprobs:
                 data["top_logprobs"] = jsonable_encoder(ev.top_logprobs)
+            if ev.trace is not None:
+                data["trace"] = ev.trace
             yield ServerSentEvent(event="token", data=data)
         yield ServerSentEvent(event="done", data=_stats(group.jobs[0], strategy))
     except GenerationError as exc:

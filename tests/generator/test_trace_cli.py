@@ -1,0 +1,61 @@
+"""The decision trace through the engine and the command line, and ``compare``'s
+divergence report, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from decoding import SamplingParams
+from generator.cli.research import first_divergence
+
+CLI = [sys.executable, "-m", "generator.cli"]
+
+
+def run(args):
+    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=300)
+
+
+def test_engine_events_carry_the_trace_and_the_same_tokens(tiny_engine):
+    params = SamplingParams(strategy="min_p", min_p=0.05, seed=9, max_new_tokens=8, ignore_eos=True)
+    plain = list(tiny_engine.stream("Once upon a time", params))
+    traced = list(tiny_engine.stream("Once upon a time", params.replace(trace=True)))
+    assert [e.token_id for e in plain] == [e.token_id for e in traced]
+    assert all(e.trace is None for e in plain)
+    for ev in traced:
+        assert ev.trace["logprob"] == ev.logprob or abs(ev.trace["logprob"] - ev.logprob) < 1e-6
+        assert ev.trace["links"][0]["name"] == "min_p"
+
+
+def test_first_divergence():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
+
+
+def test_generate_trace_lines_on_stderr(tiny_model_dir):
+    res = run(["generate", "Once upon a time", "--model", str(tiny_model_dir), "--strategy", "top_k",
+               "--top-k", "5", "--seed", "1", "--max-new-tokens", "3", "--ignore-eos", "--trace"])
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("[trace]")]
+    assert len(lines) == 3 and all("top_k kept 5" in line for line in lines)
+    assert "[trace]" not in res.stdout
+
+
+def test_compare_reports_the_first_divergence(tiny_model_dir, tmp_path):
+    out = tmp_path / "cmp.json"
+    res = run(["compare", "Once upon a time", "--model", str(tiny_model_dir), "--no-live", "--samples", "1",
+               "--strategy", "top_k:top_k=2", "--strategy", "top_k:top_k=200", "--strategy", "greedy",
+               "--max-new-tokens", "12", "--ignore-eos", "--trace", "--json", str(out)])
+    assert res.returncode == 0, res.stderr
+    assert "first divergence" in res.stdout
+    report = json.loads(out.read_text())
+    ids = {e["spec"]: [t["token_id"] for t in e["runs"][0]["events"]] for e in report["strategies"]}
+    pairs = {(d["a"], d["b"]): d for d in report["divergences"]}
+    assert len(pairs) == 3
+    for (a, b), d in pairs.items():
+        assert d["position"] == first_divergence(ids[a], ids[b])
+        if d["position"] is not None:
+            assert d["a_token"]["id"] == ids[a][d["position"]]
+            assert "links" in d["a_trace"] and "links" in d["b_trace"]
