@@ -125,7 +125,8 @@ class _Group:
         self.rows = rows
         self.index = torch.tensor(rows, device=device)
         self.states = [states[i] for i in rows]
-        self.links = tuple(link for link in strategy.links if link.changes_argmax or not greedy)
+        links = self.states[0].params.links  # the group's rows share their order (samplers)
+        self.links = tuple(link for link in links if link.changes_argmax or not greedy)
         self.selector = ARGMAX if greedy else strategy.selector
         self.chain: list[tuple[Link, object]] | None = None  # (link, columns), built on the first step
 
@@ -201,11 +202,11 @@ class BatchSampler:
             raise ValueError("beam rows are driven by decoding.beam.BeamSearch, not BatchSampler")
         greedy = [p.is_greedy for p in self.params]
         self.all_greedy = all(greedy)
-        groups: dict[tuple[str, int, bool], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i, (p, s) in enumerate(zip(self.params, strategies)):
             # greedy rows skip the links that cannot change the argmax: most strategies, all of them
-            if not greedy[i] or any(link.changes_argmax for link in s.links):
-                groups.setdefault((p.strategy, p.min_tokens_to_keep, greedy[i]), []).append(i)
+            if not greedy[i] or any(link.changes_argmax for link in p.links):
+                groups.setdefault((p.strategy, p.min_tokens_to_keep, greedy[i], p.samplers), []).append(i)
         self.groups = [_Group(idx, rows, strategies[idx[0]], key[2], device) for key, idx in groups.items()]
         self.top_n = max(p.logprobs for p in self.params)
         self.tracing = [p.trace for p in self.params]

@@ -191,6 +191,24 @@ class Mirostat(Selector):
         return sample(logits, generators)
 
 
+class MirostatV1(Mirostat):
+    """Mirostat 1.0 (llama.cpp's ``llama_sampler_mirostat``, m = 100): a top-k whose k comes
+    from the Zipf exponent fitted to the most likely tokens and ``mu``; it learns ``mu``
+    as mirostat 2.0 does."""
+
+    name = "mirostat_v1"
+
+    def columns(self, rows, batch):
+        return [r.generator for r in rows], [r.states[self] for r in rows], batch.vocab
+
+    def select(self, logits, columns):
+        generators, states, vocab = columns
+        logits = transforms.mirostat_v1_truncate(logits, torch.stack([s.mu for s in states]), vocab)
+        for row, state in enumerate(states):
+            state.observe(logits[row])
+        return sample(logits, generators)
+
+
 class Beam(Selector):
     name = "beam"
     is_beam = True
@@ -202,4 +220,5 @@ class Beam(Selector):
 ARGMAX = Argmax()
 SAMPLE = Sample()
 MIROSTAT_V2 = Mirostat()
+MIROSTAT_V1 = MirostatV1()
 BEAM = Beam()

@@ -16,12 +16,43 @@ from .base import Batch, ColumnLink, Param
 
 
 class Temperature(ColumnLink):
+    """Temperature, dynamic when ``dynatemp_range`` > 0 (llama.cpp's ``temp-ext``: one
+    link, as there, since a dynamic temperature replaces the fixed one)."""
+
     name = "temperature"
     params = (Param("temperature", "float", 1.0, "divide logits by this before sampling; 0 means greedy",
-                    low=0.0, off=1.0),)
+                    low=0.0, off=1.0),
+              Param("dynatemp_range", "float | None", None, "dynamic temperature: between temperature -/+ this, "
+                    "by the entropy of the distribution (0 = off)", low=0.0, off=0.0),
+              Param("dynatemp_exponent", "float", 1.0, "dynamic temperature: exponent of the normalised entropy",
+                    low=0.0))
+
+    def is_on(self, params):
+        return params.temperature != 1.0 or params.dynatemp_range != 0.0
+
+    def columns(self, rows, batch):
+        if not any(self.is_on(r.params) for r in rows):
+            return None
+        t = torch.tensor([r.params.temperature for r in rows], device=batch.device)
+        if all(r.params.dynatemp_range == 0 for r in rows):
+            return t, None, None
+        return (t, torch.tensor([r.params.dynatemp_range for r in rows], device=batch.device),
+                torch.tensor([r.params.dynatemp_exponent for r in rows], device=batch.device))
 
     def apply(self, logits, columns):
-        return transforms.temperature(logits, columns[0])
+        t, delta, exponent = columns
+        if delta is None:
+            return transforms.temperature(logits, t)
+        return transforms.dynamic_temperature(logits, t, delta, exponent)
+
+
+class QuadraticSmoothing(ColumnLink):
+    name = "smoothing"
+    params = (Param("smoothing_factor", "float | None", None, "quadratic sampling: logit -> top - factor x "
+                    "(logit - top)^2 (0 = off)", low=0.0, off=0.0),)
+
+    def apply(self, logits, columns):
+        return transforms.quadratic_smoothing(logits, columns[0])
 
 
 class TopK(ColumnLink):
@@ -118,6 +149,7 @@ class ExcludeTopChoices(ColumnLink):
 
 
 TEMPERATURE = Temperature()
+SMOOTHING = QuadraticSmoothing()
 TOP_K = TopK()
 TOP_P = TopP()
 MIN_P = MinP()
