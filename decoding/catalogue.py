@@ -67,7 +67,7 @@ register(Strategy("mirostat", MIROSTAT_V2, (T,), params=("seed",),
                   aliases=("mirostat_v2", "mirostat2"),
                   description="adaptive truncation that steers surprise towards tau",
                   reference="llama.cpp llama_sampler_mirostat_v2 (Basu et al. 2021)"))
-register(Strategy("llama_cpp", SAMPLE, (K, filters.TYPICAL_P, P, MIN_P, filters.XTC, T),
+register(Strategy("llama_cpp", SAMPLE, (K, filters.TYPICAL_P, P, MIN_P, filters.XTC, filters.DYNAMIC_TEMPERATURE),
                   params=("seed",), aliases=("llamacpp", "llama"),
                   defaults={"top_k": 40, "top_p": 0.95, "min_p": 0.05},
                   description="llama.cpp's default sampler chain and defaults",
@@ -87,3 +87,7 @@ register(Strategy("smoothing", SAMPLE, (T, filters.SMOOTHING, K, P, MIN_P), para
                   aliases=("quadratic", "quadratic_sampling", "smoothing_factor"), defaults={"smoothing_factor": 0.3},
                   description="quadratic sampling: bend the logits around the top one, then filter",
                   reference="text-generation-webui QuadraticSamplingLogitsWarper (smoothing_factor)"))
+register(Strategy("dynatemp", SAMPLE, (K, P, MIN_P, filters.DYNAMIC_TEMPERATURE), params=("seed",),
+                  aliases=("dynamic_temperature", "temp_ext"), defaults={"dynatemp_range": 0.5},
+                  description="temperature between t -/+ range, higher where the distribution is flatter",
+                  reference="llama.cpp llama_sampler_temp_ext (dynatemp_range, dynatemp_exponent)"))

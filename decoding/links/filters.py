@@ -16,12 +16,20 @@ from .base import Batch, ColumnLink, Param
 
 
 class Temperature(ColumnLink):
-    """Temperature, dynamic when ``dynatemp_range`` > 0 (llama.cpp's ``temp-ext``: one
-    link, as there, since a dynamic temperature replaces the fixed one)."""
-
     name = "temperature"
     params = (Param("temperature", "float", 1.0, "divide logits by this before sampling; 0 means greedy",
-                    low=0.0, off=1.0),
+                    low=0.0, off=1.0),)
+
+    def apply(self, logits, columns):
+        return transforms.temperature(logits, columns[0])
+
+
+class DynamicTemperature(Temperature):
+    """llama.cpp's ``temp-ext``: the temperature, dynamic when ``dynatemp_range`` > 0 (one
+    link, as there, since a dynamic temperature replaces the fixed one; it shows as
+    ``temperature`` in a chain and in a ``samplers`` order)."""
+
+    params = (Temperature.params[0],
               Param("dynatemp_range", "float | None", None, "dynamic temperature: between temperature -/+ this, "
                     "by the entropy of the distribution (0 = off)", low=0.0, off=0.0),
               Param("dynatemp_exponent", "float", 1.0, "dynamic temperature: exponent of the normalised entropy",
@@ -149,6 +157,7 @@ class ExcludeTopChoices(ColumnLink):
 
 
 TEMPERATURE = Temperature()
+DYNAMIC_TEMPERATURE = DynamicTemperature()
 SMOOTHING = QuadraticSmoothing()
 TOP_K = TopK()
 TOP_P = TopP()

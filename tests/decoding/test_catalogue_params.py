@@ -76,5 +76,5 @@ def test_describe_is_json_and_covers_every_field():
     assert cat["params"]["bad_words_ids"]["type"] == "list[list[int]]"
     nucleus = next(s for s in cat["strategies"] if s["name"] == "top_p")
     assert "nucleus" in nucleus["aliases"] and nucleus["defaults"] == {"top_p": 0.9}
-    assert nucleus["params"] == ["temperature", "top_p", "dynatemp_range", "dynatemp_exponent", "seed"]
+    assert nucleus["params"] == ["temperature", "top_p", "seed"]
     assert [p["name"] for p in cat["processors"]][:2] == ["logit_bias", "bad_words"]

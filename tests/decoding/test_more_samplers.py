@@ -47,8 +47,9 @@ def test_dynamic_temperature_matches_llama_cpp(t, delta, exponent):
 
 def test_dynamic_temperature_in_a_chain_and_per_row():
     logits = torch.randn(2, 30, generator=torch.Generator().manual_seed(1))
-    rows = [SamplingParams(strategy="sample", temperature=0.9, dynatemp_range=0.4, dynatemp_exponent=1.5, seed=1),
-            SamplingParams(strategy="sample", temperature=0.9, seed=1)]
+    rows = [SamplingParams(strategy="llama_cpp", top_k=0, top_p=1.0, min_p=0.0, temperature=0.9, dynatemp_range=0.4,
+                           dynatemp_exponent=1.5, seed=1),
+            SamplingParams(strategy="llama_cpp", top_k=0, top_p=1.0, min_p=0.0, temperature=0.9, seed=1)]
     sampler = BatchSampler(rows)
     sampler.prepare(30)
     (link, cols), = sampler.groups[0].chain
@@ -57,7 +58,8 @@ def test_dynamic_temperature_in_a_chain_and_per_row():
     assert out[0].tolist() == pytest.approx(want0, rel=1e-4)
     assert torch.allclose(out[1], logits[1] / 0.9)  # the other row: a fixed temperature
     with pytest.raises(ParamError):
-        SamplingParams(dynatemp_range=0.5)  # greedy has no temperature link
+        SamplingParams(strategy="sample", dynatemp_range=0.5)  # only temp-ext chains take it
+    assert SamplingParams(strategy="dynatemp", seed=1).dynatemp_range == 0.5
 
 
 def ref_quadratic(logits: list[float], factor: float) -> list[float]:

@@ -78,4 +78,4 @@ def test_its_field_reaches_the_catalogue():
     cat = describe()
     assert cat["params"]["top_nsigma"]["off"] == 0.0 and cat["params"]["top_nsigma"]["min"] == 0.0
     entry = next(s for s in cat["strategies"] if s["name"] == "top_n_sigma")
-    assert entry["params"] == ["temperature", "top_nsigma", "dynatemp_range", "dynatemp_exponent", "seed"] and entry["defaults"] == {"top_nsigma": 1.0}
+    assert entry["params"] == ["temperature", "top_nsigma", "seed"] and entry["defaults"] == {"top_nsigma": 1.0}
