@@ -71,6 +71,9 @@ def _convert(kind: str, values: list[str]):
             return json.loads(values[-1])
         except json.JSONDecodeError as exc:
             raise ValueError(str(exc)) from None
+    if kind.startswith("tuple[int | str"):  # ids ("1,2" too) or texts, each value one text
+        return tuple(v for part in values
+                     for v in (part.split(",") if all(p.strip().isdigit() for p in part.split(",")) else [part]))
     if kind.startswith("tuple["):
         cast = int if kind.startswith("tuple[int") else str
         return tuple(cast(v) for part in values for v in ([part] if cast is str else part.split(",")) if v != "")

@@ -144,3 +144,32 @@ def test_samplers_names_are_checked():
         with pytest.raises(ParamError) as err:
             SamplingParams(strategy="llama_cpp", samplers=bad)
         assert err.value.field == "samplers"
+
+
+def test_dry_breakers_as_text_are_the_tokens_that_contain_the_text(tiny_tokenizer):
+    from decoding.links.grammar import Grammars
+    from decoding.links.penalties import DRY
+
+    grammars = Grammars(tiny_tokenizer, len(tiny_tokenizer), [2])
+    texts = [tiny_tokenizer.decode([i]) for i in range(len(tiny_tokenizer))]
+    want = {i for i, t in enumerate(texts) if "." in t or "\n" in t} | {5}
+    params = SamplingParams(strategy="dry", dry_sequence_breakers=[".", "\n", 5], seed=1)
+    assert params.dry_sequence_breakers == (".", "\n", 5)
+    state = DRY.new_state(params, [], grammars)
+    assert set(state.ids) == want and len(want) > 2
+    # the repeat a . b . c | a . b . would be penalised without the breakers, not with them
+    dot = next(i for i, t in enumerate(texts) if t == ".")
+    history = [40, dot, 41, dot, 42, 40, dot, 41, dot]
+    assert transforms.dry_penalties(history, 0.8, 1.75, 1) != {}
+    assert transforms.dry_penalties(history, 0.8, 1.75, 1, sequence_breakers=state.ids) == {}
+    sampler = BatchSampler([params], prompt_ids=[history], grammars=grammars)
+    logits = torch.zeros(1, len(tiny_tokenizer))
+    sampler.process(logits)  # no penalty: the run holds a breaker
+    assert torch.equal(sampler.process(logits), logits)
+    with pytest.raises(ParamError) as err:
+        BatchSampler([params])  # texts without a tokenizer
+    assert err.value.field == "dry_sequence_breakers"
+    for bad in ([""], [-1], [1.5]):
+        with pytest.raises(ParamError):
+            SamplingParams(strategy="dry", dry_sequence_breakers=bad)
+    assert SamplingParams(strategy="dry", dry_sequence_breakers=["7"]).dry_sequence_breakers == (7,)

@@ -59,3 +59,15 @@ def test_api_stream_trace_and_processed_alternatives(live, tiny_engine):
         assert len(tok["top_logprobs"]) == 3
         assert sum(2.718281828 ** a["logprob"] for a in tok["top_logprobs"]) == pytest.approx(1.0, abs=1e-4)
         assert tok["trace"]["processed_logprob"] >= tok["logprob"]
+
+
+def test_dry_breakers_as_text_over_http(client, live):
+    got = client.completions.create(model="tokenflow", prompt="Once upon a time", max_tokens=3, extra_body={
+        "strategy": "dry", "seed": 1, "dry_sequence_breakers": ["\n", ":", "\"", "*"]})
+    assert got.usage.completion_tokens == 3
+    from server.web.query import _convert
+
+    kind = "tuple[int | str, ...]"
+    assert _convert(kind, ["1,2", ":"]) == ("1", "2", ":")  # ids as the page sends them, or a text
+    assert SamplingParams(strategy="dry", dry_sequence_breakers=_convert(kind, ["1,2", ":"])).dry_sequence_breakers \
+        == (1, 2, ":")
