@@ -87,3 +87,69 @@ def divergence_table(entries: list[dict[str, Any]]):
         table.add_row(str(e["prompt_index"]), str(e["sample"]), e["a"], e["b"], pos,
                       tok("a") if e["position"] is not None else "", tok("b") if e["position"] is not None else "")
     return table
+
+
+# -- tokenflow replay --fork ---------------------------------------------------------
+
+def parse_fork(text: str, recorded: int) -> tuple[int, str]:
+    """``INDEX:TOKEN`` -> ``(index, token)``; ``index`` within the recorded tokens (0..n)."""
+    from .common import CLIError
+
+    index, sep, token = text.partition(":")
+    try:
+        at = int(index)
+    except ValueError:
+        at = -1
+    if not sep or not token or at < 0:
+        raise CLIError(f"--fork: expected INDEX:TOKEN (a token id or its text), got {text!r}")
+    if at > recorded:
+        raise CLIError(f"--fork: index {at} is past the recorded stream ({recorded} tokens)")
+    return at, token
+
+
+def fork_token(tokenizer, token: str) -> int:
+    """A fork's token: an id, or a text that is exactly one token."""
+    from .common import CLIError
+
+    if token.isdigit():
+        tid = int(token)
+        if tid >= len(tokenizer):
+            raise CLIError(f"--fork: token id {tid} is outside the vocabulary ({len(tokenizer)})")
+        return tid
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise CLIError(f"--fork: {token!r} is {len(ids)} tokens {ids}; give one token, or its id")
+    return ids[0]
+
+
+def run_fork(args, header: dict[str, Any], events: list[dict[str, Any]]) -> int:
+    """Continue a recorded stream from its first ``INDEX`` tokens with ``TOKEN`` at ``INDEX``,
+    under the recorded settings or ``--strategy``; the shared prefix once, then the fork."""
+    import sys
+
+    from decoding import SamplingParams
+
+    from .common import CLIError, engine_options, load_engine, parse_strategy_spec
+
+    if "prompt" not in header:
+        raise CLIError("--fork needs a `tokenflow generate --record` recording (it holds the prompt)")
+    at, token = parse_fork(args.fork, len(events))
+    recorded = SamplingParams(**header["params"]) if header.get("params") else SamplingParams()
+    params = parse_strategy_spec(args.strategy) if args.strategy else recorded
+    left = args.max_new_tokens or max(1, recorded.max_new_tokens - at - 1)
+    params = params.replace(max_new_tokens=left, n=1)
+    engine = load_engine(engine_options(args))
+    tid = fork_token(engine.tokenizer, token)
+    prefix = [int(ev["token_id"]) for ev in events[:at]]
+    ids = engine.encode(header["prompt"], chat=bool(header.get("chat"))) + prefix + [tid]
+    was = repr(events[at]["text"]) if at < len(events) else "the end"
+    print(f"[fork] token {at}: {was} -> {engine.tokenizer.decode([tid])!r}, then {params.chain}",
+          file=sys.stderr, flush=True)
+    out = sys.stdout
+    out.write(engine.tokenizer.decode(prefix + [tid]))
+    out.flush()
+    for ev in engine.stream(ids, params):
+        out.write(ev.text)
+        out.flush()
+    out.write("\n")
+    return 0

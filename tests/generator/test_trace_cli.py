@@ -59,3 +59,27 @@ def test_compare_reports_the_first_divergence(tiny_model_dir, tmp_path):
         if d["position"] is not None:
             assert d["a_token"]["id"] == ids[a][d["position"]]
             assert "links" in d["a_trace"] and "links" in d["b_trace"]
+
+
+def test_replay_fork_continues_a_recording_from_a_token(tiny_model_dir, tiny_engine, tmp_path):
+    rec = tmp_path / "g.jsonl"
+    res = run(["generate", "Once upon a time", "--model", str(tiny_model_dir), "--max-new-tokens", "10",
+               "--ignore-eos", "--record", str(rec)])
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in rec.read_text().splitlines()[1:]]
+    ids = [e["token_id"] for e in events]
+    # the recorded token at 4: greedy goes on exactly as recorded
+    same = run(["replay", str(rec), "--fork", f"4:{ids[4]}", "--model", str(tiny_model_dir)])
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.rstrip("\n") == tiny_engine.tokenizer.decode(ids)
+    assert "[fork] token 4" in same.stderr
+    # another token at 4: the prefix is kept, then what the model makes of the new token
+    other = next(t for t in range(3, 300) if t != ids[4])
+    forked = run(["replay", str(rec), "--fork", f"4:{other}", "--model", str(tiny_model_dir)])
+    assert forked.returncode == 0, forked.stderr
+    prompt = tiny_engine.encode("Once upon a time")
+    cont = [ev.token_id for ev in tiny_engine.stream(prompt + ids[:4] + [other],
+                                                     SamplingParams(max_new_tokens=5, ignore_eos=True))]
+    assert forked.stdout.rstrip("\n") == tiny_engine.tokenizer.decode(ids[:4] + [other] + cont)
+    bad = run(["replay", str(rec), "--fork", "99:5", "--model", str(tiny_model_dir)])
+    assert bad.returncode != 0 and "past the recorded stream" in bad.stderr and "Traceback" not in bad.stderr
