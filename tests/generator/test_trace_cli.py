@@ -3,19 +3,12 @@ divergence report, on the tiny model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import subprocess
-import sys
 
 from decoding import SamplingParams
+from generator.cli.main import main
 from generator.cli.research import first_divergence
-
-CLI = [sys.executable, "-m", "generator.cli"]
-
-
-def run(args):
-    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=300)
-
 
 def test_engine_events_carry_the_trace_and_the_same_tokens(tiny_engine):
     params = SamplingParams(strategy="min_p", min_p=0.05, seed=9, max_new_tokens=8, ignore_eos=True)
@@ -34,22 +27,21 @@ def test_first_divergence():
     assert first_divergence([1, 2], [1, 2, 3]) == 2
 
 
-def test_generate_trace_lines_on_stderr(tiny_model_dir):
-    res = run(["generate", "Once upon a time", "--model", str(tiny_model_dir), "--strategy", "top_k",
-               "--top-k", "5", "--seed", "1", "--max-new-tokens", "3", "--ignore-eos", "--trace"])
-    assert res.returncode == 0, res.stderr
-    lines = [line for line in res.stderr.splitlines() if line.startswith("[trace]")]
+def test_generate_trace_lines_on_stderr(tiny_model_dir, capsys):
+    assert main(["generate", "Once upon a time", "--model", str(tiny_model_dir), "--strategy", "top_k",
+                 "--top-k", "5", "--seed", "1", "--max-new-tokens", "3", "--ignore-eos", "--trace"]) == 0
+    res = capsys.readouterr()
+    lines = [line for line in res.err.splitlines() if line.startswith("[trace]")]
     assert len(lines) == 3 and all("top_k kept 5" in line for line in lines)
-    assert "[trace]" not in res.stdout
+    assert "[trace]" not in res.out
 
 
-def test_compare_reports_the_first_divergence(tiny_model_dir, tmp_path):
+def test_compare_reports_the_first_divergence(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "cmp.json"
-    res = run(["compare", "Once upon a time", "--model", str(tiny_model_dir), "--no-live", "--samples", "1",
-               "--strategy", "top_k:top_k=2", "--strategy", "top_k:top_k=200", "--strategy", "greedy",
-               "--max-new-tokens", "12", "--ignore-eos", "--trace", "--json", str(out)])
-    assert res.returncode == 0, res.stderr
-    assert "first divergence" in res.stdout
+    assert main(["compare", "Once upon a time", "--model", str(tiny_model_dir), "--no-live", "--samples", "1",
+                 "--strategy", "top_k:top_k=2", "--strategy", "top_k:top_k=200", "--strategy", "greedy",
+                 "--max-new-tokens", "12", "--ignore-eos", "--trace", "--json", str(out)]) == 0
+    assert "first divergence" in capsys.readouterr().out
     report = json.loads(out.read_text())
     ids = {e["spec"]: [t["token_id"] for t in e["runs"][0]["events"]] for e in report["strategies"]}
     pairs = {(d["a"], d["b"]): d for d in report["divergences"]}
@@ -61,25 +53,25 @@ def test_compare_reports_the_first_divergence(tiny_model_dir, tmp_path):
             assert "links" in d["a_trace"] and "links" in d["b_trace"]
 
 
-def test_replay_fork_continues_a_recording_from_a_token(tiny_model_dir, tiny_engine, tmp_path):
+def test_replay_fork_continues_a_recording_from_a_token(tiny_model_dir, tiny_engine, tmp_path, capsys):
+    params = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    ids = [ev.token_id for ev in tiny_engine.stream("Once upon a time", params)]
     rec = tmp_path / "g.jsonl"
-    res = run(["generate", "Once upon a time", "--model", str(tiny_model_dir), "--max-new-tokens", "10",
-               "--ignore-eos", "--record", str(rec)])
-    assert res.returncode == 0, res.stderr
-    events = [json.loads(line) for line in rec.read_text().splitlines()[1:]]
-    ids = [e["token_id"] for e in events]
+    header = {"type": "header", "prompt": "Once upon a time", "chat": False, "params": dataclasses.asdict(params)}
+    lines = [header] + [{"type": "token", "t": 0.0, "stream": "0", "token_id": t,
+                         "text": tiny_engine.tokenizer.decode([t])} for t in ids]
+    rec.write_text("".join(json.dumps(line) + "\n" for line in lines))
     # the recorded token at 4: greedy goes on exactly as recorded
-    same = run(["replay", str(rec), "--fork", f"4:{ids[4]}", "--model", str(tiny_model_dir)])
-    assert same.returncode == 0, same.stderr
-    assert same.stdout.rstrip("\n") == tiny_engine.tokenizer.decode(ids)
-    assert "[fork] token 4" in same.stderr
+    assert main(["replay", str(rec), "--fork", f"4:{ids[4]}", "--model", str(tiny_model_dir)]) == 0
+    same = capsys.readouterr()
+    assert same.out.rstrip("\n") == tiny_engine.tokenizer.decode(ids)
+    assert "[fork] token 4" in same.err
     # another token at 4: the prefix is kept, then what the model makes of the new token
     other = next(t for t in range(3, 300) if t != ids[4])
-    forked = run(["replay", str(rec), "--fork", f"4:{other}", "--model", str(tiny_model_dir)])
-    assert forked.returncode == 0, forked.stderr
+    assert main(["replay", str(rec), "--fork", f"4:{other}", "--model", str(tiny_model_dir)]) == 0
     prompt = tiny_engine.encode("Once upon a time")
     cont = [ev.token_id for ev in tiny_engine.stream(prompt + ids[:4] + [other],
                                                      SamplingParams(max_new_tokens=5, ignore_eos=True))]
-    assert forked.stdout.rstrip("\n") == tiny_engine.tokenizer.decode(ids[:4] + [other] + cont)
-    bad = run(["replay", str(rec), "--fork", "99:5", "--model", str(tiny_model_dir)])
-    assert bad.returncode != 0 and "past the recorded stream" in bad.stderr and "Traceback" not in bad.stderr
+    assert capsys.readouterr().out.rstrip("\n") == tiny_engine.tokenizer.decode(ids[:4] + [other] + cont)
+    assert main(["replay", str(rec), "--fork", "99:5", "--model", str(tiny_model_dir)]) != 0
+    assert "past the recorded stream" in capsys.readouterr().err
