@@ -6,6 +6,7 @@ the reason, where /usr/bin/chromium or the playwright package is missing.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -365,3 +366,36 @@ def test_errors_are_shown_to_the_person(page, tiny_engine):
         assert refused["count"] == 0
     finally:
         live.stop()
+
+
+def test_trace_on_hover_colour_by_certainty_and_divergence_marks(page, server):
+    open_page(page, server.url)
+    set_max_tokens(page, 16)
+    set_param(page, 0, "ignore_eos", True)
+    page.click("#add-column")
+    page.locator(".column").nth(1).locator("select.strategy").select_option("top_k")
+    set_param(page, 1, "ignore_eos", True)
+    set_param(page, 1, "seed", 3)
+    page.check("#trace")
+    page.click("#run")
+    for i in (0, 1):
+        assert wait_state(page, i, ("done", "error"))["state"] == "done"
+    ids = page.evaluate("() => [...document.querySelectorAll('.column')].map((c) => "
+                        "[...c.querySelectorAll('.tok')].map((s) => Number(s.dataset.id)))")
+    # hover a top-k token: its trace, with the link's kept count, under the alternatives
+    token = page.locator(".column").nth(1).locator(".tok:not(:empty)").nth(1)
+    token.hover()
+    trace = page.locator("#tooltip .trace")
+    trace.wait_for(state="visible")
+    assert "top_k" in trace.locator("tr.link").nth(0).inner_text()
+    entropy = float(re.search(r"entropy ([\d.]+)", trace.inner_text()).group(1))
+    # colour by certainty: --p is e^-entropy of the token's trace
+    page.check("#colour")
+    page.select_option("#colour-by", "certainty")
+    p = token.evaluate("t => Number(t.style.getPropertyValue('--p'))")
+    assert abs(p - math.exp(-entropy)) < 0.01
+    # the first token where the columns part is marked in both
+    at = next((k for k, (a, b) in enumerate(zip(ids[0], ids[1])) if a != b), None)
+    marked = page.evaluate("() => [...document.querySelectorAll('.tok.diverge')].map((s) => Number(s.dataset.i))")
+    assert at is not None and marked == [at, at]
+    assert not page.js_errors, page.js_errors

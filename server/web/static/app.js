@@ -183,6 +183,8 @@ class Column {
     if (withAlternatives) {
       this.alternativesField = ["logprobs", "top_logprobs"].find((f) => f in catalogue.params) || null;
       if (this.alternativesField) q.set(this.alternativesField, TOP_N);
+      // the trace goes with the alternatives: a strategy that refuses them (beam) refuses it too
+      if (this.alternativesField && $("#trace").checked) q.set("trace", "1");
     }
     if (apiKey) q.set("api_key", apiKey); // EventSource cannot send headers
     this.url = `/api/stream?${q}`;
@@ -227,8 +229,10 @@ class Column {
     const i = this.tokens.push(data) - 1;
     const span = h("span", { class: "tok" }, data.text);
     span.dataset.i = i;
-    if (data.logprob != null) span.style.setProperty("--p", Math.exp(data.logprob).toFixed(4));
+    span.dataset.id = data.token_id;
+    shade(span, data);
     this.output.append(span);
+    markDivergence();
     const n = this.tokens.length;
     $(".count", this.el).textContent = String(n);
     if (n > 1) {
@@ -384,6 +388,55 @@ function stopAll() {
   for (const c of columns) c.stop();
 }
 
+// -- research: colour by, the trace, where columns part ----------------------------
+/** A token's colour value --p in [0, 1] under the chosen "colour by". */
+function shade(span, data) {
+  const mode = $("#colour-by").value;
+  const t = data.trace;
+  let p = data.logprob != null ? Math.exp(data.logprob) : null;
+  if (mode === "processed" && t && t.processed_logprob != null) p = Math.exp(t.processed_logprob);
+  if (mode === "certainty") p = t && t.entropy != null ? Math.exp(-t.entropy) : null;
+  if (p == null) span.style.removeProperty("--p");
+  else span.style.setProperty("--p", p.toFixed(4));
+}
+
+function recolour() {
+  for (const c of columns) c.output.querySelectorAll(".tok").forEach((s) => shade(s, c.tokens[Number(s.dataset.i)]));
+}
+
+/** Mark, in each column, the first token where it differs from the first column
+ * (under one seed the columns share their noise: that is where the strategies part). */
+function markDivergence() {
+  for (const c of columns) c.output.querySelectorAll(".tok.diverge").forEach((s) => s.classList.remove("diverge"));
+  const base = columns[0];
+  if (!base) return;
+  for (const c of columns.slice(1)) {
+    const n = Math.min(base.tokens.length, c.tokens.length);
+    let at = -1;
+    for (let i = 0; i < n; i++) {
+      if (base.tokens[i].token_id !== c.tokens[i].token_id) { at = i; break; }
+    }
+    if (at < 0) continue;
+    for (const col of [base, c]) {
+      const span = col.output.querySelector(`.tok[data-i="${at}"]`);
+      if (span) {
+        span.classList.add("diverge");
+        span.dataset.diverge = String(at);
+      }
+    }
+  }
+}
+
+function traceView(t) {
+  const num = (v, d = 3) => (v == null ? "\u2013" : v.toFixed(d));
+  const head = h("div", {}, `entropy ${num(t.entropy, 2)} \u00b7 rank ${t.rank} \u00b7 margin ${num(t.margin)}`
+    + ` \u00b7 processed logprob ${num(t.processed_logprob)}`);
+  const rows = t.links.map((l) => h("tr", { class: "link" }, h("td", {}, l.name), h("td", { class: "num" }, `kept ${l.kept}`),
+    h("td", { class: "num" }, `removed ${percent(l.removed_mass)}`),
+    h("td", { class: "num" }, l.logit_shift == null ? "chosen removed" : l.logit_shift ? `shift ${num(l.logit_shift, 2)}` : "")));
+  return h("div", { class: "trace" }, head, rows.length ? h("table", {}, ...rows) : h("div", { class: "muted" }, "no link ran"));
+}
+
 // -- hover: a token's logprob and its alternatives ---------------------------------
 function alternatives(top) {
   if (!top) return [];
@@ -420,6 +473,7 @@ function showTooltip(span) {
     }))
     : h("div", { class: "muted" }, "no alternatives in this stream");
   tip.replaceChildren(head, body);
+  if (data.trace) tip.append(traceView(data.trace));
   tip.hidden = false;
   const rect = span.getBoundingClientRect();
   const below = rect.bottom + 6 + tip.offsetHeight < innerHeight;
@@ -465,6 +519,7 @@ async function main() {
   $("#stop").addEventListener("click", stopAll);
   $("#add-column").addEventListener("click", addColumn);
   $("#colour").addEventListener("change", (e) => $("#columns").classList.toggle("colour", e.target.checked));
+  $("#colour-by").addEventListener("change", recolour);
   $("#prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) run();
   });
