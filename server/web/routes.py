@@ -23,7 +23,7 @@ from ..errors import APIError
 from ..intake import Intake
 from ..jobs import GenerationError, JobGroup
 from ..sse import error_event, event_stream
-from .query import flag, length_key, params_from_query
+from .query import flag, length_key, params_from_query, prefix_ids
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -60,6 +60,7 @@ async def api_stream(request: Request):
             raise APIError(400, "prompt: required", param="prompt", code="missing_field")
         params = params_from_query(query, intake.default_max_tokens())
         ids = await intake.encode(prompt, chat=flag(query, "chat"), field="prompt")
+        ids += prefix_ids(query, intake.engine.model.config.vocab_size)  # a fork continues after these
         intake.check_room(ids, params.max_new_tokens, length_key(query))
         group = intake.submit(ids, [params])
         stream = store.create(group, token_events(group, params.strategy), "web")

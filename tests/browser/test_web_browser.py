@@ -399,3 +399,28 @@ def test_trace_on_hover_colour_by_certainty_and_divergence_marks(page, server):
     marked = page.evaluate("() => [...document.querySelectorAll('.tok.diverge')].map((s) => Number(s.dataset.i))")
     assert at is not None and marked == [at, at]
     assert not page.js_errors, page.js_errors
+
+
+def test_fork_from_an_alternative_continues_in_a_new_column(page, server, tiny_engine):
+    open_page(page, server.url)
+    set_max_tokens(page, 6)
+    set_param(page, 0, "ignore_eos", True)
+    page.click("#run")
+    assert wait_state(page, 0, ("done", "error"))["state"] == "done"
+    token = page.locator(".column").nth(0).locator(".tok:not(:empty)").nth(2)
+    k = int(token.get_attribute("data-i"))
+    token.hover()
+    alt = page.locator("#tooltip tr.alt.forkable").nth(0)
+    alt.wait_for(state="visible")
+    alt.click()
+    assert wait_state(page, 1, ("done", "error"))["state"] == "done"
+    ids = page.evaluate("() => [...document.querySelectorAll('.column')].map((c) => "
+                        "[...c.querySelectorAll('.tok')].map((s) => [Number(s.dataset.id), s.className]))")
+    base, fork = ids
+    assert [i for i, _ in fork[:k]] == [i for i, _ in base[:k]] and all("shared" in c for _, c in fork[:k])
+    assert "fork" in fork[k][1] and fork[k][0] != base[k][0] and len(fork) == k + 1 + 6
+    prompt = tiny_engine.encode(PROMPT) + [i for i, _ in fork[:k + 1]]
+    want = [ev.token_id for ev in tiny_engine.stream(prompt, SamplingParams(max_new_tokens=6, ignore_eos=True))]
+    assert [i for i, _ in fork[k + 1:]] == want  # greedy from the fork point, the prefix not generated again
+    assert page.locator(".column").nth(1).locator(".tok.diverge").get_attribute("data-i") == str(k)
+    assert not page.js_errors, page.js_errors

@@ -71,3 +71,15 @@ def test_dry_breakers_as_text_over_http(client, live):
     assert _convert(kind, ["1,2", ":"]) == ("1", "2", ":")  # ids as the page sends them, or a text
     assert SamplingParams(strategy="dry", dry_sequence_breakers=_convert(kind, ["1,2", ":"])).dry_sequence_breakers \
         == (1, 2, ":")
+
+
+def test_api_stream_prefix_ids_continue_after_them(live, tiny_engine):
+    prefix = [40, 41, 42]
+    query = {"prompt": "Once upon a time", "max_tokens": 5, "ignore_eos": "true", "prefix_ids": "40,41,42"}
+    with httpx.stream("GET", live.url + "/api/stream", params=query, timeout=60) as res:
+        got = [data_json(e)["token_id"] for e in iter_sse(res) if e.get("event") == "token"]
+    ids = tiny_engine.encode("Once upon a time") + prefix
+    assert got == [ev.token_id for ev in tiny_engine.stream(ids, SamplingParams(max_new_tokens=5, ignore_eos=True))]
+    for bad in ("1,x", "99999"):
+        res = httpx.get(live.url + "/api/stream", params={**query, "prefix_ids": bad}, timeout=30)
+        assert res.status_code == 400 and res.json()["error"]["param"] == "prefix_ids"

@@ -176,7 +176,9 @@ class Column {
     $(".count", this.el).textContent = "0";
     $(".stats", this.el).title = "";
 
+    if (this.fork) this.showShared();
     const q = new URLSearchParams({ prompt: run.prompt, chat: String(run.chat) });
+    if (this.fork) q.set("prefix_ids", this.fork.tokens.map((t) => t.token_id).join(","));
     for (const [k, v] of [...common, ...this.settings()]) q.append(k, v);
     // Ask for alternatives under whichever name this server's settings use.
     this.alternativesField = null;
@@ -199,6 +201,20 @@ class Column {
       if (this.el.dataset.state === "reconnecting") this.setState("running", "streaming (resumed)");
     });
     this.setState("running", "waiting for the first token");
+  }
+
+  /** A fork's column: the shared prefix (greyed) and the chosen token, then what streams. */
+  showShared() {
+    for (const data of this.fork.tokens) {
+      const i = this.tokens.push(data) - 1;
+      const last = i === this.fork.tokens.length - 1;
+      const span = h("span", { class: last ? "tok fork" : "tok shared", title: last ? "the fork's token" : "" },
+        data.text || "");
+      span.dataset.i = i;
+      span.dataset.id = data.token_id;
+      shade(span, data);
+      this.output.append(span);
+    }
   }
 
   /** Ids are "<stream>.<seq>": remember the stream, and never apply an event twice
@@ -233,7 +249,7 @@ class Column {
     shade(span, data);
     this.output.append(span);
     markDivergence();
-    const n = this.tokens.length;
+    const n = this.tokens.length - (this.fork ? this.fork.tokens.length : 0); // the shared prefix is not this stream's
     $(".count", this.el).textContent = String(n);
     if (n > 1) {
       $(".rate", this.el).textContent = ((n - 1) / ((this.lastAt - this.firstAt) / 1000)).toFixed(1);
@@ -437,6 +453,33 @@ function traceView(t) {
   return h("div", { class: "trace" }, head, rows.length ? h("table", {}, ...rows) : h("div", { class: "muted" }, "no link ran"));
 }
 
+/** A new column that continues ``src`` from its first ``i`` tokens with ``alt`` as token
+ * ``i`` (``prefix_ids`` on /api/stream), with the same strategy and settings. */
+function forkFrom(src, i, alt) {
+  if (columns.length >= MAX_COLUMNS || !lastRun) return;
+  const col = new Column(src.select.value);
+  for (const input of src.el.querySelectorAll(".params input, .params-more input")) {
+    const mine = col.el.querySelector(`input[name="${input.name}"]`);
+    if (mine && input.type === "checkbox") mine.checked = input.checked;
+    else if (mine) mine.value = input.value;
+  }
+  const fromTokens = src.tokens.slice(0, i).map((t) => ({ ...t }));
+  col.fork = { tokens: [...fromTokens, { token_id: alt.id, text: alt.text ?? "", logprob: alt.logprob, index: i }] };
+  col.el.dataset.fork = String(i);
+  $(".chain", col.el).textContent = `fork of column ${columns.indexOf(src) + 1} at token ${i} \u00b7 ${$(".chain", col.el).textContent}`;
+  columns.push(col);
+  $("#columns").append(col.el);
+  layout();
+  $("#tooltip").hidden = true;
+  col.start(lastRun, commonSettings());
+}
+
+let hideTimer = null;
+function hideTooltipSoon() {
+  clearTimeout(hideTimer);
+  hideTimer = setTimeout(() => ($("#tooltip").hidden = true), 300); // time to reach the tooltip and click
+}
+
 // -- hover: a token's logprob and its alternatives ---------------------------------
 function alternatives(top) {
   if (!top) return [];
@@ -447,6 +490,7 @@ function alternatives(top) {
 }
 
 function showTooltip(span) {
+  clearTimeout(hideTimer);
   const column = columns.find((c) => c.output.contains(span));
   const data = column && column.tokens[Number(span.dataset.i)];
   if (!data) return;
@@ -469,6 +513,11 @@ function showTooltip(span) {
         h("td", { class: "num" }, a.logprob.toFixed(2)),
         h("td", { class: "bar-cell" }, h("i", { style: `width:${Math.max(2, (p / pMax) * 100)}%` })));
       if (a.id === data.token_id) row.classList.add("chosen");
+      else if (a.id != null && columns.length < MAX_COLUMNS) {
+        row.classList.add("forkable");
+        row.title = "continue from here with this token, in a new column";
+        row.addEventListener("click", () => forkFrom(column, Number(span.dataset.i), a));
+      }
       return row;
     }))
     : h("div", { class: "muted" }, "no alternatives in this stream");
@@ -525,7 +574,9 @@ async function main() {
   });
   const columnsEl = $("#columns");
   columnsEl.addEventListener("mouseover", (e) => e.target.classList.contains("tok") && showTooltip(e.target));
-  columnsEl.addEventListener("mouseout", (e) => e.target.classList.contains("tok") && ($("#tooltip").hidden = true));
+  columnsEl.addEventListener("mouseout", (e) => e.target.classList.contains("tok") && hideTooltipSoon());
+  $("#tooltip").addEventListener("mouseenter", () => clearTimeout(hideTimer));
+  $("#tooltip").addEventListener("mouseleave", hideTooltipSoon);
   // Leaving the page stops its generations rather than leaving them to the grace period.
   addEventListener("pagehide", () => {
     for (const c of columns) {
