@@ -129,19 +129,32 @@ def run_fork(args, header: dict[str, Any], events: list[dict[str, Any]]) -> int:
 
     from decoding import SamplingParams
 
-    from .common import CLIError, engine_options, load_engine, parse_strategy_spec
+    from decoding import ParamError
+
+    from .common import CLIError, engine_options, field_value, load_engine, parse_strategy_spec
 
     if "prompt" not in header:
-        raise CLIError("--fork needs a `tokenflow generate --record` recording (it holds the prompt)")
+        raise CLIError("--fork needs a recording that holds its prompt (`generate --record`, the page's Export)")
     at, token = parse_fork(args.fork, len(events))
-    recorded = SamplingParams(**header["params"]) if header.get("params") else SamplingParams()
+    before: list[int] = []  # a page column that was itself a fork continued after these
+    if header.get("command") == "page":  # the page's export: each column's settings as the query had them
+        column = header.get("columns", {}).get(events[0]["stream"] if events else "", {})
+        before = [int(t) for t in column.get("prefix_ids", [])]
+        try:
+            recorded = SamplingParams(**{k: field_value(k, str(v)) for k, v in column.get("settings", {}).items()})
+        except ParamError as exc:
+            raise CLIError(f"the recording's settings: {exc}") from None
+        except KeyError as exc:
+            raise CLIError(f"the recording's settings: unknown setting {exc.args[0]!r}") from None
+    else:
+        recorded = SamplingParams(**header["params"]) if header.get("params") else SamplingParams()
     params = parse_strategy_spec(args.strategy) if args.strategy else recorded
     left = args.max_new_tokens or max(1, recorded.max_new_tokens - at - 1)
     params = params.replace(max_new_tokens=left, n=1)
     engine = load_engine(engine_options(args))
     tid = fork_token(engine.tokenizer, token)
     prefix = [int(ev["token_id"]) for ev in events[:at]]
-    ids = engine.encode(header["prompt"], chat=bool(header.get("chat"))) + prefix + [tid]
+    ids = engine.encode(header["prompt"], chat=bool(header.get("chat"))) + before + prefix + [tid]
     was = repr(events[at]["text"]) if at < len(events) else "the end"
     print(f"[fork] token {at}: {was} -> {engine.tokenizer.decode([tid])!r}, then {params.chain}",
           file=sys.stderr, flush=True)

@@ -424,3 +424,29 @@ def test_fork_from_an_alternative_continues_in_a_new_column(page, server, tiny_e
     assert [i for i, _ in fork[k + 1:]] == want  # greedy from the fork point, the prefix not generated again
     assert page.locator(".column").nth(1).locator(".tok.diverge").get_attribute("data-i") == str(k)
     assert not page.js_errors, page.js_errors
+
+
+def test_export_is_a_recording_that_replay_reads_and_forks(page, server, tiny_model_dir, tmp_path, capsys):
+    from generator.cli.main import main
+    from generator.cli.replay import read_recording, stream_texts
+
+    open_page(page, server.url)
+    set_max_tokens(page, 5)
+    set_param(page, 0, "ignore_eos", True)
+    page.check("#trace")
+    page.click("#run")
+    assert wait_state(page, 0, ("done", "error"))["state"] == "done"
+    with page.expect_download() as download:
+        page.click("#export")
+    path = tmp_path / "run.jsonl"
+    download.value.save_as(path)
+    header, events = read_recording(path)
+    assert header["prompt"] == PROMPT and header["columns"]["c0"]["settings"]["ignore_eos"] == "true"
+    assert len(events) == 5 and all(e["trace"] is not None for e in events)
+    assert stream_texts(events)["c0"] == column_state(page, 0)["text"]
+    ids = [e["token_id"] for e in events]
+    # the recorded token at 1, greedy: the fork goes on as the page did
+    assert main(["replay", str(path), "--fork", f"1:{ids[1]}", "--max-new-tokens", "3",
+                 "--model", str(tiny_model_dir)]) == 0
+    engine_text = capsys.readouterr().out.rstrip("\n")
+    assert engine_text == "".join(e["text"] for e in events)

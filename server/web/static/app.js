@@ -242,6 +242,7 @@ class Column {
       this.setState("running", "streaming");
     }
     this.lastAt = now;
+    data.t = (now - this.startedAt) / 1000; // seconds from the column's start (the export's pace)
     const i = this.tokens.push(data) - 1;
     const span = h("span", { class: "tok" }, data.text);
     span.dataset.i = i;
@@ -378,7 +379,37 @@ function layout() {
   updateButtons();
 }
 
+/** The run as a `tokenflow replay` recording (JSON Lines): a header with the prompt and
+ * each column's settings, then each column's own tokens with their time and trace. */
+function exportRun() {
+  const label = (i) => `c${i}`;
+  const header = {
+    type: "header", version: 1, command: "page", started_at: new Date().toISOString(),
+    prompt: lastRun.prompt, chat: lastRun.chat,
+    streams: Object.fromEntries(columns.map((c, i) => [label(i), `column ${i + 1}: ${$(".chain", c.el).textContent}`])),
+    columns: Object.fromEntries(columns.map((c, i) => [label(i), {
+      settings: Object.fromEntries([...commonSettings(), ...c.settings()]),
+      prefix_ids: c.fork ? c.fork.tokens.map((t) => t.token_id) : [],
+    }])),
+  };
+  const lines = [header];
+  columns.forEach((c, i) => {
+    const own = c.fork ? c.tokens.slice(c.fork.tokens.length) : c.tokens;
+    for (const t of own) {
+      lines.push({ type: "token", t: t.t ?? 0, stream: label(i), token_id: t.token_id, text: t.text, logprob: t.logprob,
+        index: t.index, top_logprobs: t.top_logprobs ?? [], trace: t.trace ?? null });
+    }
+  });
+  lines.sort((a, b) => (a.type === "header" ? -1 : b.type === "header" ? 1 : a.t - b.t));
+  const blob = new Blob([lines.map((l) => JSON.stringify(l)).join("\n") + "\n"], { type: "application/x-ndjson" });
+  const a = h("a", { href: URL.createObjectURL(blob), download: "tokenflow-run.jsonl" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
 function updateButtons() {
+  $("#export").disabled = lastRun === null || !columns.some((c) => c.tokens.length);
   const anyRunning = columns.some((c) => c.running);
   $("#stop").disabled = !anyRunning;
   $("#regenerate").disabled = lastRun === null;
@@ -567,6 +598,7 @@ async function main() {
   $("#regenerate").addEventListener("click", () => run(true));
   $("#stop").addEventListener("click", stopAll);
   $("#add-column").addEventListener("click", addColumn);
+  $("#export").addEventListener("click", exportRun);
   $("#colour").addEventListener("change", (e) => $("#columns").classList.toggle("colour", e.target.checked));
   $("#colour-by").addEventListener("change", recolour);
   $("#prompt").addEventListener("keydown", (e) => {
