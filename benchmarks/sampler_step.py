@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/sampler_step.py [--vocab 49152] [--steps 100] [--threads 1]
 
-Prints milliseconds per step (sampler call + accept). Timings on a shared machine are
+Prints milliseconds per step (sampler call + accept, and the trace's host read for the
+"+ trace" cases). Timings on a shared machine are
 noisy: compare rows of one run, not runs.
 """
 
@@ -33,6 +34,10 @@ CASES = [
                                                    frequency_penalty=0.5)),
     ("greedy + no_repeat_ngram=3", dict(no_repeat_ngram_size=3)),
     ("sample + logprobs=5", dict(strategy="sample", logprobs=5)),
+    ("greedy + trace", dict(trace=True)),
+    ("sample top_k=50 top_p=0.95 + trace", dict(strategy="sample", temperature=0.8, top_k=50, top_p=0.95,
+                                                trace=True)),
+    ("llama_cpp + trace", dict(strategy="llama_cpp", trace=True)),
 ]
 
 
@@ -55,6 +60,8 @@ def main() -> None:
         for i in range(args.steps):
             out = sampler(stream[i % len(stream)])
             sampler.accept(out.token_ids.tolist())
+            if out.trace is not None:  # what the generator reads for a tracing row
+                out.trace.to_host(sampler.tracing)
         print(f"{name:42s} {(time.perf_counter() - start) / args.steps * 1e3:8.2f}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .links import bans, filters, grammar, penalties
 from .registry import Strategy, register, register_history
-from .selectors import ARGMAX, BEAM, MIROSTAT_V2, SAMPLE
+from .selectors import ARGMAX, BEAM, MIROSTAT_V1, MIROSTAT_V2, SAMPLE
 
 # History links: any strategy but beam runs those a request switches on, first, in
 # this order (as transformers and llama.cpp put bias, bans and penalties first); the grammar
@@ -67,7 +67,7 @@ register(Strategy("mirostat", MIROSTAT_V2, (T,), params=("seed",),
                   aliases=("mirostat_v2", "mirostat2"),
                   description="adaptive truncation that steers surprise towards tau",
                   reference="llama.cpp llama_sampler_mirostat_v2 (Basu et al. 2021)"))
-register(Strategy("llama_cpp", SAMPLE, (K, filters.TYPICAL_P, P, MIN_P, filters.XTC, T),
+register(Strategy("llama_cpp", SAMPLE, (K, filters.TYPICAL_P, P, MIN_P, filters.XTC, filters.DYNAMIC_TEMPERATURE),
                   params=("seed",), aliases=("llamacpp", "llama"),
                   defaults={"top_k": 40, "top_p": 0.95, "min_p": 0.05},
                   description="llama.cpp's default sampler chain and defaults",
@@ -80,3 +80,14 @@ register(Strategy("transformers", SAMPLE,
 register(Strategy("top_n_sigma", SAMPLE, (T, filters.TOP_N_SIGMA), params=("seed",), aliases=("top_nsigma",),
                   defaults={"top_nsigma": 1.0}, description="keep tokens within n standard deviations of the top logit",
                   reference="llama.cpp llama_sampler_top_n_sigma (Tang et al. 2024, Top-n-sigma)"))
+register(Strategy("mirostat_v1", MIROSTAT_V1, (T,), params=("seed",), aliases=("mirostat1",),
+                  description="mirostat 1.0: a top-k sized from the fitted Zipf exponent and mu",
+                  reference="llama.cpp llama_sampler_mirostat (Basu et al. 2021, m = 100)"))
+register(Strategy("smoothing", SAMPLE, (T, filters.SMOOTHING, K, P, MIN_P), params=("seed",),
+                  aliases=("quadratic", "quadratic_sampling", "smoothing_factor"), defaults={"smoothing_factor": 0.3},
+                  description="quadratic sampling: bend the logits around the top one, then filter",
+                  reference="text-generation-webui QuadraticSamplingLogitsWarper (smoothing_factor)"))
+register(Strategy("dynatemp", SAMPLE, (K, P, MIN_P, filters.DYNAMIC_TEMPERATURE), params=("seed",),
+                  aliases=("dynamic_temperature", "temp_ext"), defaults={"dynatemp_range": 0.5},
+                  description="temperature between t -/+ range, higher where the distribution is flatter",
+                  reference="llama.cpp llama_sampler_temp_ext (dynatemp_range, dynatemp_exponent)"))

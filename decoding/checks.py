@@ -43,6 +43,28 @@ def check_number(name: str, value: Any, low: float | None = None, high: float | 
         raise ParamError(name, f"must be {'<' if high_open else '<='} {high}, got {value}")
 
 
+def breakers_tuple(name: str, values: Any) -> tuple[int | str, ...]:
+    """Token ids and/or texts (llama.cpp's DRY sequence breakers are texts) -> a tuple;
+    a text that reads as an integer (a CLI flag, a query) is a token id."""
+    if isinstance(values, (str, int)) and not isinstance(values, bool):
+        values = (values,)
+    try:
+        out = tuple(values or ())
+    except TypeError:
+        raise ParamError(name, f"must be a list of token ids or texts, got {values!r}") from None
+    items = []
+    for t in out:
+        if isinstance(t, str) and t.strip().lstrip("-").isdigit():
+            t = int(t)
+        if isinstance(t, str):
+            if not t:
+                raise ParamError(name, "a text breaker must not be empty")
+        else:
+            check_int(name, t, low=0, high=INT_MAX)
+        items.append(t)
+    return tuple(items)
+
+
 def int_tuple(name: str, values: Any) -> tuple[int, ...]:
     """A token id or a list of them -> a tuple of non-negative ints."""
     if isinstance(values, int) and not isinstance(values, bool):
@@ -75,6 +97,8 @@ def value_from_text(kind: str, text: str) -> Any:
         if kind.startswith("bool | str"):
             return text.strip()
         raise ValueError(text)
+    if kind.startswith("tuple[int | str"):
+        return text  # a token id or a text: the field's converter decides
     if kind.startswith(("int", "tuple[int")):
         return int(text)
     if kind.startswith("float"):

@@ -80,7 +80,14 @@ class SamplingParams:
     min_tokens_to_keep: int = _f(1, "filters never keep fewer tokens than this", low=1)
     logprobs: int = _f(0, "also report the N most likely tokens of each step, raw distribution (0 = off)",
                        low=0, high=20, off=0)
+    logprobs_mode: str = _f("raw", "where the top alternatives come from: 'raw' (the model's distribution) "
+                            "or 'processed' (after penalties, temperature and filters)")
     n: int = _f(1, "independent samples of the same prompt", low=1, high=128)
+    samplers: tuple[str, ...] = _f((), "the order of the strategy's links, as llama.cpp's server takes it "
+                                   "(e.g. top_k;min_p;temperature): listed links run in this order, the others "
+                                   "not; history links (penalties, dry) always run first")
+    trace: bool = _f(False, "add a decision trace to every token: entropy, rank, margin, what each link "
+                     "kept and removed, the processed logprob", off=False)
 
     def __post_init__(self) -> None:
         # Normalise list inputs to tuples so the object stays hashable/frozen. A value of the
@@ -91,6 +98,13 @@ class SamplingParams:
                 raise TypeError("stop strings must be text")
             object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "stop_token_ids", int_tuple("stop_token_ids", self.stop_token_ids))
+        with _reading("samplers", self.samplers):
+            names = (self.samplers,) if isinstance(self.samplers, str) else tuple(self.samplers or ())
+            if not all(isinstance(n, str) for n in names):
+                raise TypeError("sampler names must be text")
+            # "top_k;temperature" as llama.cpp's command line writes it, or one name an item
+            names = [part.strip() for n in names for part in n.replace(",", ";").split(";")]
+            object.__setattr__(self, "samplers", tuple(n for n in names if n))
         for name, convert in _CONVERTERS.items():
             with _reading(name, getattr(self, name)):
                 object.__setattr__(self, name, convert(getattr(self, name)))
@@ -138,6 +152,9 @@ class SamplingParams:
         for f in fields(self):  # a switch is a bool: [] or "yes" must not reach the tokenizer
             if f.type in ("bool", bool) and not isinstance(getattr(self, f.name), bool):
                 raise ParamError(f.name, f"must be true or false, got {getattr(self, f.name)!r}")
+        object.__setattr__(self, "_links", _ordered_links(strategy, self.samplers))
+        if self.logprobs_mode not in ("raw", "processed"):
+            raise ParamError("logprobs_mode", f"must be 'raw' or 'processed', got {self.logprobs_mode!r}")
         if self.early_stopping not in (True, False, "never"):
             raise ParamError("early_stopping", "must be true, false or 'never'")
         for s in self.stop:
@@ -150,7 +167,7 @@ class SamplingParams:
         if not beam and self.num_beams != 1:
             raise ParamError("num_beams", f"num_beams > 1 needs strategy 'beam', not '{strategy.name}'")
         if beam:
-            for fname in (*_HISTORY_SWITCHES, "logprobs"):
+            for fname in (*_HISTORY_SWITCHES, "logprobs", "trace"):
                 if getattr(self, fname) != _META[fname]["off"]:
                     raise ParamError(fname, "is not supported with beam search (strategy 'beam')")
             if self.n > self.num_beams:
@@ -160,17 +177,24 @@ class SamplingParams:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_strategy", None)  # links are module singletons: resolve again, never copy them
+        state.pop("_links", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         object.__setattr__(self, "_strategy", resolve(self.strategy))
+        object.__setattr__(self, "_links", _ordered_links(self._strategy, self.samplers))
 
     # -- what downstream code asks ------------------------------------------
     @property
     def resolved_strategy(self) -> Strategy:
         """The ``Strategy`` object of ``strategy``, resolved once at validation."""
         return self._strategy
+
+    @property
+    def links(self) -> tuple:
+        """The strategy's links this request runs, in its order (``samplers``, else the strategy's)."""
+        return self._links
 
     @property
     def is_greedy(self) -> bool:
@@ -185,7 +209,7 @@ class SamplingParams:
     def active_transforms(self) -> tuple[str, ...]:
         """Every link that runs for this request, in order (history first; a greedy
         request skips the strategy's links that cannot change the argmax)."""
-        own = tuple(link.name for link in self._strategy.links
+        own = tuple(link.name for link in self._links
                     if link.is_on(self) and (link.changes_argmax or not self.is_greedy))
         return self.processors() + own
 
@@ -218,6 +242,32 @@ _STRATEGY_DEFAULTED = tuple(f.name for f in fields(SamplingParams) if f.default 
 _HISTORY_FIELDS = frozenset(name for link in history() for name in link.fields)
 _HISTORY_SWITCHES = tuple(p.name for link in history() if not link.with_beam for p in link.switches)
 _CONVERTERS = {p.name: p.convert for p in _LINK_PARAMS if p.convert is not None}
+
+
+# llama.cpp's sampler names (its server's ``samplers``) -> our link names; its history
+# samplers run first here whatever the order, so naming them is allowed and changes nothing.
+_SAMPLER_NAMES = {"typ_p": "typical_p", "typical": "typical_p", "temp": "temperature", "top_nsigma": "top_n_sigma",
+                  "nucleus": "top_p", "quadratic": "smoothing"}
+_HISTORY_SAMPLERS = {"penalties", "dry", "logit_bias", "infill"}
+
+
+def _ordered_links(strategy: Strategy, samplers: tuple[str, ...]) -> tuple:
+    """The strategy's links in ``samplers``' order (all of them, in its own, when empty)."""
+    if not samplers:
+        return strategy.links
+    own = {link.name: link for link in strategy.links}
+    out = []
+    for name in samplers:
+        key = _SAMPLER_NAMES.get(name.lower(), name.lower())
+        if key in _HISTORY_SAMPLERS:
+            continue
+        if key not in own:
+            raise ParamError("samplers", f"{name!r} is not a link of strategy '{strategy.name}' "
+                                         f"(its links: {', '.join(own) or 'none'})")
+        if own[key] in out:
+            raise ParamError("samplers", f"{name!r} is listed twice")
+        out.append(own[key])
+    return tuple(out)
 
 
 @contextmanager

@@ -21,7 +21,8 @@ from .lazy import torch
 from .links.base import Batch, Link, LinkState
 from .params import SamplingParams
 from .registry import Strategy, history
-from .selectors import ARGMAX, Selector, argmax, make_generator
+from .selectors import ARGMAX, Selector, argmax, extra_generator, make_generator
+from .trace import StepTrace, TraceRecorder
 
 # ``logits[B, V] float32 -> (ids[B], logprobs[B])``: the same choice as ``argmax`` and
 # log_softmax at it, fused (the generator's kernel library provides one).
@@ -34,14 +35,18 @@ class StepOutput:
 
     ``logprobs`` and ``top_logprobs`` come from the raw distribution (the model's
     log-softmax before any penalty, temperature or filter), as OpenAI and vLLM's
-    default report them. ``top_ids``/``top_logprobs`` are ``[B, N]`` (most likely
-    first) with ``N`` the largest ``logprobs`` any row asked for, else ``None``.
+    default report them; a row with ``logprobs_mode="processed"`` gets its top
+    alternatives from the distribution after the chain instead. ``top_ids``/``top_logprobs``
+    are ``[B, N]`` (most likely first) with ``N`` the largest ``logprobs`` any row asked
+    for, else ``None``. ``trace``: the decision trace when some row asked for one
+    (``decoding.trace``; ``None`` otherwise, so nothing more is read to the host).
     """
 
     token_ids: torch.Tensor  # (B,) int64
     logprobs: torch.Tensor  # (B,) float32
     top_ids: torch.Tensor | None = None  # (B, N) int64
     top_logprobs: torch.Tensor | None = None  # (B, N) float32
+    trace: StepTrace | None = None
 
 
 class RowState:
@@ -55,6 +60,7 @@ class RowState:
                  prompt_ids: Sequence[int] = (), device: torch.device | str = "cpu", grammars=None):
         self.params = params
         self.generator = generator if generator is not None else make_generator(params.seed, device)
+        self._extra: torch.Generator | None = None  # made on first use
         self.history: list[int] = list(prompt_ids)
         self.prompt_len = len(self.history)
         strategy = params.resolved_strategy
@@ -71,6 +77,25 @@ class RowState:
     def generated(self) -> int:
         """Tokens generated so far."""
         return len(self.history) - self.prompt_len
+
+    @property
+    def extra_generator(self) -> torch.Generator:
+        """The row's second stream, for draws besides the selector's noise (XTC's coin): seeded
+        from the same seed, so the main stream draws the same noise each step whatever the
+        chain (common random numbers, ``decoding.selectors.extra_generator``)."""
+        if self._extra is None:
+            self._extra = extra_generator(self.generator)
+        return self._extra
+
+    def rng_state(self) -> tuple:
+        """Both streams' states (a failed batch call winds them back)."""
+        return self.generator.get_state(), None if self._extra is None else self._extra.get_state()
+
+    def set_rng_state(self, state: tuple) -> None:
+        main, extra = state
+        self.generator.set_state(main)
+        if extra is not None:
+            self.extra_generator.set_state(extra)
 
     def clone(self) -> "RowState":
         """A fork (a beam's): its own history and link states, the same settings and generator."""
@@ -100,7 +125,8 @@ class _Group:
         self.rows = rows
         self.index = torch.tensor(rows, device=device)
         self.states = [states[i] for i in rows]
-        self.links = tuple(link for link in strategy.links if link.changes_argmax or not greedy)
+        links = self.states[0].params.links  # the group's rows share their order (samplers)
+        self.links = tuple(link for link in links if link.changes_argmax or not greedy)
         self.selector = ARGMAX if greedy else strategy.selector
         self.chain: list[tuple[Link, object]] | None = None  # (link, columns), built on the first step
 
@@ -110,11 +136,15 @@ class _Group:
         self.chain = [(link, cols) for link, cols in chain if cols is not None]
         self.selector_columns = self.selector.columns(self.states, batch)
 
-    def run(self, logits: torch.Tensor) -> torch.Tensor:
-        """The group's chain and selector over its rows' logits ``[G, V]`` -> ids ``[G]``."""
+    def run(self, logits: torch.Tensor, recorder: TraceRecorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The group's chain and selector over its rows' logits ``[G, V]`` -> ids ``[G]``,
+        and the logits the selector received (what "processed" means)."""
         for link, cols in self.chain:
+            before = logits
             logits = link.apply(logits, cols)
-        return self.selector.select(logits, self.selector_columns)
+            if recorder is not None:
+                recorder.record(link, self.rows, [s.params for s in self.states], before, logits)
+        return self.selector.select(logits, self.selector_columns), logits
 
 
 class BatchSampler:
@@ -172,13 +202,18 @@ class BatchSampler:
             raise ValueError("beam rows are driven by decoding.beam.BeamSearch, not BatchSampler")
         greedy = [p.is_greedy for p in self.params]
         self.all_greedy = all(greedy)
-        groups: dict[tuple[str, int, bool], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i, (p, s) in enumerate(zip(self.params, strategies)):
             # greedy rows skip the links that cannot change the argmax: most strategies, all of them
-            if not greedy[i] or any(link.changes_argmax for link in s.links):
-                groups.setdefault((p.strategy, p.min_tokens_to_keep, greedy[i]), []).append(i)
+            if not greedy[i] or any(link.changes_argmax for link in p.links):
+                groups.setdefault((p.strategy, p.min_tokens_to_keep, greedy[i], p.samplers), []).append(i)
         self.groups = [_Group(idx, rows, strategies[idx[0]], key[2], device) for key, idx in groups.items()]
         self.top_n = max(p.logprobs for p in self.params)
+        self.tracing = [p.trace for p in self.params]
+        self.any_tracing = any(self.tracing)
+        # rows whose top alternatives come from the processed distribution (a [B] mask, or None)
+        processed = [p.logprobs > 0 and p.logprobs_mode == "processed" for p in self.params]
+        self.processed_top = torch.tensor(processed, device=device)[:, None] if any(processed) else None
         # the history links some row switches on, in their order; every row runs them
         self.history = [link for link in history() if any(link.is_on(p) for p in self.params)]
         self._history_chain: list[tuple[Link, object]] | None = None  # built on the first call (needs V)
@@ -196,12 +231,15 @@ class BatchSampler:
         for group in self.groups:
             group.build(batch)
 
-    def process(self, logits: torch.Tensor) -> torch.Tensor:
+    def process(self, logits: torch.Tensor, recorder: TraceRecorder | None = None) -> torch.Tensor:
         """The history links every strategy applies (bias, bans, penalties, DRY)."""
         if self._history_chain is None:
             self._build(logits.shape[-1])
         for link, cols in self._history_chain:
+            before = logits
             logits = link.apply(logits, cols)
+            if recorder is not None:
+                recorder.record(link, None, self.params, before, logits)
         return logits
 
     def __call__(self, logits: torch.Tensor) -> StepOutput:
@@ -210,18 +248,28 @@ class BatchSampler:
         if self._history_chain is None:
             self._build(logits.shape[-1])
         if (self.greedy_pick is not None and self.all_greedy and self.top_n == 0 and not self.history
-                and not self.groups and logits.device.type == "cpu"):
+                and not self.groups and not self.any_tracing and logits.device.type == "cpu"):
             return StepOutput(*self.greedy_pick(logits))
         raw_logprobs = logits.log_softmax(dim=-1)
-        logits = self.process(logits)
+        recorder = TraceRecorder() if self.any_tracing else None
+        logits = self.process(logits, recorder)
+        processed = logits  # (B, V) each row's selector input, assembled only when someone reads it
+        keep = self.any_tracing or self.processed_top is not None
         ids = argmax(logits)
         for group in self.groups:
             whole = len(group.rows) == len(self.rows)
-            sampled = group.run(logits if whole else logits.index_select(0, group.index))
+            sampled, final = group.run(logits if whole else logits.index_select(0, group.index), recorder)
             ids = sampled if whole else ids.index_copy(0, group.index, sampled)
+            if keep:
+                processed = final if whole else processed.index_copy(0, group.index, final)
         out = StepOutput(ids, raw_logprobs.gather(-1, ids[:, None]).squeeze(-1))
         if self.top_n > 0:
-            out.top_logprobs, out.top_ids = torch.topk(raw_logprobs, self.top_n, dim=-1)
+            source = raw_logprobs
+            if self.processed_top is not None:
+                source = torch.where(self.processed_top, processed.float().log_softmax(dim=-1), raw_logprobs)
+            out.top_logprobs, out.top_ids = torch.topk(source, self.top_n, dim=-1)
+        if recorder is not None:
+            out.trace = recorder.finish(ids, raw_logprobs, processed)
         return out
 
     def accept(self, token_ids: Sequence[int] | torch.Tensor) -> None:

@@ -27,7 +27,10 @@ def sample(logits: torch.Tensor, generators: list[torch.Generator | None]) -> to
 
     Uses the exponential race ``argmax(p / E)`` with ``E ~ Exp(1)`` drawn from each
     row's own generator, so a row's draw depends on its seed alone, whatever else
-    shares the batch, and no multinomial call syncs the device.
+    shares the batch, and no multinomial call syncs the device. Every step draws
+    exactly ``V`` numbers per row whatever the chain kept, so two chains under one seed
+    see the same noise at every step (common random numbers): where their kept sets and
+    relative probabilities agree they pick the same token.
     """
     probs = logits.float().softmax(dim=-1)
     noise = torch.empty_like(probs)
@@ -43,6 +46,18 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
         gen.seed()
     else:
         gen.manual_seed(seed)
+    return gen
+
+
+# Mixes a seed into the seed of its second stream (an odd 64-bit constant, the golden ratio's).
+_EXTRA_MIX = 0x9E3779B97F4A7C15
+
+
+def extra_generator(main: torch.Generator) -> torch.Generator:
+    """The second stream of a row whose main stream is ``main``: seeded from ``main``'s seed,
+    so the same seed gives the same second stream, and draws from it never move ``main``."""
+    gen = torch.Generator(device=main.device)
+    gen.manual_seed((main.initial_seed() * _EXTRA_MIX + 1) % 2**63)
     return gen
 
 
@@ -176,6 +191,24 @@ class Mirostat(Selector):
         return sample(logits, generators)
 
 
+class MirostatV1(Mirostat):
+    """Mirostat 1.0 (llama.cpp's ``llama_sampler_mirostat``, m = 100): a top-k whose k comes
+    from the Zipf exponent fitted to the most likely tokens and ``mu``; it learns ``mu``
+    as mirostat 2.0 does."""
+
+    name = "mirostat_v1"
+
+    def columns(self, rows, batch):
+        return [r.generator for r in rows], [r.states[self] for r in rows], batch.vocab
+
+    def select(self, logits, columns):
+        generators, states, vocab = columns
+        logits = transforms.mirostat_v1_truncate(logits, torch.stack([s.mu for s in states]), vocab)
+        for row, state in enumerate(states):
+            state.observe(logits[row])
+        return sample(logits, generators)
+
+
 class Beam(Selector):
     name = "beam"
     is_beam = True
@@ -187,4 +220,5 @@ class Beam(Selector):
 ARGMAX = Argmax()
 SAMPLE = Sample()
 MIROSTAT_V2 = Mirostat()
+MIROSTAT_V1 = MirostatV1()
 BEAM = Beam()

@@ -338,3 +338,50 @@ def mirostat_v2_truncate(logits: torch.Tensor, mu: Param) -> torch.Tensor:
     remove = surprise > col
     remove = _keep_top(remove, logits, 1)
     return logits.masked_fill(remove, float("-inf"))
+
+
+def dynamic_temperature(logits: torch.Tensor, t: Param, delta: Param, exponent: Param) -> torch.Tensor:
+    """llama.cpp's ``temp-ext`` (DynaTemp): a row with ``delta > 0`` divides by
+    ``lo + (hi - lo) * (H / log n) ** exponent``, ``lo, hi = max(0, t - delta), t + delta``,
+    ``H`` the entropy (nats) of its distribution, ``n`` its tokens still in play (with one,
+    nothing changes); ``delta == 0`` is plain ``temperature``."""
+    t_col = _per_row(t, logits, torch.float32)
+    d_col = _per_row(delta, logits, torch.float32)
+    e_col = _per_row(exponent, logits, torch.float32)
+    logp = logits.float().log_softmax(dim=-1)
+    entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(dim=-1, keepdim=True)
+    n = torch.isfinite(logits).sum(dim=-1, keepdim=True)
+    norm = entropy / n.clamp(min=2).float().log()
+    lo, hi = (t_col - d_col).clamp(min=0.0), t_col + d_col
+    dyn = (lo + (hi - lo) * norm.pow(e_col)).clamp(min=1e-6)  # lo 0 and a certain row: no division by 0
+    dyn = torch.where(n > 1, dyn, torch.ones_like(dyn))
+    return torch.where(d_col > 0, logits / dyn.to(logits.dtype), temperature(logits, t))
+
+
+def quadratic_smoothing(logits: torch.Tensor, factor: Param) -> torch.Tensor:
+    """Quadratic sampling (text-generation-webui's ``smoothing_factor``): each logit becomes
+    ``top - factor * (logit - top) ** 2`` with ``top`` the row's largest; ``factor == 0`` is
+    off. The order of tokens never changes; a larger factor sharpens."""
+    col = _per_row(factor, logits, logits.dtype)
+    top = logits.max(dim=-1, keepdim=True).values
+    smoothed = top - col * (logits - top).square()
+    return torch.where(col > 0, smoothed, logits)
+
+
+def mirostat_v1_truncate(logits: torch.Tensor, mu: Param, vocab: int, m: int = 100) -> torch.Tensor:
+    """Mirostat 1.0's truncation (Basu et al. 2021, llama.cpp ``llama_sampler_mirostat``):
+    fit the Zipf exponent ``s`` to the ``m`` most likely tokens (least squares of
+    ``log(p_i / p_i+1)`` on ``log((i+2) / (i+1))``), then keep the top
+    ``k = ((s - 1) 2**mu / (1 - vocab ** (1 - s))) ** (1 / s)`` tokens (at least one)."""
+    mu_col = _per_row(mu, logits, torch.float32)
+    probs = logits.float().softmax(dim=-1)
+    top = probs.topk(min(m, logits.shape[-1]), dim=-1).values  # (B, m) most likely first
+    i = torch.arange(top.shape[-1] - 1, device=logits.device, dtype=torch.float32)
+    t = ((i + 2) / (i + 1)).log()
+    b = (top[:, :-1] / top[:, 1:]).log()
+    live = (top[:, 1:] > 0).float()  # pairs inside the tokens still in play
+    s_hat = (t * b * live).nan_to_num(0.0).sum(-1, keepdim=True) / (t * t * live).sum(-1, keepdim=True)
+    eps = s_hat - 1
+    k = (eps * torch.pow(2.0, mu_col) / (1 - torch.pow(float(vocab), -eps))).pow(1 / s_hat)
+    k = k.nan_to_num(nan=float(vocab), posinf=float(vocab)).clamp(1, vocab).floor().long()
+    return top_k(logits, k.squeeze(-1))

@@ -324,7 +324,7 @@ class BatchGenerator:
                      whole: torch.Tensor | None, failed: dict[int, Exception]) -> list[tuple[int, TokenEvent]]:
         # Wound back if the batch's call fails: it may have drawn for some rows already
         # (greedy rows never draw: nothing to keep for them).
-        saved = [None if r.params.is_greedy else r.state.generator.get_state() for r in rows] \
+        saved = [None if r.params.is_greedy else r.state.rng_state() for r in rows] \
             if len(rows) > 1 else None
         try:
             if self._sampler is None or self._sampler_rows != rows:
@@ -343,7 +343,7 @@ class BatchGenerator:
                 return []
             for r, state in zip(rows, saved):
                 if state is not None:
-                    r.state.generator.set_state(state)
+                    r.state.set_rng_state(state)
             # A row's draw never depends on its batch-mates, so alone each draws the same token.
             events = [ev for r in rows for ev in self._sample_step([r], logits_of, None, failed)]
             self._sampler = None  # the next step builds one over the rows left
@@ -354,6 +354,8 @@ class BatchGenerator:
         if out.top_ids is not None and any(r.params.logprobs > 0 for r in rows):
             # A second read, only when some request asked for alternatives: all rows at once.
             top_ids, top_lps = out.top_ids.tolist(), out.top_logprobs.tolist()
+        # The decision trace: one more read, only when some row asked for it (decoding/trace.py).
+        traces = out.trace.to_host(self._sampler.tracing) if out.trace is not None else [None] * len(rows)
         events = []
         for i, (r, tok, (_, lp)) in enumerate(zip(rows, ids, host)):
             top = () if top_ids is None or r.params.logprobs <= 0 else \
@@ -363,7 +365,7 @@ class BatchGenerator:
                 finish_reason(tok, r.stop_ids, r.text, r.emitted + 1 >= r.params.max_new_tokens)
             if finish:
                 delta += r.text.flush()
-            events.append((r.handle, TokenEvent(tok, delta, lp, r.emitted, finish, top)))
+            events.append((r.handle, TokenEvent(tok, delta, lp, r.emitted, finish, top, traces[i])))
             r.emitted += 1
             r.next_token = tok
             if finish:

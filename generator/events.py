@@ -26,8 +26,10 @@ class TokenEvent:
     the last event only: ``"stop"`` (EOS, a stop id or a stop string) or
     ``"length"`` (``max_new_tokens`` reached). ``top_logprobs`` holds the
     ``params.logprobs`` most likely tokens of this step, most likely first, from the
-    same raw distribution as ``logprob`` (OpenAI's ``top_logprobs``); empty when not
-    asked for.
+    same raw distribution as ``logprob`` (OpenAI's ``top_logprobs``), or from the processed
+    one with ``logprobs_mode="processed"`` (tokens the chain removed left out); empty when
+    not asked for. ``trace``: the decision trace of this token when the request asked for
+    one (``trace=True``; the dict of ``decoding.trace``), else ``None``.
     """
 
     token_id: int
@@ -36,6 +38,7 @@ class TokenEvent:
     index: int
     finish_reason: str | None = None
     top_logprobs: tuple[TopLogprob, ...] = ()
+    trace: dict | None = None
 
 
 def top_logprobs(ids: list[int], lps: list[float], n: int, tokenizer) -> tuple[TopLogprob, ...]:
@@ -43,4 +46,4 @@ def top_logprobs(ids: list[int], lps: list[float], n: int, tokenizer) -> tuple[T
     every row's top ids and logprobs in one go, only when some request asked for
     ``logprobs``). Each alternative's text is that token decoded alone (what OpenAI
     reports as ``token``)."""
-    return tuple(TopLogprob(t, tokenizer.decode([t]), lp) for t, lp in zip(ids[:n], lps[:n]))
+    return tuple(TopLogprob(t, tokenizer.decode([t]), lp) for t, lp in zip(ids[:n], lps[:n]) if lp != float("-inf"))

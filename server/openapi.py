@@ -43,6 +43,7 @@ _REQUEST_KEY_SCHEMAS = {
     "chat": ({"type": "boolean"}, "apply the chat template to the prompt as a user message"),
     "last_event_id": ({"type": "string"}, "resume after this event (as the Last-Event-ID header)"),
     "api_key": ({"type": "string"}, "the API key, for EventSource, which cannot send headers"),
+    "prefix_ids": ({"type": "string"}, "comma-separated token ids the stream continues after (a fork)"),
 }
 
 

@@ -87,6 +87,7 @@ class Row(Protocol):
 
     params: Any  # the row's SamplingParams
     generator: torch.Generator
+    extra_generator: torch.Generator  # a second stream of the same seed (XTC's coin)
     history: list[int]  # prompt + output
     prompt_len: int
     states: dict[Any, "LinkState"]  # link or selector -> its state for this row

@@ -24,6 +24,45 @@ class Temperature(ColumnLink):
         return transforms.temperature(logits, columns[0])
 
 
+class DynamicTemperature(Temperature):
+    """llama.cpp's ``temp-ext``: the temperature, dynamic when ``dynatemp_range`` > 0 (one
+    link, as there, since a dynamic temperature replaces the fixed one; it shows as
+    ``temperature`` in a chain and in a ``samplers`` order)."""
+
+    params = (Temperature.params[0],
+              Param("dynatemp_range", "float | None", None, "dynamic temperature: between temperature -/+ this, "
+                    "by the entropy of the distribution (0 = off)", low=0.0, off=0.0),
+              Param("dynatemp_exponent", "float", 1.0, "dynamic temperature: exponent of the normalised entropy",
+                    low=0.0))
+
+    def is_on(self, params):
+        return params.temperature != 1.0 or params.dynatemp_range != 0.0
+
+    def columns(self, rows, batch):
+        if not any(self.is_on(r.params) for r in rows):
+            return None
+        t = torch.tensor([r.params.temperature for r in rows], device=batch.device)
+        if all(r.params.dynatemp_range == 0 for r in rows):
+            return t, None, None
+        return (t, torch.tensor([r.params.dynatemp_range for r in rows], device=batch.device),
+                torch.tensor([r.params.dynatemp_exponent for r in rows], device=batch.device))
+
+    def apply(self, logits, columns):
+        t, delta, exponent = columns
+        if delta is None:
+            return transforms.temperature(logits, t)
+        return transforms.dynamic_temperature(logits, t, delta, exponent)
+
+
+class QuadraticSmoothing(ColumnLink):
+    name = "smoothing"
+    params = (Param("smoothing_factor", "float | None", None, "quadratic sampling: logit -> top - factor x "
+                    "(logit - top)^2 (0 = off)", low=0.0, off=0.0),)
+
+    def apply(self, logits, columns):
+        return transforms.quadratic_smoothing(logits, columns[0])
+
+
 class TopK(ColumnLink):
     name = "top_k"
     params = (Param("top_k", "int | None", None, "keep only the k most likely tokens (0 = off)", low=0, off=0,
@@ -105,17 +144,21 @@ class ExcludeTopChoices(ColumnLink):
         threshold = torch.tensor([r.params.xtc_threshold for r in rows], device=batch.device)
         # host-side list of the rows that draw, so a step needs no device read to know it
         drawing = [j for j, r in enumerate(rows) if r.params.xtc_probability > 0]
-        return (*cols, threshold, torch.tensor(drawing, device=batch.device), [rows[j].generator for j in drawing])
+        # the coin comes from each row's second stream: the selector's noise stays where it was
+        return (*cols, threshold, torch.tensor(drawing, device=batch.device),
+                [rows[j].extra_generator for j in drawing])
 
     def apply(self, logits, columns):
         probability, min_keep, threshold, drawing, generators = columns
-        # the draw comes first from each row's own generator, so it depends on that row alone
+        # each row draws from its own stream, so the coin depends on that row alone
         u = torch.ones(logits.shape[0], device=logits.device)
         u = u.index_copy(0, drawing, selectors.uniform(generators, logits.device))
         return transforms.xtc(logits, probability, threshold, u, min_keep)
 
 
 TEMPERATURE = Temperature()
+DYNAMIC_TEMPERATURE = DynamicTemperature()
+SMOOTHING = QuadraticSmoothing()
 TOP_K = TopK()
 TOP_P = TopP()
 MIN_P = MinP()

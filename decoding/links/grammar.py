@@ -135,6 +135,14 @@ class Grammars:
                                                            eos_token=self.eos_token_ids or None)
         return self._tokenizer
 
+    def token_texts(self) -> list[str]:
+        """Each token id's text, decoded alone (built once; DRY's text breakers read it)."""
+        with self._lock:
+            if getattr(self, "_texts", None) is None:
+                size = min(self.vocab, len(self.hf_tokenizer))
+                self._texts = self.hf_tokenizer.batch_decode([[i] for i in range(size)])
+            return self._texts
+
     def matcher(self, kind: str, text: str) -> llguidance.LLMatcher:
         """A matcher at the start of constraint ``kind`` (a ``KINDS`` field) with ``text``."""
         key = (kind, text)

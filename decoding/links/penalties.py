@@ -9,7 +9,7 @@ from functools import partial
 from ..lazy import torch
 
 from .. import transforms
-from ..checks import int_tuple
+from ..checks import ParamError, breakers_tuple
 from .base import Batch, Link, Param
 
 
@@ -99,11 +99,25 @@ class DontRepeatYourself(Link):
                     low=1.0, low_open=True),
               Param("dry_allowed_length", "int", 2, "DRY: repeats up to this length are not penalised", low=1),
               Param("dry_penalty_last_n", "int", -1, "DRY: look back this many tokens (-1 = all)", low=-1),
-              Param("dry_sequence_breakers", "tuple[int, ...]", (), "DRY: token id that ends a repeat (repeatable)",
-                    convert=partial(int_tuple, "dry_sequence_breakers")))
+              Param("dry_sequence_breakers", "tuple[int | str, ...]", (), "DRY: a token id, or a text (as "
+                    "llama.cpp's), that ends a repeat: every token containing the text (repeatable)",
+                    convert=partial(breakers_tuple, "dry_sequence_breakers")))
     changes_argmax = True
     description = "penalise extending a sequence that already occurred"
     reference = "llama.cpp DRY sampler (p-e-w)"
+
+    def new_state(self, params, prompt_ids, grammars=None):
+        """A row's breakers as token ids: ids as given, a text as every token whose text
+        contains it (llama.cpp's case of a breaker inside one token; one spread over
+        several tokens is not matched). Texts need the tokenizer (``grammars``)."""
+        texts = [b for b in params.dry_sequence_breakers if isinstance(b, str)]
+        if not self.is_on(params) or not texts:
+            return None
+        if grammars is None:
+            raise ParamError("dry_sequence_breakers", "text breakers need the engine's tokenizer; give token ids")
+        ids = {b for b in params.dry_sequence_breakers if not isinstance(b, str)}
+        ids.update(i for i, text in enumerate(grammars.token_texts()) if any(t in text for t in texts))
+        return _Breakers(frozenset(ids))
 
     def columns(self, rows, batch: Batch):
         if not any(self.is_on(r.params) for r in rows):
@@ -114,9 +128,27 @@ class DontRepeatYourself(Link):
         penalties = []
         for r, on in rows:
             p = r.params
+            state = r.states.get(self)
+            breakers = state.ids if state is not None else p.dry_sequence_breakers
             penalties.append(transforms.dry_penalties(r.history, p.dry_multiplier, p.dry_base, p.dry_allowed_length,
-                                                      p.dry_penalty_last_n, p.dry_sequence_breakers) if on else {})
+                                                      p.dry_penalty_last_n, breakers) if on else {})
         return transforms.dry(logits, penalties)
+
+
+class _Breakers:
+    """A row's DRY breakers as token ids (a state that learns nothing)."""
+
+    def __init__(self, ids: frozenset[int]):
+        self.ids = ids
+
+    def accept(self, token: int) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def clone(self) -> "_Breakers":
+        return self
 
 
 REPETITION_PENALTY = RepetitionPenalty()

@@ -81,7 +81,7 @@ def _file_or_text(name: str, text: str) -> str:
 _EXPECTED = {
     "int": "an integer", "float": "a number", "bool": "true or false", "bool | str": "true, false or never",
     "dict[int, float]": "ID=BIAS (e.g. 42=-5.5)", "tuple[tuple[int, ...], ...]": "comma-separated token ids",
-    "tuple[int, ...]": "an integer token id",
+    "tuple[int, ...]": "an integer token id", "tuple[int | str, ...]": "a token id or a text",
 }
 
 
@@ -93,7 +93,7 @@ def _is_list(name: str) -> bool:
 # -- flags ------------------------------------------------------------------------
 
 _METAVARS = {"dict[int, float]": "ID=BIAS", "tuple[tuple[int, ...], ...]": "ID[,ID...]", "tuple[str, ...]": "TEXT",
-             "tuple[int, ...]": "ID", "bool | str": "{true,false,never}"}
+             "tuple[int, ...]": "ID", "tuple[int | str, ...]": "ID|TEXT", "bool | str": "{true,false,never}"}
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from .columns import LiveColumns
 from .common import (CLIError, add_constraint_flags, add_model_flags, engine_options, is_sampling, load_engine,
                      parse_engine_args, parse_strategy_spec, read_prompts_file)
 from .replay import StreamRecorder, engine_header
+from .research import divergence_table, divergences
 
 # -- running -----------------------------------------------------------------
 
@@ -192,7 +193,7 @@ def build_report(engine, prompts, specs, labels, runs, settings: dict[str, Any])
         })
     return _jsonable({"settings": {**settings, "model": engine.name, "device": str(engine.device),
                                    "dtype": str(engine.dtype).removeprefix("torch.")},
-                      "prompts": prompts, "strategies": entries})
+                      "prompts": prompts, "strategies": entries, "divergences": divergences(runs, labels)})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -252,6 +253,8 @@ def add_commands(sub) -> None:
     cmp.add_argument("--ignore-eos", action="store_true", help="every stream runs to --max-new-tokens")
     cmp.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
     add_constraint_flags(cmp)  # one constraint for every strategy
+    cmp.add_argument("--trace", action="store_true",
+                     help="add each token's decision trace to --json/--record (every strategy but beam)")
     cmp.add_argument("--sequential", action="store_true",
                      help="run the streams one after another instead of token by token in turn")
     cmp.add_argument("--no-live", action="store_true", help="do not show the streams, only the table")
@@ -278,6 +281,8 @@ def cmd_compare(args) -> int:
     defaults = {"max_new_tokens": args.max_new_tokens, "ignore_eos": True if args.ignore_eos else None,
                 "json_schema": args.json_schema, "regex": args.regex, "grammar": args.grammar}
     specs = [parse_strategy_spec(s, **defaults) for s in args.specs]  # ParamError -> one line
+    if args.trace:
+        specs = [p if p.resolved_strategy.selector.is_beam else p.replace(trace=True) for p in specs]
     labels = list(args.specs)
     options = parse_engine_args(args.engine_arg)
     load_options = engine_options(args, options)
@@ -312,6 +317,8 @@ def cmd_compare(args) -> int:
     if view is not None:
         console.print()  # the live view may end mid-line (in a pipe): start the table on its own
     console.print(summary_table(report))
+    if len(specs) > 1:
+        console.print(divergence_table(report["divergences"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)

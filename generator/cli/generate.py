@@ -12,6 +12,7 @@ from decoding import SamplingParams
 
 from .common import (CLIError, add_model_flags, add_sampling_flags, engine_options, load_engine,
                      sampling_params_from_args)
+from .research import trace_line
 
 
 def add_commands(sub) -> None:
@@ -68,6 +69,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 continue
             stamps.append(time.perf_counter())
             last = ev
+            if ev.trace is not None:  # --trace: one line per token on stderr, the text stays on stdout
+                print(trace_line(ev.index, ev.text, ev.trace), file=sys.stderr, flush=True)
             if ev.text:
                 out.write(ev.text)
                 out.flush()

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from ..events import TokenEvent
 from .columns import LiveColumns
-from .common import CLIError
+from .common import CLIError, add_model_flags
 
 FORMAT_VERSION = 1
 
@@ -129,6 +129,14 @@ def add_commands(sub) -> None:
     rep.add_argument("--speed", type=float, default=1.0, help="play this many times faster (default 1)")
     rep.add_argument("--stream", default=None,
                      help="play only this stream (compare recordings hold one per strategy and sample)")
+    rep.add_argument("--fork", metavar="INDEX:TOKEN",
+                     help="continue the recorded stream from its first INDEX tokens with TOKEN (an id or a "
+                          "one-token text) at INDEX; loads the model (generate recordings)")
+    rep.add_argument("--strategy", metavar="SPEC", help="--fork: continue with this strategy spec "
+                     "(default: the recorded settings)")
+    rep.add_argument("--max-new-tokens", type=int, default=None,
+                     help="--fork: tokens after the fork (default: what the recording had left)")
+    add_model_flags(rep)
     rep.set_defaults(func=cmd_replay)
 
 
@@ -146,6 +154,12 @@ def cmd_replay(args) -> int:
             raise CLIError(f"--stream {args.stream!r} is not in the recording; it has: {', '.join(streams)}")
         events = [ev for ev in events if ev.get("stream", "0") == args.stream]
         streams = [args.stream]
+    if args.fork is not None:
+        if len(streams) > 1:
+            raise CLIError("--fork continues one stream: choose it with --stream")
+        from .research import run_fork
+
+        return run_fork(args, header, events)
     if len(streams) <= 1:
         out = sys.stdout
         for ev in replay_events(events, args.speed):

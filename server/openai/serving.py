@@ -163,11 +163,11 @@ async def chat_completion(intake: Intake, req: ChatCompletionRequest, request: R
     if req.stream:
         first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                   "finish_reason": None} for i in range(req.n)]
-        return _stream(s, "chat.completion.chunk", first, {"delta": {}}, lambda i, evs: {
-            "index": i, "delta": {"content": "".join(ev.text for ev in evs)}, "logprobs": logprobs(evs)})
+        return _stream(s, "chat.completion.chunk", first, {"delta": {}}, lambda i, evs: with_trace({
+            "index": i, "delta": {"content": "".join(ev.text for ev in evs)}, "logprobs": logprobs(evs)}, evs))
     events = await collect(s.group, req.n, request)
-    choices = [{"index": i, "message": {"role": "assistant", "content": "".join(e.text for e in evs)},
-                "logprobs": logprobs(evs), "finish_reason": evs[-1].finish_reason if evs else "stop"}
+    choices = [with_trace({"index": i, "message": {"role": "assistant", "content": "".join(e.text for e in evs)},
+                           "logprobs": logprobs(evs), "finish_reason": evs[-1].finish_reason if evs else "stop"}, evs)
                for i, evs in enumerate(events)]
     return {"id": s.id, "object": "chat.completion", "created": s.created, "model": s.model, "choices": choices,
             "usage": usage(len(s.ids), sum(len(e) for e in events)), "timings": timings(s.group.jobs[0], len(s.ids))}
@@ -183,7 +183,7 @@ async def text_completion(intake: Intake, req: CompletionRequest, request: Reque
 
         def delta(i, evs):
             logprobs = CompletionLogprobs.merge([trackers[i].entry(ev) for ev in evs]) if want_logprobs else None
-            return {"index": i, "text": "".join(ev.text for ev in evs), "logprobs": logprobs}
+            return with_trace({"index": i, "text": "".join(ev.text for ev in evs), "logprobs": logprobs}, evs)
 
         return _stream(s, "text_completion", [], {"text": ""}, delta)
     events = await collect(s.group, req.n, request)
@@ -193,10 +193,17 @@ async def text_completion(intake: Intake, req: CompletionRequest, request: Reque
         if want_logprobs:
             tracker = CompletionLogprobs(top_n, s.token_text)
             logprobs = CompletionLogprobs.merge([tracker.entry(ev) for ev in evs])
-        choices.append({"index": i, "text": "".join(e.text for e in evs), "logprobs": logprobs,
-                        "finish_reason": evs[-1].finish_reason if evs else "stop"})
+        choices.append(with_trace({"index": i, "text": "".join(e.text for e in evs), "logprobs": logprobs,
+                                   "finish_reason": evs[-1].finish_reason if evs else "stop"}, evs))
     return {"id": s.id, "object": "text_completion", "created": s.created, "model": s.model, "choices": choices,
             "usage": usage(len(s.ids), sum(len(e) for e in events)), "timings": timings(s.group.jobs[0], len(s.ids))}
+
+
+def with_trace(choice: dict, evs) -> dict:
+    """A choice with ``trace``: one decision trace per token, when the request asked (``trace: true``)."""
+    if evs and evs[0].trace is not None:
+        choice["trace"] = [ev.trace for ev in evs]
+    return choice
 
 
 def _stream(s: Started, kind: str, first: list[dict], closing: dict, delta):

@@ -17,7 +17,7 @@ from decoding.checks import value_from_text
 from ..errors import APIError, from_param_error
 
 # Query keys that are not settings: the prompt, how to read it, resume and auth.
-REQUEST_KEYS = ("prompt", "chat", "last_event_id", "api_key")
+REQUEST_KEYS = ("prompt", "chat", "last_event_id", "api_key", "prefix_ids")
 _FIELD_ALIASES = {"max_tokens": "max_new_tokens"}
 
 
@@ -43,6 +43,22 @@ def params_from_query(query, default_max_tokens: int) -> SamplingParams:
         return SamplingParams(**kwargs)
     except ParamError as exc:
         raise from_param_error(exc, {"max_new_tokens": length_key(query)}) from None
+
+
+def prefix_ids(query, vocab: int) -> list[int]:
+    """``prefix_ids=1,2,3``: tokens the stream continues after, appended to the prompt's
+    (a fork: a column's first tokens and a chosen alternative); 400 naming the key."""
+    text = query.get("prefix_ids") or ""
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise APIError(400, f"prefix_ids: expected comma-separated token ids, got {text[:40]!r}",
+                       param="prefix_ids", code="invalid_value") from None
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise APIError(400, f"prefix_ids: token id {bad[0]} is outside the vocabulary [0, {vocab})",
+                       param="prefix_ids", code="invalid_value")
+    return ids
 
 
 def length_key(query) -> str:
@@ -71,6 +87,9 @@ def _convert(kind: str, values: list[str]):
             return json.loads(values[-1])
         except json.JSONDecodeError as exc:
             raise ValueError(str(exc)) from None
+    if kind.startswith("tuple[int | str"):  # ids ("1,2" too) or texts, each value one text
+        return tuple(v for part in values
+                     for v in (part.split(",") if all(p.strip().isdigit() for p in part.split(",")) else [part]))
     if kind.startswith("tuple["):
         cast = int if kind.startswith("tuple[int") else str
         return tuple(cast(v) for part in values for v in ([part] if cast is str else part.split(",")) if v != "")

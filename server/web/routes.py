@@ -23,7 +23,7 @@ from ..errors import APIError
 from ..intake import Intake
 from ..jobs import GenerationError, JobGroup
 from ..sse import error_event, event_stream
-from .query import flag, length_key, params_from_query
+from .query import flag, length_key, params_from_query, prefix_ids
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -60,6 +60,7 @@ async def api_stream(request: Request):
             raise APIError(400, "prompt: required", param="prompt", code="missing_field")
         params = params_from_query(query, intake.default_max_tokens())
         ids = await intake.encode(prompt, chat=flag(query, "chat"), field="prompt")
+        ids += prefix_ids(query, intake.engine.model.config.vocab_size)  # a fork continues after these
         intake.check_room(ids, params.max_new_tokens, length_key(query))
         group = intake.submit(ids, [params])
         stream = store.create(group, token_events(group, params.strategy), "web")
@@ -77,6 +78,8 @@ async def token_events(group: JobGroup, strategy: str) -> AsyncIterator[ServerSe
             data = {"index": ev.index, "text": ev.text, "token_id": ev.token_id, "logprob": ev.logprob}
             if ev.top_logprobs:
                 data["top_logprobs"] = jsonable_encoder(ev.top_logprobs)
+            if ev.trace is not None:
+                data["trace"] = ev.trace
             yield ServerSentEvent(event="token", data=data)
         yield ServerSentEvent(event="done", data=_stats(group.jobs[0], strategy))
     except GenerationError as exc:

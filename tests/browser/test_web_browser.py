@@ -6,6 +6,7 @@ the reason, where /usr/bin/chromium or the playwright package is missing.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -365,3 +366,87 @@ def test_errors_are_shown_to_the_person(page, tiny_engine):
         assert refused["count"] == 0
     finally:
         live.stop()
+
+
+def test_trace_on_hover_colour_by_certainty_and_divergence_marks(page, server):
+    open_page(page, server.url)
+    set_max_tokens(page, 16)
+    set_param(page, 0, "ignore_eos", True)
+    page.click("#add-column")
+    page.locator(".column").nth(1).locator("select.strategy").select_option("top_k")
+    set_param(page, 1, "ignore_eos", True)
+    set_param(page, 1, "seed", 3)
+    page.check("#trace")
+    page.click("#run")
+    for i in (0, 1):
+        assert wait_state(page, i, ("done", "error"))["state"] == "done"
+    ids = page.evaluate("() => [...document.querySelectorAll('.column')].map((c) => "
+                        "[...c.querySelectorAll('.tok')].map((s) => Number(s.dataset.id)))")
+    # hover a top-k token: its trace, with the link's kept count, under the alternatives
+    token = page.locator(".column").nth(1).locator(".tok:not(:empty)").nth(1)
+    token.hover()
+    trace = page.locator("#tooltip .trace")
+    trace.wait_for(state="visible")
+    assert "top_k" in trace.locator("tr.link").nth(0).inner_text()
+    entropy = float(re.search(r"entropy ([\d.]+)", trace.inner_text()).group(1))
+    # colour by certainty: --p is e^-entropy of the token's trace
+    page.check("#colour")
+    page.select_option("#colour-by", "certainty")
+    p = token.evaluate("t => Number(t.style.getPropertyValue('--p'))")
+    assert abs(p - math.exp(-entropy)) < 0.01
+    # the first token where the columns part is marked in both
+    at = next((k for k, (a, b) in enumerate(zip(ids[0], ids[1])) if a != b), None)
+    marked = page.evaluate("() => [...document.querySelectorAll('.tok.diverge')].map((s) => Number(s.dataset.i))")
+    assert at is not None and marked == [at, at]
+    assert not page.js_errors, page.js_errors
+
+
+def test_fork_from_an_alternative_continues_in_a_new_column(page, server, tiny_engine):
+    open_page(page, server.url)
+    set_max_tokens(page, 6)
+    set_param(page, 0, "ignore_eos", True)
+    page.click("#run")
+    assert wait_state(page, 0, ("done", "error"))["state"] == "done"
+    token = page.locator(".column").nth(0).locator(".tok:not(:empty)").nth(2)
+    k = int(token.get_attribute("data-i"))
+    token.hover()
+    alt = page.locator("#tooltip tr.alt.forkable").nth(0)
+    alt.wait_for(state="visible")
+    alt.click()
+    assert wait_state(page, 1, ("done", "error"))["state"] == "done"
+    ids = page.evaluate("() => [...document.querySelectorAll('.column')].map((c) => "
+                        "[...c.querySelectorAll('.tok')].map((s) => [Number(s.dataset.id), s.className]))")
+    base, fork = ids
+    assert [i for i, _ in fork[:k]] == [i for i, _ in base[:k]] and all("shared" in c for _, c in fork[:k])
+    assert "fork" in fork[k][1] and fork[k][0] != base[k][0] and len(fork) == k + 1 + 6
+    prompt = tiny_engine.encode(PROMPT) + [i for i, _ in fork[:k + 1]]
+    want = [ev.token_id for ev in tiny_engine.stream(prompt, SamplingParams(max_new_tokens=6, ignore_eos=True))]
+    assert [i for i, _ in fork[k + 1:]] == want  # greedy from the fork point, the prefix not generated again
+    assert page.locator(".column").nth(1).locator(".tok.diverge").get_attribute("data-i") == str(k)
+    assert not page.js_errors, page.js_errors
+
+
+def test_export_is_a_recording_that_replay_reads_and_forks(page, server, tiny_model_dir, tmp_path, capsys):
+    from generator.cli.main import main
+    from generator.cli.replay import read_recording, stream_texts
+
+    open_page(page, server.url)
+    set_max_tokens(page, 5)
+    set_param(page, 0, "ignore_eos", True)
+    page.check("#trace")
+    page.click("#run")
+    assert wait_state(page, 0, ("done", "error"))["state"] == "done"
+    with page.expect_download() as download:
+        page.click("#export")
+    path = tmp_path / "run.jsonl"
+    download.value.save_as(path)
+    header, events = read_recording(path)
+    assert header["prompt"] == PROMPT and header["columns"]["c0"]["settings"]["ignore_eos"] == "true"
+    assert len(events) == 5 and all(e["trace"] is not None for e in events)
+    assert stream_texts(events)["c0"] == column_state(page, 0)["text"]
+    ids = [e["token_id"] for e in events]
+    # the recorded token at 1, greedy: the fork goes on as the page did
+    assert main(["replay", str(path), "--fork", f"1:{ids[1]}", "--max-new-tokens", "3",
+                 "--model", str(tiny_model_dir)]) == 0
+    engine_text = capsys.readouterr().out.rstrip("\n")
+    assert engine_text == "".join(e["text"] for e in events)

@@ -176,13 +176,17 @@ class Column {
     $(".count", this.el).textContent = "0";
     $(".stats", this.el).title = "";
 
+    if (this.fork) this.showShared();
     const q = new URLSearchParams({ prompt: run.prompt, chat: String(run.chat) });
+    if (this.fork) q.set("prefix_ids", this.fork.tokens.map((t) => t.token_id).join(","));
     for (const [k, v] of [...common, ...this.settings()]) q.append(k, v);
     // Ask for alternatives under whichever name this server's settings use.
     this.alternativesField = null;
     if (withAlternatives) {
       this.alternativesField = ["logprobs", "top_logprobs"].find((f) => f in catalogue.params) || null;
       if (this.alternativesField) q.set(this.alternativesField, TOP_N);
+      // the trace goes with the alternatives: a strategy that refuses them (beam) refuses it too
+      if (this.alternativesField && $("#trace").checked) q.set("trace", "1");
     }
     if (apiKey) q.set("api_key", apiKey); // EventSource cannot send headers
     this.url = `/api/stream?${q}`;
@@ -197,6 +201,20 @@ class Column {
       if (this.el.dataset.state === "reconnecting") this.setState("running", "streaming (resumed)");
     });
     this.setState("running", "waiting for the first token");
+  }
+
+  /** A fork's column: the shared prefix (greyed) and the chosen token, then what streams. */
+  showShared() {
+    for (const data of this.fork.tokens) {
+      const i = this.tokens.push(data) - 1;
+      const last = i === this.fork.tokens.length - 1;
+      const span = h("span", { class: last ? "tok fork" : "tok shared", title: last ? "the fork's token" : "" },
+        data.text || "");
+      span.dataset.i = i;
+      span.dataset.id = data.token_id;
+      shade(span, data);
+      this.output.append(span);
+    }
   }
 
   /** Ids are "<stream>.<seq>": remember the stream, and never apply an event twice
@@ -224,12 +242,15 @@ class Column {
       this.setState("running", "streaming");
     }
     this.lastAt = now;
+    data.t = (now - this.startedAt) / 1000; // seconds from the column's start (the export's pace)
     const i = this.tokens.push(data) - 1;
     const span = h("span", { class: "tok" }, data.text);
     span.dataset.i = i;
-    if (data.logprob != null) span.style.setProperty("--p", Math.exp(data.logprob).toFixed(4));
+    span.dataset.id = data.token_id;
+    shade(span, data);
     this.output.append(span);
-    const n = this.tokens.length;
+    markDivergence();
+    const n = this.tokens.length - (this.fork ? this.fork.tokens.length : 0); // the shared prefix is not this stream's
     $(".count", this.el).textContent = String(n);
     if (n > 1) {
       $(".rate", this.el).textContent = ((n - 1) / ((this.lastAt - this.firstAt) / 1000)).toFixed(1);
@@ -358,7 +379,37 @@ function layout() {
   updateButtons();
 }
 
+/** The run as a `tokenflow replay` recording (JSON Lines): a header with the prompt and
+ * each column's settings, then each column's own tokens with their time and trace. */
+function exportRun() {
+  const label = (i) => `c${i}`;
+  const header = {
+    type: "header", version: 1, command: "page", started_at: new Date().toISOString(),
+    prompt: lastRun.prompt, chat: lastRun.chat,
+    streams: Object.fromEntries(columns.map((c, i) => [label(i), `column ${i + 1}: ${$(".chain", c.el).textContent}`])),
+    columns: Object.fromEntries(columns.map((c, i) => [label(i), {
+      settings: Object.fromEntries([...commonSettings(), ...c.settings()]),
+      prefix_ids: c.fork ? c.fork.tokens.map((t) => t.token_id) : [],
+    }])),
+  };
+  const lines = [header];
+  columns.forEach((c, i) => {
+    const own = c.fork ? c.tokens.slice(c.fork.tokens.length) : c.tokens;
+    for (const t of own) {
+      lines.push({ type: "token", t: t.t ?? 0, stream: label(i), token_id: t.token_id, text: t.text, logprob: t.logprob,
+        index: t.index, top_logprobs: t.top_logprobs ?? [], trace: t.trace ?? null });
+    }
+  });
+  lines.sort((a, b) => (a.type === "header" ? -1 : b.type === "header" ? 1 : a.t - b.t));
+  const blob = new Blob([lines.map((l) => JSON.stringify(l)).join("\n") + "\n"], { type: "application/x-ndjson" });
+  const a = h("a", { href: URL.createObjectURL(blob), download: "tokenflow-run.jsonl" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
 function updateButtons() {
+  $("#export").disabled = lastRun === null || !columns.some((c) => c.tokens.length);
   const anyRunning = columns.some((c) => c.running);
   $("#stop").disabled = !anyRunning;
   $("#regenerate").disabled = lastRun === null;
@@ -384,6 +435,82 @@ function stopAll() {
   for (const c of columns) c.stop();
 }
 
+// -- research: colour by, the trace, where columns part ----------------------------
+/** A token's colour value --p in [0, 1] under the chosen "colour by". */
+function shade(span, data) {
+  const mode = $("#colour-by").value;
+  const t = data.trace;
+  let p = data.logprob != null ? Math.exp(data.logprob) : null;
+  if (mode === "processed" && t && t.processed_logprob != null) p = Math.exp(t.processed_logprob);
+  if (mode === "certainty") p = t && t.entropy != null ? Math.exp(-t.entropy) : null;
+  if (p == null) span.style.removeProperty("--p");
+  else span.style.setProperty("--p", p.toFixed(4));
+}
+
+function recolour() {
+  for (const c of columns) c.output.querySelectorAll(".tok").forEach((s) => shade(s, c.tokens[Number(s.dataset.i)]));
+}
+
+/** Mark, in each column, the first token where it differs from the first column
+ * (under one seed the columns share their noise: that is where the strategies part). */
+function markDivergence() {
+  for (const c of columns) c.output.querySelectorAll(".tok.diverge").forEach((s) => s.classList.remove("diverge"));
+  const base = columns[0];
+  if (!base) return;
+  for (const c of columns.slice(1)) {
+    const n = Math.min(base.tokens.length, c.tokens.length);
+    let at = -1;
+    for (let i = 0; i < n; i++) {
+      if (base.tokens[i].token_id !== c.tokens[i].token_id) { at = i; break; }
+    }
+    if (at < 0) continue;
+    for (const col of [base, c]) {
+      const span = col.output.querySelector(`.tok[data-i="${at}"]`);
+      if (span) {
+        span.classList.add("diverge");
+        span.dataset.diverge = String(at);
+      }
+    }
+  }
+}
+
+function traceView(t) {
+  const num = (v, d = 3) => (v == null ? "\u2013" : v.toFixed(d));
+  const head = h("div", {}, `entropy ${num(t.entropy, 2)} \u00b7 rank ${t.rank} \u00b7 margin ${num(t.margin)}`
+    + ` \u00b7 processed logprob ${num(t.processed_logprob)}`);
+  const rows = t.links.map((l) => h("tr", { class: "link" }, h("td", {}, l.name), h("td", { class: "num" }, `kept ${l.kept}`),
+    h("td", { class: "num" }, `removed ${percent(l.removed_mass)}`),
+    h("td", { class: "num" }, l.logit_shift == null ? "chosen removed" : l.logit_shift ? `shift ${num(l.logit_shift, 2)}` : "")));
+  return h("div", { class: "trace" }, head, rows.length ? h("table", {}, ...rows) : h("div", { class: "muted" }, "no link ran"));
+}
+
+/** A new column that continues ``src`` from its first ``i`` tokens with ``alt`` as token
+ * ``i`` (``prefix_ids`` on /api/stream), with the same strategy and settings. */
+function forkFrom(src, i, alt) {
+  if (columns.length >= MAX_COLUMNS || !lastRun) return;
+  const col = new Column(src.select.value);
+  for (const input of src.el.querySelectorAll(".params input, .params-more input")) {
+    const mine = col.el.querySelector(`input[name="${input.name}"]`);
+    if (mine && input.type === "checkbox") mine.checked = input.checked;
+    else if (mine) mine.value = input.value;
+  }
+  const fromTokens = src.tokens.slice(0, i).map((t) => ({ ...t }));
+  col.fork = { tokens: [...fromTokens, { token_id: alt.id, text: alt.text ?? "", logprob: alt.logprob, index: i }] };
+  col.el.dataset.fork = String(i);
+  $(".chain", col.el).textContent = `fork of column ${columns.indexOf(src) + 1} at token ${i} \u00b7 ${$(".chain", col.el).textContent}`;
+  columns.push(col);
+  $("#columns").append(col.el);
+  layout();
+  $("#tooltip").hidden = true;
+  col.start(lastRun, commonSettings());
+}
+
+let hideTimer = null;
+function hideTooltipSoon() {
+  clearTimeout(hideTimer);
+  hideTimer = setTimeout(() => ($("#tooltip").hidden = true), 300); // time to reach the tooltip and click
+}
+
 // -- hover: a token's logprob and its alternatives ---------------------------------
 function alternatives(top) {
   if (!top) return [];
@@ -394,6 +521,7 @@ function alternatives(top) {
 }
 
 function showTooltip(span) {
+  clearTimeout(hideTimer);
   const column = columns.find((c) => c.output.contains(span));
   const data = column && column.tokens[Number(span.dataset.i)];
   if (!data) return;
@@ -416,10 +544,16 @@ function showTooltip(span) {
         h("td", { class: "num" }, a.logprob.toFixed(2)),
         h("td", { class: "bar-cell" }, h("i", { style: `width:${Math.max(2, (p / pMax) * 100)}%` })));
       if (a.id === data.token_id) row.classList.add("chosen");
+      else if (a.id != null && columns.length < MAX_COLUMNS) {
+        row.classList.add("forkable");
+        row.title = "continue from here with this token, in a new column";
+        row.addEventListener("click", () => forkFrom(column, Number(span.dataset.i), a));
+      }
       return row;
     }))
     : h("div", { class: "muted" }, "no alternatives in this stream");
   tip.replaceChildren(head, body);
+  if (data.trace) tip.append(traceView(data.trace));
   tip.hidden = false;
   const rect = span.getBoundingClientRect();
   const below = rect.bottom + 6 + tip.offsetHeight < innerHeight;
@@ -464,13 +598,17 @@ async function main() {
   $("#regenerate").addEventListener("click", () => run(true));
   $("#stop").addEventListener("click", stopAll);
   $("#add-column").addEventListener("click", addColumn);
+  $("#export").addEventListener("click", exportRun);
   $("#colour").addEventListener("change", (e) => $("#columns").classList.toggle("colour", e.target.checked));
+  $("#colour-by").addEventListener("change", recolour);
   $("#prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) run();
   });
   const columnsEl = $("#columns");
   columnsEl.addEventListener("mouseover", (e) => e.target.classList.contains("tok") && showTooltip(e.target));
-  columnsEl.addEventListener("mouseout", (e) => e.target.classList.contains("tok") && ($("#tooltip").hidden = true));
+  columnsEl.addEventListener("mouseout", (e) => e.target.classList.contains("tok") && hideTooltipSoon());
+  $("#tooltip").addEventListener("mouseenter", () => clearTimeout(hideTimer));
+  $("#tooltip").addEventListener("mouseleave", hideTooltipSoon);
   // Leaving the page stops its generations rather than leaving them to the grace period.
   addEventListener("pagehide", () => {
     for (const c of columns) {
