@@ -167,7 +167,7 @@ class FastRunner(Slots):
         self.lengths[slot] = start
         self._check_room(slot, ids.numel())
         self.forward_calls += 1
-        if self.token_rows:
+        if self.token_rows and ids.numel():
             return self._prefill_rows([slot], [ids.tolist()], [start])
         slot_t = torch.tensor([slot], device=self.device)
         logits = None
