@@ -217,6 +217,12 @@ class BatchSampler:
         # the history links some row switches on, in their order; every row runs them
         self.history = [link for link in history() if any(link.is_on(p) for p in self.params)]
         self._history_chain: list[tuple[Link, object]] | None = None  # built on the first call (needs V)
+        # Rows that alone would take the all-greedy fast path: in a mixed batch they keep its
+        # id and log-probability, so a row reports the same bits whatever shares the batch.
+        in_group = {i for g in self.groups for i in g.rows}
+        plain = [i for i, p in enumerate(self.params) if greedy[i] and i not in in_group and p.logprobs == 0
+                 and not any(link.is_on(p) for link in self.history)]
+        self.plain_greedy = torch.tensor(plain, dtype=torch.long, device=device) if plain else None
 
     def prepare(self, vocab: int) -> None:
         """Build every row's columns now, for a vocabulary of ``vocab`` (else the first call
@@ -250,7 +256,7 @@ class BatchSampler:
         if (self.greedy_pick is not None and self.all_greedy and self.top_n == 0 and not self.history
                 and not self.groups and not self.any_tracing and logits.device.type == "cpu"):
             return StepOutput(*self.greedy_pick(logits))
-        raw_logprobs = logits.log_softmax(dim=-1)
+        raw, raw_logprobs = logits, logits.log_softmax(dim=-1)
         recorder = TraceRecorder() if self.any_tracing else None
         logits = self.process(logits, recorder)
         processed = logits  # (B, V) each row's selector input, assembled only when someone reads it
@@ -263,6 +269,12 @@ class BatchSampler:
             if keep:
                 processed = final if whole else processed.index_copy(0, group.index, final)
         out = StepOutput(ids, raw_logprobs.gather(-1, ids[:, None]).squeeze(-1))
+        if self.greedy_pick is not None and self.plain_greedy is not None and raw.device.type == "cpu":
+            # The fast path's own arithmetic for its rows (its log-probability may differ from
+            # log_softmax's in the last bit; the id is torch.argmax's either way).
+            plain_ids, plain_lp = self.greedy_pick(raw.index_select(0, self.plain_greedy))
+            out.token_ids = ids.index_copy(0, self.plain_greedy, plain_ids)
+            out.logprobs = out.logprobs.index_copy(0, self.plain_greedy, plain_lp)
         if self.top_n > 0:
             source = raw_logprobs
             if self.processed_top is not None:

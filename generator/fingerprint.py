@@ -1,57 +1,88 @@
-"""What produced a result, as one short string: the weights, the kernel tier and the
-weight formats an engine runs, and (for one generation) the decoding chain.
+"""One engine's arithmetic as a short string: ``engine_fingerprint(engine)`` -> ``fp_<16 hex>``.
 
-    engine_fingerprint(engine)                 -> "tf-3f9c0a1be27d44e1"  (same weights + kernels)
-    engine_fingerprint(engine, chain="...")    -> another id: also the strategy's chain
-    fingerprint_parts(engine)                  -> the pieces hashed, JSON-able
+Two engines with the same fingerprint compute every token from the same weight bytes with
+the same kernels, so the same request (prompt, settings, seed) gives the same token ids
+(docs/kernels.md, "Batch and chunk invariance"). It hashes:
 
-The weights are hashed once per engine (every parameter and buffer of the loaded HF
-model, by name, dtype, shape and bytes: a different checkpoint, file or conversion
-gives another id) and kept on the engine. Two engines with the same id produce the
-same tokens for the same prompt, settings and seed.
+- the weights the forward reads, as packed (names, dtypes, shapes and bytes; not the KV
+  cache, not derived copies),
+- the kernel tier and the resolved settings that change arithmetic (device, dtype, quant,
+  head, activations, dense_prefill, compile, runner),
+- tokenflow's and torch's versions.
+
+Settings that change no bits (slots, context length, prefill chunk) are left out. The OpenAI
+routes return it as ``system_fingerprint``; recordings store it (``tokenflow replay --verify``);
+``tokenflow sweep`` writes it on every row, and ``with_chain(fp, chain)`` beside it: the
+engine's and one strategy's chain together, one generation's id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
-_CONFIG_KEYS = ("runner", "device", "dtype", "quant", "head", "activations", "kernels")
-
-
-def weights_digest(model) -> str:
-    """sha256 over every tensor of ``model.state_dict()`` (name, dtype, shape, bytes), hex."""
-    import torch
-
-    h = hashlib.sha256()
-    with torch.inference_mode():
-        for name, t in sorted(model.state_dict().items()):
-            t = t.detach().to("cpu").contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-            # bytes as stored, whatever the dtype (bf16 has no numpy twin)
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
+# The resolved-config fields that change a token's arithmetic.
+ARITHMETIC_FIELDS = ("runner", "device", "dtype", "quant", "head", "activations", "dense_prefill", "compile",
+                     "kernels")
 
 
-def fingerprint_parts(engine) -> dict[str, Any]:
-    """The pieces ``engine_fingerprint`` hashes: the weights' digest and what runs them."""
-    digest = getattr(engine, "_weights_digest", None)
-    if digest is None:
-        digest = weights_digest(engine.model)
-        engine._weights_digest = digest  # hashing 135M parameters takes about a second: once
-    config = engine.config.as_dict()
-    return {"weights_sha256": digest, **{k: config[k] for k in _CONFIG_KEYS}}
-
-
-def engine_fingerprint(engine, chain: str | None = None) -> str:
-    """``tf-`` and 16 hex digits naming the weights, kernel tier and weight formats of
-    ``engine`` (and ``chain``, a strategy's printed chain, when given)."""
-    text = json.dumps(fingerprint_parts(engine), sort_keys=True)
-    base = "tf-" + hashlib.sha256(text.encode()).hexdigest()[:16]
-    return base if chain is None else with_chain(base, chain)
+def engine_fingerprint(engine) -> str:
+    """``fp_`` and 16 hex digits for ``engine`` (computed once per engine: hashing the weights
+    reads them all, about 0.2 s for the default model)."""
+    cached = getattr(engine, "_fingerprint", None)
+    if cached is None:
+        cached = "fp_" + fingerprint_parts(engine)["digest"][:16]
+        engine._fingerprint = cached
+    return cached
 
 
 def with_chain(fingerprint: str, chain: str) -> str:
-    """An engine's fingerprint and a strategy's chain, hashed together: one generation's id."""
-    return "tf-" + hashlib.sha256(f"{fingerprint}|{chain}".encode()).hexdigest()[:16]
+    """An engine's fingerprint and a strategy's printed chain, hashed together: ``fp_`` and 16
+    hex digits naming what produced one generation."""
+    return "fp_" + hashlib.blake2b(f"{fingerprint}|{chain}".encode(), digest_size=8).hexdigest()
+
+
+def fingerprint_parts(engine) -> dict:
+    """What the fingerprint is made of: ``{"weights": hex, "config": {...}, "versions": {...},
+    "digest": hex}`` (a recording stores the parts, so a mismatch can say which one moved)."""
+    import torch
+
+    config = {name: getattr(engine.config, name) for name in ARITHMETIC_FIELDS}
+    versions = {"tokenflow": _version(), "torch": torch.__version__}
+    weights = weights_digest(_weight_module(engine))
+    digest = hashlib.blake2b(json.dumps([weights, config, versions], sort_keys=True).encode(),
+                             digest_size=32).hexdigest()
+    return {"weights": weights, "config": config, "versions": versions, "digest": digest}
+
+
+def weights_digest(module) -> str:
+    """A hash of every parameter and buffer of ``module`` but the KV caches and the dense
+    copies (derived from the packed weights), in name order."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=32)
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    for name in sorted(tensors):
+        t = tensors[name]
+        leaf = name.rsplit(".", 1)[-1]
+        if t is None or leaf.endswith("_cache") or leaf == "dense":
+            continue
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _weight_module(engine):
+    runner = engine.runner
+    return getattr(runner, "model", None) or engine.model
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokenflow")
+    except PackageNotFoundError:
+        return "unknown"

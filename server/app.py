@@ -83,6 +83,7 @@ async def _load(app: FastAPI, engine) -> None:
     try:
         if engine is None:
             from generator import Engine
+            from generator.fingerprint import engine_fingerprint
 
             # One KV-cache slot per batch row (beams and n > 1 take several).
             config = settings.engine.replace(num_slots=settings.max_active)
@@ -93,7 +94,9 @@ async def _load(app: FastAPI, engine) -> None:
                 log.info("loading [%s] %s", stage, message)
 
             def load():
-                return Engine.from_config(config, progress)
+                loaded = Engine.from_config(config, progress)
+                engine_fingerprint(loaded)  # hashes the weights once, here rather than in a request
+                return loaded
 
             host = state.worker_host  # all torch work on one thread: see WorkerHost
             engine = await (asyncio.wrap_future(host.submit(load)) if host is not None else asyncio.to_thread(load))

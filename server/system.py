@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import decoding
+from generator.fingerprint import engine_fingerprint
 from generator.loading import LOAD_STAGES
 
 router = APIRouter()
@@ -55,7 +56,8 @@ async def health(request: Request):
                     quant=engine.quant, activations=engine.activations, context_length=engine.context_length,
                     queue_depth=scheduler.queue_depth, running=scheduler.active_count,
                     free_slots=engine.free_slots, slots=engine.runner.num_slots,
-                    worker_thread=scheduler.worker_thread, engine=engine.config.as_dict())
+                    worker_thread=scheduler.worker_thread, engine=engine.config.as_dict(),
+                    system_fingerprint=engine_fingerprint(engine))
     return JSONResponse(body, status_code=code)
 
 

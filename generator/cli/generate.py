@@ -53,6 +53,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     engine = load_engine(options, verbose=args.verbose, stats=args.stats)  # heavy imports only now
     if engine.runner.compiled:
         engine.runner.compile_notice = lambda text: print(f"[compile] {text}", file=sys.stderr, flush=True)
+    if args.record and params.seed is None and not params.is_greedy:
+        # A recording stores the seed it ran with, so `tokenflow replay --verify` can re-run it.
+        import secrets
+
+        params = dataclasses.replace(params, seed=secrets.randbelow(2 ** 31))
     recorder = _open_recorder(args, engine, prompt, params)
     start = time.perf_counter()
     stamps: list[float] = []
@@ -108,6 +113,8 @@ def _open_recorder(args: argparse.Namespace, engine, prompt: str, params: Sampli
 
     try:
         return StreamRecorder(args.record, {"command": "generate", "prompt": prompt, "chat": args.chat,
+                                            "prompt_ids": engine.encode(prompt, args.chat),
+                                            "chain": params.resolved_strategy.chain, "seed": params.seed,
                                             **engine_header(engine), "params": dataclasses.asdict(params)})
     except OSError as exc:
         raise CLIError(f"--record: cannot write {args.record}: {exc.strerror}") from None

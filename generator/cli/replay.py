@@ -65,8 +65,13 @@ class StreamRecorder:
 
 def engine_header(engine) -> dict[str, Any]:
     """What a recording says of the engine that made it: the model, its one-line
-    description (weights, activations, kernel tier) and the whole resolved config."""
-    return {"model": engine.name, "engine_summary": engine.describe(), "engine": engine.config.as_dict()}
+    description (weights, activations, kernel tier), the whole resolved config and the
+    fingerprint of its arithmetic (``generator.fingerprint``: weights, tier, versions)."""
+    from ..fingerprint import engine_fingerprint, fingerprint_parts
+
+    return {"model": engine.name, "engine_summary": engine.describe(), "engine": engine.config.as_dict(),
+            "kernels": engine.config.kernels, "fingerprint": engine_fingerprint(engine),
+            "fingerprint_parts": fingerprint_parts(engine)}
 
 
 def read_recording(path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -129,6 +134,10 @@ def add_commands(sub) -> None:
     rep.add_argument("--speed", type=float, default=1.0, help="play this many times faster (default 1)")
     rep.add_argument("--stream", default=None,
                      help="play only this stream (compare recordings hold one per strategy and sample)")
+    rep.add_argument("--verify", action="store_true",
+                     help="re-run a `generate --record` recording with its engine settings, strategy chain and "
+                          "seed, and report the first token where the re-run differs, or 'identical' "
+                          "(exit status 1 when it differs)")
     rep.add_argument("--fork", metavar="INDEX:TOKEN",
                      help="continue the recorded stream from its first INDEX tokens with TOKEN (an id or a "
                           "one-token text) at INDEX; loads the model (generate recordings)")
@@ -148,6 +157,10 @@ def cmd_replay(args) -> int:
         header, events = read_recording(args.recording)
     except RecordingError as exc:
         raise CLIError(str(exc)) from None
+    if args.verify:
+        from .verify import cmd_verify
+
+        return cmd_verify(args.recording, header, events)
     streams = list(dict.fromkeys(ev.get("stream", "0") for ev in events))
     if args.stream is not None:
         if args.stream not in streams:

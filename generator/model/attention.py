@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import torch
 
-# From this many rows on, a one-token step computes attention as float32 matmuls instead
-# of SDPA (measured crossover: 2-4 rows favour SDPA, 16 rows 46 vs 49-52 ms a step).
-BATCH_ATTENTION_ROWS = 8
-
 
 def cached_attention(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, read, kv_len: int,
                      visible: torch.Tensor, mask: torch.Tensor, reduce: bool) -> torch.Tensor:
@@ -21,21 +17,18 @@ def cached_attention(k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tens
     -> ``[B, T, heads * D]``. ``visible [B, T, kv]`` and ``mask [B, 1, group * T, kv]`` say
     which cache positions each query sees; ``reduce``: products and sums instead of matmuls
     (for the compiled step, see ``FastLlama.forward``)."""
-    b, t, nh, hd = q.shape
     keys = k_cache[read, :, :kv_len]  # (B, kv_heads, kv, D)
     values = v_cache[read, :, :kv_len]
-    if t == 1 and not reduce and b < BATCH_ATTENTION_ROWS:
-        # One eager op instead of a dozen for a one-token step of few rows.
-        attn = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=visible[:, None], scale=hd ** -0.5, enable_gqa=True)
-        return attn.transpose(1, 2).reshape(b, t, nh * hd)
-    if t == 1 and not reduce:
-        # Many rows: the two small matmuls in float32 (the cache upcast on the fly) beat
-        # SDPA's flash kernel, which splits tiny work into many blocks (16 rows x 64
-        # positions: 130 vs 635 us a layer), and are no less exact (flash also keeps
-        # scores in float32).
-        return grouped_attention(q.float(), keys.float(), values.float(), mask, False).to(q.dtype)
-    return grouped_attention(q, keys, values, mask, reduce)
+    if reduce:
+        return grouped_attention(q, keys, values, mask, reduce)
+    # Eagerly: two float32 matmuls (the cache upcast on the fly) for every batch and chunk
+    # size. Each row's scores and sums then come out the same bits whatever else is in the
+    # batch, however long the longest row is (its masked tail adds exact zeros) and however
+    # a prompt is cut into chunks (docs/kernels.md, "Batch and chunk invariance"); SDPA
+    # would be faster up to 4 rows but picks kernels by shape, and a bf16 matmul rounds
+    # scores that the one-token path keeps in float32. 16 rows x 64 positions: 130 us a
+    # layer where SDPA's flash kernel took 635.
+    return grouped_attention(q.float(), keys.float(), values.float(), mask, False).to(q.dtype)
 
 
 def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,

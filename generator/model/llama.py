@@ -127,8 +127,8 @@ class FastLlama(nn.Module):
         # model's 135M weights: a quarter of the bytes a step reads at int8, a sixth at int4.
         lm_head = make_linear(head_w, head, dtype, acts)
         if isinstance(lm_head, Int8Linear) and lm_head.codes is None:
-            # Without our int8 kernel, batches of HEAD_DENSE_MIN_ROWS+ rows multiply by a bf16
-            # copy of the same weights (+2 bytes a weight; PyTorch's kernel is compute-bound there).
+            # Without our int8 kernel, every batch multiplies by a bf16 copy of the same weights
+            # (one kernel for every batch size: see HEAD_DENSE_MIN_ROWS).
             lm_head.keep_dense(min_rows=HEAD_DENSE_MIN_ROWS)
         if config.dense_prefill:
             for layer in layers:

@@ -173,6 +173,8 @@ class FastRunner(Slots):
         self.lengths[slot] = start
         self._check_room(slot, ids.numel())
         self.forward_calls += 1
+        if self.token_rows and ids.numel():
+            return self._prefill_rows([slot], [ids.tolist()], [start])
         slot_t = torch.tensor([slot], device=self.device)
         logits = None
         for c0 in range(0, ids.numel(), self.prefill_chunk):
@@ -204,8 +206,8 @@ class FastRunner(Slots):
             self.lengths[s] = st
             self._check_room(s, len(ids))
         self.forward_calls += 1
-        if self._flat_prefill_fits(id_lists):
-            return self._prefill_flat(slots, id_lists, starts)
+        if self.token_rows:
+            return self._prefill_rows(slots, id_lists, starts)
         out: list[torch.Tensor | None] = [None] * len(slots)
         for rows, parts, logits in self._padded_windows(slots, id_lists, starts, every_position=False):
             for r, i in enumerate(rows):
@@ -237,38 +239,46 @@ class FastRunner(Slots):
         for s, ids, st in zip(slots, id_lists, starts):
             self.lengths[s] = st + len(ids)
 
-    # Flat prefill (below) for bursts of short prompts: each prompt token a row of its own.
-    FLAT_PREFILL_MAX_PROMPT = 64
+    @property
+    def token_rows(self) -> bool:
+        """Whether prompts are written as one-token rows (``_prefill_rows``): wherever the
+        model's one-token steps run our attention kernel (our kernel tiers, a bf16 cache)."""
+        return self.model.kernel_attention
 
-    def _flat_prefill_fits(self, id_lists: Sequence[Sequence[int]]) -> bool:
-        """Whether ``prefill_many`` can write these prompts as one-token rows: where the
-        model's one-token steps run our attention kernel, at most ``prefill_chunk`` tokens in
-        all and none longer than ``FLAT_PREFILL_MAX_PROMPT`` (each row reads its prompt so far
-        from the cache: quadratic in a prompt's length)."""
-        return (self.model.kernel_attention
-                and sum(len(ids) for ids in id_lists) <= self.prefill_chunk
-                and max(len(ids) for ids in id_lists) <= self.FLAT_PREFILL_MAX_PROMPT)
-
-    def _prefill_flat(self, slots: list[int], id_lists: list[list[int]], starts: list[int]) -> torch.Tensor:
-        """Several short prompts as ONE forward of one-token rows, no padding: token j of a
-        prompt is a row at its slot and position. Each layer writes every row's key and value
-        before any attends, so a row sees its prompt up to itself (and nothing after). A
-        burst of 16 prompts of 6-13 tokens: 136 rows instead of 16 x 13 = 208 padded."""
-        dev = self.device
-        tokens = [t for ids in id_lists for t in ids]
-        rows = [s for s, ids in zip(slots, id_lists) for _ in ids]
-        positions = [st + j for st, ids in zip(starts, id_lists) for j in range(len(ids))]
-        last, at = [], -1
-        for ids in id_lists:
-            at += len(ids)
-            last.append(at)
-        logits = self.model.decode_step(torch.tensor(tokens, device=dev), torch.tensor(rows, device=dev),
-                                        torch.tensor(positions, device=dev),
-                                        torch.arange(max(positions) + 1, device=dev),
-                                        keep=torch.tensor(last, device=dev))
+    def _prefill_rows(self, slots: list[int], id_lists: list[list[int]], starts: list[int]) -> torch.Tensor:
+        """Prompts (or their next pieces) as one-token rows, no padding: token j of a prompt
+        is a row at its slot and position, ``prefill_chunk`` rows a forward (``_prefill_flat``).
+        Every token then goes through the arithmetic of a decode step (each op computes a row
+        from that row alone; attention per row over its own prefix), so a prompt's cache and
+        last logits are the same bits whether it is written whole, in chunks of any size,
+        beside other prompts, or one token at a time by decode steps (docs/kernels.md,
+        "Batch and chunk invariance"). A burst of 16 prompts of 6-13 tokens: 136 rows
+        instead of 16 x 13 = 208 padded."""
+        flat = [(s, st + j, t, i) for i, (s, ids, st) in enumerate(zip(slots, id_lists, starts))
+                for j, t in enumerate(ids)]
+        last = {i: k for k, (_, _, _, i) in enumerate(flat)}  # each prompt's last row
+        out: list[torch.Tensor | None] = [None] * len(slots)
+        for c0 in range(0, len(flat), self.prefill_chunk):
+            piece = flat[c0: c0 + self.prefill_chunk]
+            ends = [(i, k - c0) for i, k in last.items() if c0 <= k < c0 + len(piece)]
+            # A piece where no prompt ends still runs the head on one row (its logits unused).
+            logits = self._prefill_flat([f[0] for f in piece], [f[1] for f in piece], [f[2] for f in piece],
+                                        [r for _, r in ends] or [len(piece) - 1])
+            for n, (i, _) in enumerate(ends):
+                out[i] = logits[n: n + 1]
         for s, ids, st in zip(slots, id_lists, starts):
             self.lengths[s] = st + len(ids)
-        return logits
+        return torch.cat(out)
+
+    def _prefill_flat(self, rows: list[int], positions: list[int], tokens: list[int], keep: list[int]) -> torch.Tensor:
+        """ONE forward of one-token rows (``rows``: slots, at ``positions``); the logits of the
+        rows ``keep``. Each layer writes every row's key and value before any attends, so a
+        row sees its prompt up to itself (and nothing after)."""
+        dev = self.device
+        return self.model.decode_step(torch.tensor(tokens, device=dev), torch.tensor(rows, device=dev),
+                                      torch.tensor(positions, device=dev),
+                                      torch.arange(max(positions) + 1, device=dev),
+                                      keep=torch.tensor(keep, dtype=torch.long, device=dev))
 
     @torch.inference_mode()
     def all_logits(self, slot: int, ids: Sequence[int]) -> torch.Tensor:

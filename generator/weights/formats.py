@@ -28,10 +28,12 @@ from .gguf import unpack_q4_1
 # int4 2.8 ms, bf16 1.1 ms). One-token steps (and batches up to 31 rows) keep reading
 # the 4-bit weights, which is what bounds them.
 DENSE_MIN_ROWS = 32
-# Without our kernels, PyTorch's int8 kernel takes 11 ms for the output head
-# (49152 x 576) at 16 rows, a bf16 GEMM 5.8 ms (3.0 vs 4.1 ms at 4 rows); so then an int8
-# head keeps a bf16 copy for batches of 8+ rows. (Our int8 kernel: 2.7 ms.)
-HEAD_DENSE_MIN_ROWS = 8
+# Without our kernels, an int8 output head multiplies every batch by a bf16 copy of its
+# weights (+2 bytes a weight): PyTorch's int8 kernel takes 11 ms for the head (49152 x 576)
+# at 16 rows, a bf16 GEMM 5.8 ms (3.0 vs 4.1 ms at 4 rows). Both give a row the same bits at
+# any row count, but not each other's: switching between them by batch size would make a
+# row's logits depend on its batch-mates, so the head keeps one of them for every size.
+HEAD_DENSE_MIN_ROWS = 1
 
 
 class _PackedLinear(nn.Module):

@@ -21,6 +21,7 @@ from fastapi.sse import ServerSentEvent
 
 from decoding import SamplingParams
 from generator.eval.timing import decode_rate
+from generator.fingerprint import engine_fingerprint
 
 from ..errors import APIError
 from ..intake import Intake
@@ -110,9 +111,10 @@ def timings(job, prompt_n: int) -> dict[str, float | int] | None:
 
 
 def chunk(kind: str, cid: str, created: int, model: str, choices: list[dict], with_usage: bool,
-          usage_value: Any = None) -> dict:
+          usage_value: Any = None, fingerprint: str | None = None) -> dict:
     """A streamed chunk; ``kind`` is ``chat.completion.chunk`` or ``text_completion``."""
-    out = {"id": cid, "object": kind, "created": created, "model": model, "choices": choices}
+    out = {"id": cid, "object": kind, "created": created, "model": model, "system_fingerprint": fingerprint,
+           "choices": choices}
     if with_usage:
         out["usage"] = usage_value
     return out
@@ -131,6 +133,8 @@ class Started:
     model: str
     token_text: TokenText
     created: int = field(default_factory=lambda: int(time.time()))
+    # generator.fingerprint: the weights, kernel tier, version and settings that made the tokens
+    fingerprint: str | None = None
 
 
 async def start_request(intake: Intake, req: BaseCompletionRequest, prompt, chat: bool, field_name: str,
@@ -141,7 +145,8 @@ async def start_request(intake: Intake, req: BaseCompletionRequest, prompt, chat
     ids = await intake.encode(prompt(), chat=chat, field=field_name)
     group = intake.submit(ids, _choice_params(intake, req, ids))
     return Started(intake, req, ids, group, f"{id_prefix}-{uuid.uuid4().hex[:24]}",
-                    intake.settings.model_name, TokenText(intake.engine.tokenizer))
+                    intake.settings.model_name, TokenText(intake.engine.tokenizer),
+                    fingerprint=engine_fingerprint(intake.engine))
 
 
 def _choice_params(intake: Intake, req: BaseCompletionRequest, ids: list[int]) -> list[SamplingParams]:
@@ -169,7 +174,8 @@ async def chat_completion(intake: Intake, req: ChatCompletionRequest, request: R
     choices = [with_trace({"index": i, "message": {"role": "assistant", "content": "".join(e.text for e in evs)},
                            "logprobs": logprobs(evs), "finish_reason": evs[-1].finish_reason if evs else "stop"}, evs)
                for i, evs in enumerate(events)]
-    return {"id": s.id, "object": "chat.completion", "created": s.created, "model": s.model, "choices": choices,
+    return {"id": s.id, "object": "chat.completion", "created": s.created, "model": s.model,
+            "system_fingerprint": s.fingerprint, "choices": choices,
             "usage": usage(len(s.ids), sum(len(e) for e in events)), "timings": timings(s.group.jobs[0], len(s.ids))}
 
 
@@ -195,7 +201,8 @@ async def text_completion(intake: Intake, req: CompletionRequest, request: Reque
             logprobs = CompletionLogprobs.merge([tracker.entry(ev) for ev in evs])
         choices.append(with_trace({"index": i, "text": "".join(e.text for e in evs), "logprobs": logprobs,
                                    "finish_reason": evs[-1].finish_reason if evs else "stop"}, evs))
-    return {"id": s.id, "object": "text_completion", "created": s.created, "model": s.model, "choices": choices,
+    return {"id": s.id, "object": "text_completion", "created": s.created, "model": s.model,
+            "system_fingerprint": s.fingerprint, "choices": choices,
             "usage": usage(len(s.ids), sum(len(e) for e in events)), "timings": timings(s.group.jobs[0], len(s.ids))}
 
 
@@ -218,7 +225,8 @@ def _stream(s: Started, kind: str, first: list[dict], closing: dict, delta):
         def make(choices, usage_value=None, **extra):
             if continuous and usage_value is None:  # vLLM's continuous_usage_stats: the counts so far
                 usage_value = usage(len(s.ids), completion_tokens)
-            return ServerSentEvent(data={**chunk(kind, s.id, s.created, s.model, choices, with_usage, usage_value),
+            return ServerSentEvent(data={**chunk(kind, s.id, s.created, s.model, choices, with_usage, usage_value,
+                                                         s.fingerprint),
                                          **extra})
 
         if first:

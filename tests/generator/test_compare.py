@@ -172,3 +172,34 @@ def test_flags_and_specs_read_values_the_same_way():
     with pytest.raises(ParamError, match="ID=BIAS") as info:
         parse_strategy_spec("greedy:logit_bias=42")
     assert info.value.field == "logit_bias"
+
+
+def test_replay_verify_reruns_a_recording(tiny_model_dir, tmp_path):
+    """A sampled run recorded without --seed stores the seed it drew, its chain and the
+    engine's fingerprint; `replay --verify` re-runs it: identical; a changed token is
+    reported where it is, with exit status 1; a recording it cannot re-run is refused."""
+    rec = tmp_path / "run.jsonl"
+    gen = run(["generate", "Once upon a time", "--model", str(tiny_model_dir), "--strategy", "top_p",
+               "--max-new-tokens", "10", "--n", "2", "--ignore-eos", "--record", str(rec)])
+    assert gen.returncode == 0, gen.stderr
+    header, events = read_recording(rec)
+    assert isinstance(header["seed"], int) and header["params"]["seed"] == header["seed"]
+    assert header["chain"] == "logits -> temperature -> top_p -> sample"
+    assert header["fingerprint"].startswith("fp_") and header["kernels"] == header["engine"]["kernels"]
+    assert header["prompt_ids"] and header["fingerprint_parts"]["weights"]
+    ok = run(["replay", "--verify", str(rec)])
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines() == ["stream 0: identical (10 tokens)", "stream 1: identical (10 tokens)"]
+    lines = rec.read_text().splitlines()
+    k = [i for i, line in enumerate(lines) if json.loads(line).get("stream") == "1"][4]
+    tampered = json.loads(lines[k])
+    tampered["token_id"] = (tampered["token_id"] + 1) % 300
+    lines[k] = json.dumps(tampered)
+    rec.write_text("\n".join(lines) + "\n")
+    bad = run(["replay", "--verify", str(rec)])
+    assert bad.returncode == 1
+    assert "stream 1: differs at token 4: recorded" in bad.stdout and "stream 0: identical" in bad.stdout
+    other = tmp_path / "cmp.jsonl"
+    other.write_text(json.dumps({"type": "header", "command": "compare"}) + "\n")
+    refused = run(["replay", "--verify", str(other)])
+    assert refused.returncode == 2 and "--verify re-runs recordings of `tokenflow generate --record`" in refused.stderr

@@ -74,7 +74,7 @@ def test_each_row_has_the_tokens_engine_stream_gives(tiny_engine):
 
 def test_fingerprint_names_weights_kernels_and_chain(tiny_engine):
     fp = engine_fingerprint(tiny_engine)
-    assert fp.startswith("tf-") and len(fp) == 19 and fp == engine_fingerprint(tiny_engine)
+    assert fp.startswith("fp_") and len(fp) == 19 and fp == engine_fingerprint(tiny_engine)
     assert fingerprint_parts(tiny_engine)["kernels"] == tiny_engine.config.kernels
     other_tier = SimpleNamespace(model=tiny_engine.model, _weights_digest=tiny_engine._weights_digest,
                                  config=dataclasses.replace(tiny_engine.config, kernels="aten-x"))

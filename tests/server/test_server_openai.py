@@ -204,3 +204,21 @@ def test_unknown_model_and_long_prompt(client, tiny_engine):
 def test_models_route(client):
     models = client.models.list()
     assert [m.id for m in models.data] == ["tokenflow"]
+
+
+def test_system_fingerprint_names_the_arithmetic(client, tiny_engine):
+    """Every OpenAI answer (whole or streamed) and /health carry the engine's fingerprint."""
+    import httpx
+
+    from generator.fingerprint import engine_fingerprint
+
+    fp = engine_fingerprint(tiny_engine)
+    assert fp.startswith("fp_") and len(fp) == 19
+    whole = client.chat.completions.create(model="tokenflow", messages=MESSAGES, max_tokens=2, extra_body=NO_EOS)
+    assert whole.system_fingerprint == fp
+    assert client.completions.create(model="tokenflow", prompt="Once", max_tokens=2,
+                                     extra_body=NO_EOS).system_fingerprint == fp
+    chunks = list(client.chat.completions.create(model="tokenflow", messages=MESSAGES, max_tokens=2, stream=True,
+                                                 extra_body=NO_EOS))
+    assert chunks and all(c.system_fingerprint == fp for c in chunks)
+    assert httpx.get(str(client.base_url).replace("/v1/", "/health")).json()["system_fingerprint"] == fp
