@@ -26,14 +26,15 @@ ARITHMETIC_FIELDS = ("runner", "device", "dtype", "quant", "head", "activations"
                      "kernels")
 
 
-def engine_fingerprint(engine) -> str:
+def engine_fingerprint(engine, chain: str | None = None) -> str:
     """``fp_`` and 16 hex digits for ``engine`` (computed once per engine: hashing the weights
-    reads them all, about 0.2 s for the default model)."""
+    reads them all, about 0.2 s for the default model); with ``chain`` (a strategy's printed
+    chain), that generation's id (``with_chain``)."""
     cached = getattr(engine, "_fingerprint", None)
     if cached is None:
         cached = "fp_" + fingerprint_parts(engine)["digest"][:16]
         engine._fingerprint = cached
-    return cached
+    return cached if chain is None else with_chain(cached, chain)
 
 
 def with_chain(fingerprint: str, chain: str) -> str:
