@@ -62,7 +62,14 @@ async def text_completions(intake: Intake, req: CompletionRequest, request: Requ
                            headers={"Retry-After": retry}) from None
     events = [[[] for _ in range(req.n)] for _ in ids_list]
     if generate:
-        groups = [intake.submit(ids, p) for ids, p in zip(ids_list, params)]
+        groups = []
+        try:
+            for ids, p in zip(ids_list, params):
+                groups.append(intake.submit(ids, p))
+        except APIError:  # a full queue (429): the prompts queued already are not wanted either
+            for group in groups:
+                group.cancel()
+            raise
         events = await collect_groups(groups, req.n, request)
     choices = []
     for k, (prompt, ids) in enumerate(zip(prompts, ids_list)):

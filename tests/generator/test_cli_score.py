@@ -1,8 +1,10 @@
-"""``tokenflow score FILE`` as a subprocess on the tiny model: per-line perplexity and
-per-token logprobs equal transformers'; bad input is one line and exit 2."""
+"""``tokenflow score FILE`` on the tiny model: per-line perplexity and per-token logprobs
+equal transformers' (the command run in process: a subprocess would pay torch's start-up
+twice more); bad input, as a subprocess, is one line and exit 2."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -11,13 +13,15 @@ import sys
 
 import torch
 
+from generator.cli.main import main
+
 LINES = ["Once upon a time there was a small model.", "", "Café, naïve 🙂 日本語"]
 
 
-def _run(*args, stdin=None):
+def _run(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()}
     return subprocess.run([sys.executable, "-m", "generator.cli", "score", *args], capture_output=True, text=True,
-                          env=env, input=stdin, timeout=300)
+                          env=env, timeout=300)
 
 
 def _reference(engine, text):
@@ -27,13 +31,13 @@ def _reference(engine, text):
     return ids, [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
 
 
-def test_score_lines_and_json(tiny_model_dir, tiny_engine, tmp_path):
+def test_score_lines_and_json(tiny_model_dir, tiny_engine, tmp_path, capsys, monkeypatch):
     path = tmp_path / "lines.txt"
     path.write_text("\n".join(LINES) + "\n", encoding="utf-8")
     flags = ["--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32"]
-    plain = _run(str(path), *flags)
-    assert plain.returncode == 0, plain.stderr
-    rows = [line.split("\t") for line in plain.stdout.splitlines()]
+    assert main(["score", str(path), *flags]) == 0
+    plain = capsys.readouterr()
+    rows = [line.split("\t") for line in plain.out.splitlines()]
     assert len(rows) == 2  # the empty line is skipped
     want_total = []
     for row, text in zip(rows, [LINES[0], LINES[2]]):
@@ -41,10 +45,10 @@ def test_score_lines_and_json(tiny_model_dir, tiny_engine, tmp_path):
         want_total += lps
         assert math.isclose(float(row[0]), math.exp(-sum(lps) / len(lps)), rel_tol=1e-3)
         assert int(row[1]) == len(ids) - 1 and row[2] == text
-    assert f"perplexity {math.exp(-sum(want_total) / len(want_total)):.3f}" in plain.stderr
-    js = _run("-", *flags, "--json", "--top", "2", stdin=path.read_text(encoding="utf-8"))
-    assert js.returncode == 0, js.stderr
-    objs = [json.loads(line) for line in js.stdout.splitlines()]
+    assert f"perplexity {math.exp(-sum(want_total) / len(want_total)):.3f}" in plain.err
+    monkeypatch.setattr(sys, "stdin", io.StringIO(path.read_text(encoding="utf-8")))
+    assert main(["score", "-", *flags, "--json", "--top", "2"]) == 0
+    objs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [o["line"] for o in objs] == [1, 3]
     ids, lps = _reference(tiny_engine, LINES[2])
     toks = objs[1]["tokens"]

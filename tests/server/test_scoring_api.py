@@ -101,8 +101,9 @@ def test_bad_scoring_requests(live, body, param):
 def test_logprob_bytes_round_trip(live, tiny_engine, text):
     """The generated text forced to ``text``: every token's ``bytes`` joined equal its
     UTF-8, no token shows a lone U+FFFD, and a piece of a character prints as \\xNN."""
-    r = _post(live, {"messages": [{"role": "user", "content": "say it"}], "max_tokens": 40, "logprobs": True,
-                     "top_logprobs": 2, "guided_choice": [text]}, "/v1/chat/completions")
+    body = {"messages": [{"role": "user", "content": "say it"}], "max_tokens": 40, "logprobs": True,
+            "top_logprobs": 2, "guided_choice": [text]}
+    r = _post(live, body, "/v1/chat/completions")
     choice = r.json()["choices"][0]
     assert choice["message"]["content"] == text
     content = choice["logprobs"]["content"]
