@@ -100,6 +100,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise CLIError(f"--seeds: {exc}") from None
     defaults = {"max_new_tokens": args.max_new_tokens, "ignore_eos": True if args.ignore_eos else None}
     specs = [parse_strategy_spec(s, **defaults) for s in args.specs]  # an unknown strategy: one line, no cell run
+    slots = engine_options(args, parse_engine_args(args.engine_arg))["num_slots"]
+    for spec, p in zip(args.specs, specs):
+        if p.resolved_strategy.selector.is_beam and p.num_beams > slots:
+            raise CLIError(f"{spec}: {p.num_beams} beams need as many KV-cache slots; the engine has {slots} "
+                           f"(--engine-arg num_slots={p.num_beams})")
     prompts, warnings = read_sweep_prompts(args.prompts, args.strict)
     for w in warnings:
         print(f"tokenflow: warning: {w}", file=sys.stderr)
