@@ -41,9 +41,12 @@ NOT_RUN_LINES = {
     "make ": "make creates .venv and runs the whole suite or a server; this test runs their parts",
     "tokenflow serve": "a server runs until stopped; this test starts one itself "
                        "(`tokenflow serve --model DIR --port P`) for the curl and openai examples",
+    "tokenflow sweep --ray": "needs a Ray cluster; tests/ray runs the same sweep on a local one (make test-ray)",
 }
 # Subcommands that load a model, so take --model (strategies and replay load none).
-MODEL_COMMANDS = ("generate", "compare", "score")
+MODEL_COMMANDS = ("generate", "compare", "score", "sweep")
+# The prompts file the sweep examples read, written into the examples' folder.
+SWEEP_PROMPTS = '{"prompt": "Write a haiku about the sea."}\n{"prompt": "Explain streaming"}\n'
 
 
 def _blocks() -> list[tuple[str, int, str]]:
@@ -138,6 +141,7 @@ def cli_results(tiny_model_dir, tmp_path_factory, readme_server) -> dict[int, su
     """Every CLI example run in one folder, several at a time (each pays Python's and
     torch's start-up; the server below starts meanwhile), replays after the rest."""
     workdir = tmp_path_factory.mktemp("readme")
+    (workdir / "prompts.jsonl").write_text(SWEEP_PROMPTS)
 
     def run(item: tuple[int, str]) -> tuple[int, subprocess.CompletedProcess]:
         n, line = item

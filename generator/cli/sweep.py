@@ -74,6 +74,9 @@ def add_commands(sub) -> None:
     sw.add_argument("--ray-workers", type=int, default=None, help="actors, each with its own engine "
                     "(default: the cluster's CPUs / --ray-cpus)")
     sw.add_argument("--ray-cpus", type=int, default=1, help="CPUs (torch threads) per actor (1)")
+    sw.add_argument("--threads", type=int, default=None,
+                    help="torch threads of the in-process engine (default: torch's; 1 is often faster on a "
+                         "busy machine)")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     sw.add_argument("--no-plots", action="store_true", help="no summary.png")
     sw.add_argument("-v", "--verbose", action="store_true", help="say each stage of loading the model")
@@ -88,7 +91,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise CLIError("give at least one --strategy")
     if len(set(args.specs)) != len(args.specs):
         raise CLIError("a --strategy is given twice")
-    for name in ("chunk", "ray_workers", "ray_cpus"):
+    for name in ("chunk", "ray_workers", "ray_cpus", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1")
     try:
@@ -97,6 +100,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise CLIError(f"--seeds: {exc}") from None
     defaults = {"max_new_tokens": args.max_new_tokens, "ignore_eos": True if args.ignore_eos else None}
     specs = [parse_strategy_spec(s, **defaults) for s in args.specs]  # an unknown strategy: one line, no cell run
+    slots = engine_options(args, parse_engine_args(args.engine_arg))["num_slots"]
+    for spec, p in zip(args.specs, specs):
+        if p.resolved_strategy.selector.is_beam and p.num_beams > slots:
+            raise CLIError(f"{spec}: {p.num_beams} beams need as many KV-cache slots; the engine has {slots} "
+                           f"(--engine-arg num_slots={p.num_beams})")
     prompts, warnings = read_sweep_prompts(args.prompts, args.strict)
     for w in warnings:
         print(f"tokenflow: warning: {w}", file=sys.stderr)
@@ -128,6 +136,14 @@ def run_sweep(args, options: dict[str, Any], prompts: list[str], chunks) -> list
             raise CLIError(str(exc)) from None
         fingerprint = fan.fingerprint
     else:
+        if args.threads:
+            import os
+
+            # Before torch loads: OpenMP reads it once (our kernels' pool too); what Ray sets in its actors.
+            os.environ["OMP_NUM_THREADS"] = str(args.threads)
+            import torch
+
+            torch.set_num_threads(args.threads)
         engine = load_engine(options, verbose=args.verbose)
         from ..fingerprint import engine_fingerprint
 
@@ -148,11 +164,15 @@ def run_sweep(args, options: dict[str, Any], prompts: list[str], chunks) -> list
             print(f"tokenflow: resuming: {done}/{total} cells already in {store.path}", file=sys.stderr)
         rows = fan.rows(todo) if fan is not None else (
             row for chunk in todo for row in run_cells(engine, chunk, prompts, chat=args.chat))
+        import time
+
+        started, ran = time.perf_counter(), 0
         try:
             with _progress(total, done, args.no_progress) as advance:
                 for row in rows:
                     store.append(row)
                     advance(row)
+                    ran += 1
         except KeyboardInterrupt:
             print(f"tokenflow: interrupted: {len(store.done)}/{total} cells in {store.path}; run the same "
                   "command again to finish", file=sys.stderr)
@@ -166,6 +186,10 @@ def run_sweep(args, options: dict[str, Any], prompts: list[str], chunks) -> list
         finally:
             if fan is not None:
                 fan.close()
+        if ran:
+            took = time.perf_counter() - started
+            print(f"tokenflow: ran {ran} cells in {took:.1f} s ({ran / took:.2f} cells/s, the model(s) already "
+                  f"loaded){f' on {len(fan.fingerprints)} Ray workers' if fan is not None else ''}", file=sys.stderr)
         return list(store.done.values()) + list(store.failed.values())
 
 

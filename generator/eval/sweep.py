@@ -104,10 +104,18 @@ def run_cells(engine, cells: Sequence[Cell], prompts: Sequence[str], *, chat: bo
         while queue or live:
             while queue and batch.slots_needed(queue[0].params) <= engine.free_slots:
                 cell = queue.pop(0)
-                ids = engine.encode(prompts[cell.prompt], chat)
-                handle = batch.add(ids, cell.params)
-                live[handle] = {"cell": cell, "prompt_tokens": len(ids), "start": clock(), "events": [],
-                                "stamps": []}
+                got = {"cell": cell, "prompt_tokens": 0, "start": clock(), "events": [], "stamps": []}
+                try:
+                    ids = engine.encode(prompts[cell.prompt], chat)
+                    got["prompt_tokens"] = len(ids)
+                    handle = batch.add(ids, cell.params)
+                except Exception as exc:  # noqa: BLE001 - a prompt too long for the context, say: this cell only
+                    yield make_row(got, prompts[cell.prompt], fingerprint, config, worker,
+                                   error=f"{type(exc).__name__}: {exc}")
+                    continue
+                live[handle] = got
+            if not live and not queue:
+                break
             if not live:  # a cell that needs more slots than the engine has
                 cell = queue[0]
                 raise ValueError(f"{cell.label} needs {batch.slots_needed(cell.params)} KV-cache slots; "
@@ -117,7 +125,8 @@ def run_cells(engine, cells: Sequence[Cell], prompts: Sequence[str], *, chat: bo
                 got = live[handle]
                 if isinstance(ev, Exception):  # this cell's own failure: the others go on
                     del live[handle]
-                    yield make_row(got, None, fingerprint, config, worker, error=f"{type(ev).__name__}: {ev}")
+                    yield make_row(got, prompts[got["cell"].prompt], fingerprint, config, worker,
+                                   error=f"{type(ev).__name__}: {ev}")
                     continue
                 got["events"].append(ev)
                 got["stamps"].append(now)

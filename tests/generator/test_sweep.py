@@ -70,6 +70,14 @@ def test_each_row_has_the_tokens_engine_stream_gives(tiny_engine):
         assert row["fingerprint"] == engine_fingerprint(tiny_engine, cell.params.resolved_strategy.chain)
 
 
+def test_a_cell_that_cannot_run_is_an_error_row_and_the_others_run(tiny_engine):
+    prompts = ["Once upon a time", "word " * 400]  # the second is past the tiny model's 256 positions
+    cells = plan_cells(2, [parse_strategy_spec("greedy", max_new_tokens=4)], ["greedy"], [0])
+    rows = {r["prompt_index"]: r for r in run_cells(tiny_engine, cells, prompts)}
+    assert rows[0]["error"] is None and len(rows[0]["token_ids"]) <= 4
+    assert "ParamError" in rows[1]["error"] and rows[1]["token_ids"] == [] and rows[1]["prompt"] == prompts[1]
+
+
 def test_fingerprint_names_weights_kernels_and_chain(tiny_engine):
     fp = engine_fingerprint(tiny_engine)
     assert fp.startswith("fp_") and len(fp) == 19 and fp == engine_fingerprint(tiny_engine)
@@ -155,6 +163,7 @@ def test_sweep_command_writes_rows_summary_plot_then_resumes(tiny_model_dir, tmp
     (["--strategy", "wizard"], "strategy"),
     (["--strategy", "greedy", "--seeds", "4-1"], "--seeds"),
     (["--strategy", "greedy", "--strict"], ":2: not JSON"),
+    (["--strategy", "beam:num_beams=12"], "12 beams need as many KV-cache slots"),
     (["--strategy", "greedy", "--ray", "127.0.0.1:1"], "cannot reach a Ray cluster"),
 ])
 def test_bad_input_is_one_line_before_any_cell(tiny_model_dir, tmp_path, extra, message):
