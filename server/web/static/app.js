@@ -4,7 +4,7 @@
 const MAX_COLUMNS = 4;
 const TOP_N = 5; // alternatives asked for and shown on hover
 // Settings the page sets itself, so they never appear as a strategy's control.
-const PAGE_FIELDS = new Set(["strategy", "max_new_tokens", "logprobs", "top_logprobs", "n", "stream"]);
+const PAGE_FIELDS = new Set(["strategy", "max_new_tokens", "logprobs", "top_logprobs", "n", "stream", "trace"]);
 // First columns a person sees: deterministic, nucleus sampling, beam.
 const PREFERRED = ["greedy", "top_p", "beam", "sample"];
 
