@@ -29,7 +29,8 @@ def _model(name: str, tier: str, **options):
         from conftest import build_tiny_model
 
         hf = build_tiny_model(320)
-        cfg = EngineConfig(quant="int4", dtype="bfloat16", num_slots=20, max_len=200, **options).resolve(hf)
+        options = {"quant": "int4", "dtype": "bfloat16", **options}
+        cfg = EngineConfig(num_slots=20, max_len=200, **options).resolve(hf)
         return FastLlama.from_hf(hf, cfg), 320
     from generator import Engine
 
@@ -125,9 +126,13 @@ def main() -> None:
     ap.add_argument("--tiers", default=",".join(kernels.status()["tiers"]))
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batches", default="2,4,8,16")
+    ap.add_argument("--quant", default=None, help="the weight format (default: the model's default)")
+    ap.add_argument("--dtype", default=None)
     args = ap.parse_args()
+    options = {k: v for k, v in (("quant", args.quant), ("dtype", args.dtype)) if v}
     for tier in args.tiers.split(","):
-        for row in measure(args.model, tier, steps=args.steps, batches=[int(b) for b in args.batches.split(",")]):
+        for row in measure(args.model, tier, steps=args.steps, batches=[int(b) for b in args.batches.split(",")],
+                           **options):
             print(" | ".join(row), flush=True)
 
 
