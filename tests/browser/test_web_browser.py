@@ -450,3 +450,66 @@ def test_export_is_a_recording_that_replay_reads_and_forks(page, server, tiny_mo
                  "--model", str(tiny_model_dir)]) == 0
     engine_text = capsys.readouterr().out.rstrip("\n")
     assert engine_text == "".join(e["text"] for e in events)
+
+
+# -- same seed, same text, whatever the server is doing ---------------------------------
+@pytest.fixture(scope="module")
+def int4_server():
+    """The default model as it serves by default (int4 weights, int8 head, our kernels)."""
+    from generator import Engine
+
+    engine = Engine.load(num_slots=16)
+    live = LiveServer(create_app(Settings(), engine=StepEngine(engine, delay_s=0.01)))
+    _LIVE.append(live)
+    yield live, engine
+    live.stop()
+
+
+def test_regenerate_gives_the_same_seeded_text_under_any_load(page, int4_server):
+    """The page's two columns, greedy and seeded top_p: Generate while other requests are
+    decoding (the columns join a running batch), then Regenerate with the server otherwise
+    idle, then once more beside a different load: the same text every time, and the text
+    the engine gives each request alone."""
+    server, engine = int4_server
+    tokens = 24
+
+    def load(n: int, max_tokens: int) -> list[threading.Thread]:
+        def one(i: int):
+            httpx.post(server.url + "/v1/completions", timeout=120,
+                       json={"prompt": f"Background request {i}", "max_tokens": max_tokens, "ignore_eos": True,
+                             "strategy": "sample", "temperature": 1.3, "seed": i})
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: httpx.get(server.url + "/health").json()["running"] >= n, timeout=30)
+        return threads
+
+    def generate(button: str) -> tuple[str, str]:
+        page.click(button)
+        page.wait_for_function("document.querySelector('.column').dataset.state === 'running'")
+        first, second = wait_state(page, 0, ("done", "error")), wait_state(page, 1, ("done", "error"))
+        assert first["state"] == second["state"] == "done", (first, second)
+        return first["text"], second["text"]
+
+    open_page(page, server.url)
+    set_max_tokens(page, tokens)
+    page.click("#add-column")
+    page.locator(".column").nth(0).locator("select.strategy").select_option("greedy")
+    page.locator(".column").nth(1).locator("select.strategy").select_option("top_p")
+    for i in (0, 1):
+        set_param(page, i, "ignore_eos", True)
+    set_param(page, 1, "seed", 1)
+    busy = load(5, 60)  # five rows already decoding when the columns join
+    under_load = generate("#run")
+    for t in busy:
+        t.join(120)
+    idle = generate("#regenerate")
+    busy = load(11, 40)  # another crowd, other sizes
+    again = generate("#regenerate")
+    for t in busy:
+        t.join(120)
+    assert under_load == idle == again
+    alone = [SamplingParams(strategy="greedy", max_new_tokens=tokens, ignore_eos=True),
+             SamplingParams(strategy="top_p", max_new_tokens=tokens, ignore_eos=True, seed=1)]
+    assert under_load == tuple("".join(ev.text for ev in engine.stream(PROMPT, p)) for p in alone)
+    assert not page.js_errors, page.js_errors
