@@ -62,8 +62,10 @@ def test_int4_perplexity_and_greedy_agreement_int8_activations(default_engine, i
     ppl = perplexity(text_logprobs(int4_engine, LIKELIHOOD_TEXT))
     assert abs(ppl / ref_ppl - 1) <= 0.02, (ppl, ref_ppl)
     agree = [agreement(greedy_ids(int4_engine, p, 64), greedy_ids(default_engine, p, 64)) for p in AGREEMENT_PROMPTS]
-    # Measured [64, 59, 6, 23, 19, 41] (mean 35.3); bf16 activations: [29, 17, 6, 31, 64, 41].
-    assert sum(agree) / len(agree) >= 16 and max(agree) == 64, agree
+    # Measured [47, 59, 6, 31, 0, 31] (mean 29.0) with prompts prefilled through the same
+    # int8-activation step as generated tokens (batch and chunk invariance); before, with a
+    # bf16 prefill, [64, 59, 6, 23, 19, 41] (mean 35.3); bf16 activations: [29, 17, 6, 31, 64, 41].
+    assert sum(agree) / len(agree) >= 16 and max(agree) >= 32, agree
 
 
 def test_int8_perplexity_within_two_percent(default_engine):
@@ -74,11 +76,12 @@ def test_int8_perplexity_within_two_percent(default_engine):
 
 def test_int4_batched_scores_within_the_rounding(default_engine, int4_engine):
     """Several texts scored in one forward under int4 weights: each text's log-likelihood
-    within 2% of float32's (the rounding of the weights' scales and the activations;
-    measured 0.1-1%; a prompt of two or three tokens can move more)."""
+    within 4% of float32's (the rounding of the weights' scales and of the activations to
+    int8, which every token's step takes, prompt tokens included: measured 0.1-2.9%, the
+    most on the 16-token sentence; a prompt of two or three tokens can move more)."""
     texts = [LIKELIHOOD_TEXT, "The capital of France is Paris, and the capital of Italy is Rome.",
              "Emoji 😀 and 日本語 and café, naïve, señor: text that a tokenizer splits into bytes."]
     ids = [default_engine.tokenizer(t)["input_ids"] for t in texts]
     for ours, ref in zip(score_ids(int4_engine, ids), score_ids(default_engine, ids)):
         got, want = sum(ours.logprobs[1:]), sum(ref.logprobs[1:])
-        assert abs(got / want - 1) <= 0.02, (got, want)
+        assert abs(got / want - 1) <= 0.04, (got, want)
