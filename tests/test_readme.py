@@ -41,7 +41,7 @@ NOT_RUN_LINES = {
     "make ": "make creates .venv and runs the whole suite or a server; this test runs their parts",
     "tokenflow serve": "a server runs until stopped; this test starts one itself "
                        "(`tokenflow serve --model DIR --port P`) for the curl and openai examples",
-    "tokenflow sweep --ray": "needs a Ray cluster; tests/ray runs the same sweep on a local one (make test-ray)",
+    "tokenflow sweep --ray": "needs a Ray cluster; tests/cluster runs the same sweep on a local one (make test-ray)",
 }
 # Subcommands that load a model, so take --model (strategies and replay load none).
 MODEL_COMMANDS = ("generate", "compare", "score", "sweep")

@@ -1,5 +1,5 @@
 """`tokenflow sweep` in process: cells, rows, resume, summary, fingerprint, bad input
-(on the tiny model). The same sweep on a real local Ray cluster: tests/ray/."""
+(on the tiny model). The same sweep on a real local Ray cluster: tests/cluster/."""
 
 import copy
 import json
@@ -167,8 +167,8 @@ def test_sweep_command_writes_rows_summary_plot_then_resumes(tiny_model_dir, tmp
     (["--strategy", "greedy", "--ray", "127.0.0.1:1"], "cannot reach a Ray cluster"),
 ])
 def test_bad_input_is_one_line_before_any_cell(tiny_model_dir, tmp_path, extra, message):
-    if "--ray" in extra:
-        pytest.importorskip("ray")
+    if "--ray" in extra:  # (tests/cluster, not tests/ray: a folder named ray on sys.path would pass for it)
+        pytest.importorskip("ray.util")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi"}\nnot json\n')
     res = run(["sweep", str(prompts), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")] + extra)
