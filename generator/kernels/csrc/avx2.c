@@ -226,16 +226,10 @@ int TF(int8_mm)(const uint16_t *x, int64_t M, int64_t K, int64_t N, const int8_t
 /* ---- int8 activations --------------------------------------------------------------------
  * x rounded per row and group of 32 (step max|x| / 127, nearest even), with per (row, group)
  * the step, the exact float32 sum of x and bias times the sum of the codes. */
-typedef struct { int8_t *xq; float *xs, *xd; int32_t *xb; } q8_x;
-
 static void *quantize_rows(const uint16_t *x, int64_t M, int64_t K, int32_t bias, q8_x *out) {
     const int64_t n = M * (K / GROUP);
-    char *buf = (char *)malloc(M * K + n * (2 * sizeof(float) + sizeof(int32_t)));
+    void *buf = q8_alloc(M, K, out);
     if (!buf) return NULL;
-    out->xq = (int8_t *)buf;
-    out->xs = (float *)(buf + M * K);
-    out->xd = out->xs + n;
-    out->xb = (int32_t *)(out->xd + n);
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t i = 0; i < n; i++) {
         __m256 v[4];

@@ -227,16 +227,10 @@ TILES(DEFINE_Q8_TILE, q8)
 /* Rounds x [M, K] to int8 per row and group of 32 (step max|x| / 127, nearest even), with
  * per (row, group) the step, the exact float32 sum of x and bias times the sum of the
  * int8 codes, in one malloc'd block the caller frees (NULL: no memory). */
-typedef struct { int8_t *xq; float *xs, *xd; int32_t *xb; } q8_x;
-
 static void *quantize_rows(const uint16_t *x, int64_t M, int64_t K, int32_t bias, q8_x *out) {
     const int64_t n = M * (K / GROUP);
-    char *buf = (char *)malloc(M * K + n * (2 * sizeof(float) + sizeof(int32_t)));
+    void *buf = q8_alloc(M, K, out);
     if (!buf) return NULL;
-    out->xq = (int8_t *)buf;
-    out->xs = (float *)(buf + M * K);
-    out->xd = out->xs + n;
-    out->xb = (int32_t *)(out->xd + n);
     for (int64_t i = 0; i < n; i++) {
         const __m512 v0 = bf16x16_to_ps(x + i * GROUP), v1 = bf16x16_to_ps(x + i * GROUP + 16);
         out->xs[i] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));

@@ -81,16 +81,10 @@ int TF(int4_mm)(const uint16_t *x, int64_t M, int64_t K, int64_t N, const uint8_
 /* ---- int8 activations: x rounded per row and group of 32 ---------------------------------
  * Step d = max|x| / 127, codes round(x / d) (nearest even; 0 for an all-zero group), with
  * the exact float32 sum of x and bias times the sum of the codes, as the avx512 tier. */
-typedef struct { int8_t *xq; float *xs, *xd; int32_t *xb; } q8_x;
-
 static void *quantize_rows(const uint16_t *x, int64_t M, int64_t K, int32_t bias, q8_x *out) {
     const int64_t n = M * (K / GROUP);
-    char *buf = (char *)malloc(M * K + n * (2 * sizeof(float) + sizeof(int32_t)));
+    void *buf = q8_alloc(M, K, out);
     if (!buf) return NULL;
-    out->xq = (int8_t *)buf;
-    out->xs = (float *)(buf + M * K);
-    out->xd = out->xs + n;
-    out->xb = (int32_t *)(out->xd + n);
     for (int64_t i = 0; i < n; i++) {
         float v[GROUP], part[LANES], amax = 0.f;
         for (int j = 0; j < GROUP; j++) {

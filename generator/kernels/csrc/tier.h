@@ -14,6 +14,7 @@
 #define TOKENFLOW_TIER_H
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifndef TF_TIER
@@ -60,5 +61,21 @@ static inline uint16_t f32_to_bf16(float f) {
 }
 
 static inline float bf16_round_f32(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+/* Inputs rounded to int8 per row and group of GROUP (every tier's int8-activation matmuls):
+ * the codes [M, K], then per (row, group) the step, the exact float32 sum of x, and the
+ * bias times the sum of the codes; one allocation, freed by the caller. */
+typedef struct { int8_t *xq; float *xs, *xd; int32_t *xb; } q8_x;
+
+static inline void *q8_alloc(int64_t M, int64_t K, q8_x *out) {
+    const int64_t n = M * (K / GROUP);
+    char *buf = (char *)malloc(M * K + n * (2 * sizeof(float) + sizeof(int32_t)));
+    if (!buf) return NULL;
+    out->xq = (int8_t *)buf;
+    out->xs = (float *)(buf + M * K);
+    out->xd = out->xs + n;
+    out->xb = (int32_t *)(out->xd + n);
+    return buf;
+}
 
 #endif
