@@ -162,7 +162,7 @@ class Engine:
         elif isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
             texts = [c for m in prompt if isinstance(c := m.get("content"), str)]
         else:
-            return len(prompt) if isinstance(prompt, (list, tuple)) else 0
+            return 0  # token ids: no floor needed, they are counted exactly at no cost
         size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
         return size // self.max_token_bytes
 

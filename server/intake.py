@@ -85,8 +85,6 @@ class Intake:
         """400 at once, before tokenizing, when the prompt's text is so long that even at
         the most bytes one token can hold (``Engine.fewest_tokens``) it cannot fit: a prompt
         of megabytes would otherwise cost seconds of tokenizing and hundreds of MB."""
-        if isinstance(prompt, (list, tuple)) and not any(isinstance(m, dict) for m in prompt):
-            return  # token ids: counted exactly, at no cost, once they pass
         floor = self.engine.fewest_tokens(prompt)
         limit = self.settings.max_prompt_tokens
         if limit and floor > limit:
