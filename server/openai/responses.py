@@ -114,16 +114,17 @@ class _Answer:
         self.item_id = f"msg_{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
 
-    def message(self, text: str | None, status: str) -> dict:
-        content = [] if text is None else [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    def message(self, text: str | None, status: str, trace: list | None = None) -> dict:
+        content = [] if text is None else [_part(text, trace)]
         return {"id": self.item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
-    def response(self, status: str, text: str | None = None, tokens: int = 0, finish: str | None = None) -> dict:
+    def response(self, status: str, text: str | None = None, tokens: int = 0, finish: str | None = None,
+                 trace: list | None = None) -> dict:
         """The ``response`` object: ``in_progress`` (no output yet), ``completed`` or ``incomplete``."""
         done = status != "in_progress"
         req = self.req
         return {"id": self.s.id, "object": "response", "created_at": self.created, "status": status,
-                "model": self.s.model, "output": [self.message(text, "completed")] if done else [],
+                "model": self.s.model, "output": [self.message(text, "completed", trace)] if done else [],
                 "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
                 "temperature": req.temperature, "top_p": req.top_p, "parallel_tool_calls": False,
                 "tool_choice": "none", "tools": [], "text": {"format": {"type": "text"}}, "metadata": {},
@@ -131,6 +132,19 @@ class _Answer:
                 "incomplete_details": {"reason": "max_output_tokens"} if finish == "length" else None,
                 "usage": _usage(len(self.s.ids), tokens) if done else None,
                 "timings": timings(self.s.group.jobs[0], len(self.s.ids)) if done else None}
+
+
+def _part(text: str, trace: list | None) -> dict:
+    """An ``output_text`` content part; with ``trace`` (the request asked for ``trace: true``)
+    one decision trace per token, as the chat and completion choices carry it."""
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    if trace is not None:
+        part["trace"] = trace
+    return part
+
+
+def _traces(evs) -> list | None:
+    return [ev.trace for ev in evs] if evs and evs[0].trace is not None else None
 
 
 def _status(finish: str | None) -> str:
@@ -146,7 +160,8 @@ async def create_response(intake: Intake, req: ResponsesRequest, request: Reques
         return _stream(answer)
     events = (await collect(s.group, 1, request))[0]
     finish = events[-1].finish_reason if events else "stop"
-    return answer.response(_status(finish), "".join(ev.text for ev in events), len(events), finish)
+    return answer.response(_status(finish), "".join(ev.text for ev in events), len(events), finish,
+                           _traces(events))
 
 
 def _stream(a: _Answer):
@@ -165,24 +180,28 @@ def _stream(a: _Answer):
         yield event("response.output_item.added", output_index=0, item=a.message(None, "in_progress"))
         yield event("response.content_part.added", **part,
                     part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
-        text, tokens, finish = [], 0, None
+        text, tokens, finish, trace = [], 0, None, None
         try:
             async for _, evs in a.s.group.batches():
                 tokens += len(evs)
                 finish = evs[-1].finish_reason
                 delta = "".join(ev.text for ev in evs)
                 text.append(delta)
-                yield event("response.output_text.delta", **part, delta=delta, logprobs=[])
+                more = _traces(evs)
+                if more is None:
+                    yield event("response.output_text.delta", **part, delta=delta, logprobs=[])
+                else:
+                    trace = (trace or []) + more
+                    yield event("response.output_text.delta", **part, delta=delta, logprobs=[], trace=more)
         except GenerationError as exc:
             yield error_event(exc, named=True)
             return
         whole = "".join(text)
         yield event("response.output_text.done", **part, text=whole, logprobs=[])
-        yield event("response.content_part.done", **part,
-                    part={"type": "output_text", "text": whole, "annotations": [], "logprobs": []})
-        yield event("response.output_item.done", output_index=0, item=a.message(whole, "completed"))
+        yield event("response.content_part.done", **part, part=_part(whole, trace))
+        yield event("response.output_item.done", output_index=0, item=a.message(whole, "completed", trace))
         status = _status(finish)
-        yield event(f"response.{status}", response=a.response(status, whole, tokens, finish))
+        yield event(f"response.{status}", response=a.response(status, whole, tokens, finish, trace))
 
     state = a.s.intake.state
     return event_stream(events(), state.settings.keepalive_s, on_close=a.s.group.cancel, metrics=state.metrics)

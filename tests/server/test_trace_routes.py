@@ -83,3 +83,24 @@ def test_api_stream_prefix_ids_continue_after_them(live, tiny_engine):
     for bad in ("1,x", "99999"):
         res = httpx.get(live.url + "/api/stream", params={**query, "prefix_ids": bad}, timeout=30)
         assert res.status_code == 400 and res.json()["error"]["param"] == "prefix_ids"
+
+
+def test_responses_carry_the_trace_whole_and_streamed(client, tiny_engine):
+    want = engine_traces(tiny_engine, tiny_engine.encode("Hi", chat=True), 4, temperature=0.8, top_k=20, seed=4,
+                         ignore_eos=True)
+    body = {**SETTINGS, "strategy": "sample", "trace": True}
+    got = client.responses.create(model="tokenflow", input="Hi", max_output_tokens=4, extra_body=body)
+    part = got.model_dump()["output"][0]["content"][0]
+    assert [t["rank"] for t in part["trace"]] == [t["rank"] for t in want]
+    assert [t["links"] for t in part["trace"]] == [t["links"] for t in want]
+    deltas, done = [], None
+    for ev in client.responses.create(model="tokenflow", input="Hi", max_output_tokens=4, stream=True,
+                                      extra_body=body):
+        dumped = ev.model_dump()
+        if ev.type == "response.output_text.delta":
+            deltas += dumped["trace"]
+        elif ev.type in ("response.completed", "response.incomplete"):
+            done = dumped["response"]["output"][0]["content"][0]["trace"]
+    assert [t["rank"] for t in deltas] == [t["rank"] for t in want] == [t["rank"] for t in done]
+    plain = client.responses.create(model="tokenflow", input="Hi", max_output_tokens=2, extra_body=SETTINGS)
+    assert "trace" not in plain.model_dump()["output"][0]["content"][0]
