@@ -13,15 +13,16 @@ every chosen token through ``accept``, so the engine only does
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .lazy import torch
 
 from .links.base import Batch, Link, LinkState
+from .checks import ParamError
 from .params import SamplingParams
 from .registry import Strategy, history
-from .selectors import ARGMAX, Selector, argmax, extra_generator, make_generator
+from .selectors import ARGMAX, Selector, argmax, extra_generator, make_generator, uniform
 from .trace import StepTrace, TraceRecorder
 
 # ``logits[B, V] float32 -> (ids[B], logprobs[B])``: the same choice as ``argmax`` and
@@ -108,6 +109,26 @@ class RowState:
     def done(self) -> bool:
         """A state says the row must end now (its grammar is complete)."""
         return any(getattr(state, "done", False) for state in self.states.values())
+
+    def resume(self, generated: Sequence[int], vocab: int) -> None:
+        """Continue as if this row had already generated ``generated`` (a fork): each token is
+        accepted (penalties, DRY, a grammar see it as output) and the row's streams skip
+        what each of those steps drew, the ``vocab`` noise numbers of a sampled step (and
+        XTC's coin), so the next token gets the noise the original stream drew there.
+        Mirostat's running ``mu`` starts afresh (it learned from logits a fork does not
+        recompute)."""
+        sampled = not self.params.is_greedy
+        coin = sampled and (self.params.xtc_probability or 0) > 0
+        scratch = torch.empty(vocab, device=self.generator.device) if sampled else None
+        for i, token in enumerate(generated):
+            if sampled:
+                scratch.exponential_(generator=self.generator)
+            if coin:
+                uniform([self.extra_generator], self.generator.device)
+            self.accept(int(token))
+            for state in self.states.values():
+                if why := getattr(state, "error", None):  # a grammar refuses the fork's token
+                    raise ParamError("generated", f"token {int(token)} at {i} is refused by the constraint: {why}")
 
     def accept(self, token: int) -> None:
         """Record the token chosen for this row."""

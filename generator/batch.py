@@ -131,38 +131,30 @@ class BatchGenerator:
         """Queue one generation; it is prefilled by the next ``step()`` calls. Returns its handle."""
         return self.add_group(prompt_ids, [params])[0]
 
-    def add_group(self, prompt_ids: Sequence[int], params: list[SamplingParams]) -> list[int]:
+    def add_group(self, prompt_ids: Sequence[int], params: list[SamplingParams],
+                  generated: Sequence[int] = ()) -> list[int]:
         """``len(params)`` generations of one prompt (``n`` > 1): prefilled once, the slot
-        copied to every row; row ``i`` samples with ``params[i]`` (its own seed)."""
+        copied to every row; row ``i`` samples with ``params[i]`` (its own seed). A fork
+        passes ``generated``: tokens the rows continue after as if they had drawn them
+        (``RowState.resume``: same history, same noise as the stream it forks)."""
         ids = list(prompt_ids)
         if not ids:
             raise ParamError("prompt", "the prompt is empty")
+        generated = [int(t) for t in generated]
         for p in params:
-            self.engine.check_length(ids, p)
+            self.engine.check_length(ids + generated, p)
         beam = [p.resolved_strategy.selector.is_beam for p in params]
         if any(beam) and len(params) > 1:
             raise ParamError("n", "beam search yields one sequence; use n=1 with num_beams")
         need = self.slots_needed(params[0]) if beam[0] else len(params)
         slots = self.runner.acquire(need)  # raises SlotsExhausted when the batch is full
-        rows: list[_Row] = []
-        for i, p in enumerate(params):
-            row_slots = slots if beam[0] else [slots[i]]
-            text = TextStream(self.tokenizer, p.stop, p.include_stop_str_in_output, p.skip_special_tokens)
-            row = _Row(next(self._handles), p, row_slots, text, self.engine.stop_ids(p))
-            if beam[0]:
-                row.search = BeamSearch(p.num_beams, p.max_new_tokens, sorted(row.stop_ids), p.length_penalty,
-                                        p.early_stopping, self.device)
-                row.slot_t = torch.tensor(row_slots, device=self.device)
-                row.beam_links = BeamLinks.start(p, ids, self.device, self.engine.grammars)
-            else:
-                row.state = RowState(p, make_generator(p.seed, self.device), ids, self.device, self.engine.grammars)
-            rows.append(row)
-        states = [r.state for r in rows if r.state is not None]
         try:
-            if states:
+            rows = [self._new_row(p, slots if beam[0] else [slots[i]], ids, generated) for i, p in enumerate(params)]
+            if states := [r.state for r in rows if r.state is not None]:
                 # The rows' sampler columns, built alone now: a row that cannot be set up
-                # (an id outside the vocabulary, a value no column holds) fails here, not
-                # at the batch's next setup, where it would take every other row with it.
+                # (an id outside the vocabulary, a value no column holds, a fork's token a
+                # grammar refuses) fails here, not at the batch's next setup, where it would
+                # take every other row with it; its slots go back.
                 BatchSampler.from_rows(states, self.device, self.engine.eos_token_ids).prepare(
                     self.engine.model.config.vocab_size)
         except Exception:
@@ -170,8 +162,21 @@ class BatchGenerator:
             raise
         for row in rows:
             self.rows[row.handle] = row
-        self._prefills.append(_Prefill(ids, rows, targets=list(slots)))
+        self._prefills.append(_Prefill(ids + generated, rows, targets=list(slots)))
         return [r.handle for r in rows]
+
+    def _new_row(self, p: SamplingParams, row_slots: list[int], ids: list[int], generated: list[int]) -> _Row:
+        text = TextStream(self.tokenizer, p.stop, p.include_stop_str_in_output, p.skip_special_tokens)
+        row = _Row(next(self._handles), p, row_slots, text, self.engine.stop_ids(p))
+        if p.resolved_strategy.selector.is_beam:
+            row.search = BeamSearch(p.num_beams, p.max_new_tokens, sorted(row.stop_ids), p.length_penalty,
+                                    p.early_stopping, self.device)
+            row.slot_t = torch.tensor(row_slots, device=self.device)
+            row.beam_links = BeamLinks.start(p, ids + generated, self.device, self.engine.grammars)
+        else:
+            row.state = RowState(p, make_generator(p.seed, self.device), ids, self.device, self.engine.grammars)
+            row.state.resume(generated, self.engine.model.config.vocab_size)
+        return row
 
     def cancel(self, handle: int) -> None:
         """Drop a row now and give its slots back (a no-op for an unknown or finished handle)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -190,14 +190,16 @@ class Engine:
         return BatchGenerator(self, prefill_budget)
 
     def stream(self, prompt: Prompt | list[dict], params: SamplingParams | None = None,
-               chat: bool = False) -> Iterator[TokenEvent]:
-        """Yield a ``TokenEvent`` per generated token, each the moment it exists."""
+               chat: bool = False, generated: Sequence[int] = ()) -> Iterator[TokenEvent]:
+        """Yield a ``TokenEvent`` per generated token, each the moment it exists. A fork
+        passes ``generated``, the tokens it continues after as if it had drawn them: the
+        same seed then gives the noise, penalties and grammar state the forked stream had."""
         params = params or SamplingParams()
         ids = self.encode(prompt, chat)
-        self.check_length(ids, params)
+        self.check_length([*ids, *generated], params)
         if params.n != 1:
             raise ParamError("n", "Engine.stream() yields one sequence; use Engine.stream_n() for n > 1")
-        for _, ev in self._run(ids, [params]):
+        for _, ev in self._run(ids, [params], generated):
             yield ev
 
     def stream_n(self, prompt: Prompt | list[dict], params: SamplingParams | None = None,
@@ -212,10 +214,11 @@ class Engine:
                    for i in range(params.n)]
         yield from self._run(ids, choices)
 
-    def _run(self, ids: list[int], choices: list[SamplingParams]) -> Iterator[tuple[int, TokenEvent]]:
+    def _run(self, ids: list[int], choices: list[SamplingParams],
+             generated: Sequence[int] = ()) -> Iterator[tuple[int, TokenEvent]]:
         # One request on its own batch: the same step the scheduler runs for many.
         batch = self.batch()
-        handles = batch.add_group(ids, choices)
+        handles = batch.add_group(ids, choices, generated)
         index = {h: i for i, h in enumerate(handles)}
         try:
             while batch.active:

@@ -112,12 +112,13 @@ class Intake:
                                 f"the context of {self.context} tokens",
                            param=param, code="context_length_exceeded")
 
-    def submit(self, ids: list[int], params: list[SamplingParams]) -> JobGroup:
+    def submit(self, ids: list[int], params: list[SamplingParams], generated: list[int] = ()) -> JobGroup:
         """Queue one job per entry of ``params`` (all or none); 400 when the model cannot
-        run them (``check_params``), 429 when the queue is full."""
+        run them (``check_params``), 429 when the queue is full. ``generated``: a fork's
+        tokens, continued after as if the rows had drawn them."""
         self.check_params(params)
         try:
-            return self.scheduler.submit([(ids, p) for p in params])
+            return self.scheduler.submit([(ids, p) for p in params], generated=generated)
         except SchedulerFull as exc:
             retry = str(self.settings.retry_after_s)
             raise APIError(429, f"the server is busy: {exc}; retry after {retry} s", code="queue_full",

@@ -46,6 +46,7 @@ class Job:
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     cancelled: threading.Event = field(default_factory=threading.Event)
     handle: int | None = None  # its row in the worker's BatchGenerator
+    generated: list[int] = field(default_factory=list)  # a fork: tokens it continues after (add_group)
 
     @property
     def done(self) -> bool:

@@ -95,11 +95,12 @@ class Scheduler:
             self._finished.wait(timeout)
 
     def submit(self, requests: list[tuple[list[int], SamplingParams]],
-               loop: asyncio.AbstractEventLoop | None = None) -> JobGroup:
-        """Queue one request's jobs, all or none. Call from the event loop."""
+               loop: asyncio.AbstractEventLoop | None = None, generated: list[int] = ()) -> JobGroup:
+        """Queue one request's jobs, all or none. Call from the event loop. ``generated``:
+        a fork's tokens, which its rows continue after (``BatchGenerator.add_group``)."""
         group = JobGroup(loop or asyncio.get_running_loop())
         for index, (ids, params) in enumerate(requests):
-            group.jobs.append(Job(list(ids), params, index, group))
+            group.jobs.append(Job(list(ids), params, index, group, generated=list(generated)))
         with self._wake:
             if self._stopping:
                 raise SchedulerFull("the server is shutting down")
@@ -242,7 +243,7 @@ class Scheduler:
         for job in jobs:
             job.started_at = now
         try:
-            handles = self.batch.add_group(jobs[0].prompt_ids, [j.params for j in jobs])
+            handles = self.batch.add_group(jobs[0].prompt_ids, [j.params for j in jobs], jobs[0].generated)
         except Exception as exc:  # noqa: BLE001 - e.g. no free slot after all: an error event, not a crash
             for job in jobs:
                 self._deliver(job, exc)

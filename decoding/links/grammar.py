@@ -200,6 +200,11 @@ class GrammarState:
         return GrammarState(self.matcher.deep_copy(), self.grammars)
 
     @property
+    def error(self) -> str | None:
+        """Why the matcher failed (a token it refuses was accepted: a fork's prefix), or ``None``."""
+        return _one_line(self.matcher.get_error()) if self.matcher.is_error() else None
+
+    @property
     def done(self) -> bool:
         """The grammar is complete and admits nothing more: the row ends here."""
         return self.matcher.is_stopped()

@@ -154,14 +154,15 @@ def run_fork(args, header: dict[str, Any], events: list[dict[str, Any]]) -> int:
     engine = load_engine(engine_options(args))
     tid = fork_token(engine.tokenizer, token)
     prefix = [int(ev["token_id"]) for ev in events[:at]]
-    ids = engine.encode(header["prompt"], chat=bool(header.get("chat"))) + before + prefix + [tid]
+    ids = engine.encode(header["prompt"], chat=bool(header.get("chat")))
     was = repr(events[at]["text"]) if at < len(events) else "the end"
     print(f"[fork] token {at}: {was} -> {engine.tokenizer.decode([tid])!r}, then {params.chain}",
           file=sys.stderr, flush=True)
     out = sys.stdout
     out.write(engine.tokenizer.decode(prefix + [tid]))
     out.flush()
-    for ev in engine.stream(ids, params):
+    # the fork continues as the recorded stream had drawn its tokens: same noise, same history
+    for ev in engine.stream(ids, params, generated=before + prefix + [tid]):
         out.write(ev.text)
         out.flush()
     out.write("\n")

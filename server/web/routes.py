@@ -60,9 +60,10 @@ async def api_stream(request: Request):
             raise APIError(400, "prompt: required", param="prompt", code="missing_field")
         params = params_from_query(query, intake.default_max_tokens())
         ids = await intake.encode(prompt, chat=flag(query, "chat"), field="prompt")
-        ids += prefix_ids(query, intake.engine.model.config.vocab_size)  # a fork continues after these
-        intake.check_room(ids, params.max_new_tokens, length_key(query))
-        group = intake.submit(ids, [params])
+        # a fork continues after these, as the stream it forks had drawn them (same history, same noise)
+        forked = prefix_ids(query, intake.engine.model.config.vocab_size)
+        intake.check_room(ids + forked, params.max_new_tokens, length_key(query))
+        group = intake.submit(ids, [params], generated=forked)
         stream = store.create(group, token_events(group, params.strategy), "web")
         after = -1
     stream.attach()

@@ -85,6 +85,16 @@ def test_api_stream_prefix_ids_continue_after_them(live, tiny_engine):
         assert res.status_code == 400 and res.json()["error"]["param"] == "prefix_ids"
 
 
+def test_api_stream_prefix_ids_fork_a_sampled_stream(live, tiny_engine):
+    settings = dict(strategy="top_k", top_k=40, presence_penalty=1.5, seed=11)
+    whole = [ev.token_id for ev in tiny_engine.stream("Once upon a time", SamplingParams(max_new_tokens=12, ignore_eos=True, **settings))]
+    query = {"prompt": "Once upon a time", "max_tokens": 12 - 4, "ignore_eos": "true", "prefix_ids": ",".join(map(str, whole[:4])),
+             **{k: str(v) for k, v in settings.items()}}
+    with httpx.stream("GET", live.url + "/api/stream", params=query, timeout=60) as res:
+        got = [data_json(e)["token_id"] for e in iter_sse(res) if e.get("event") == "token"]
+    assert got == whole[4:]
+
+
 def test_responses_carry_the_trace_whole_and_streamed(client, tiny_engine):
     want = engine_traces(tiny_engine, tiny_engine.encode("Hi", chat=True), 4, temperature=0.8, top_k=20, seed=4,
                          ignore_eos=True)
