@@ -9,7 +9,7 @@ Semantics follow the ``transformers`` logits warpers of the same name.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .lazy import torch
 
@@ -284,24 +284,58 @@ def xtc(logits: torch.Tensor, probability: Param, threshold: Param, uniform: Par
     return logits.masked_fill(remove & on, float("-inf"))
 
 
+Breakers = dict[int, set[tuple[int, ...]]]  # head token -> the token tails that complete a breaker
+
+
+def dry_breaker_sequences(token_texts: Sequence[str], text: str, encode: Callable[[str], list[int]],
+                          max_tail: int = 20) -> Breakers:
+    """The token sequences that spell DRY breaker ``text`` (llama.cpp's reading of a text
+    breaker): every token whose text contains it is a breaker alone (an empty tail); a
+    token whose text ends with the start of ``text`` is the head of a breaker whose tail is
+    the rest of ``text`` as ``encode`` tokenizes it (at most ``max_tail`` tokens)."""
+    out: Breakers = {}
+    for tid, word in enumerate(token_texts):
+        if text in word:
+            out.setdefault(tid, set()).add(())
+            continue
+        for pos in range(len(word)):
+            rest = word[pos:]
+            if text.startswith(rest):
+                out.setdefault(tid, set()).add(tuple(encode(text[len(rest):])[:max_tail]))
+    return out
+
+
+def _repeat_limit(ctx: list[int], heads: Breakers) -> int:
+    """How many of the context's last tokens a repeat may span: those after the most recent
+    complete breaker sequence (the longest one that ends there), or all of them."""
+    for i in range(len(ctx)):  # i tokens follow the candidate head
+        tails = heads.get(ctx[-1 - i])
+        if not tails:
+            continue
+        longest = max((len(t) for t in tails if len(t) <= i and list(t) == ctx[len(ctx) - i: len(ctx) - i + len(t)]),
+                      default=-1)
+        if longest >= 0:
+            return i - longest
+    return len(ctx)
+
+
 def dry_penalties(history: list[int], multiplier: float, base: float, allowed_length: int,
-                  penalty_last_n: int = -1, sequence_breakers: tuple[int, ...] | set[int] = ()) -> dict[int, float]:
+                  penalty_last_n: int = -1,
+                  sequence_breakers: tuple[int, ...] | set[int] | Breakers = ()) -> dict[int, float]:
     """DRY ("don't repeat yourself", llama.cpp ``llama_sampler_dry``, by p-e-w): for each
     token ``t`` that would extend a repeat, i.e. ``t`` followed an earlier occurrence of
     the context's last ``n`` tokens, with ``n`` the longest such match, the penalty is
     ``multiplier * base ** (n - allowed_length)`` when ``n >= allowed_length``.
-    Matches never cross a sequence breaker and breakers themselves are not penalised;
-    ``penalty_last_n`` limits the context (-1: all of it, 0: off)."""
+    Matches never cross a sequence breaker and single-token breakers are not penalised;
+    ``sequence_breakers`` are token ids, or (``dry_breaker_sequences``) head tokens with the
+    tails that complete a breaker spread over several tokens. ``penalty_last_n`` limits
+    the context (-1: all of it, 0: off)."""
     if multiplier <= 0 or penalty_last_n == 0 or len(history) < 2:
         return {}
     ctx = history if penalty_last_n < 0 else history[-penalty_last_n:]
-    breakers = set(sequence_breakers)
+    heads = sequence_breakers if isinstance(sequence_breakers, dict) else {t: {()} for t in sequence_breakers}
     # the repeated sequence may not reach back past the most recent breaker
-    limit = 0
-    for tok in reversed(ctx):
-        if tok in breakers:
-            break
-        limit += 1
+    limit = _repeat_limit(ctx, heads)
     length = len(ctx)
     best: dict[int, int] = {}
     for end in range(length - 1):  # ctx[end] is the last token of an earlier occurrence
@@ -315,7 +349,7 @@ def dry_penalties(history: list[int], multiplier: float, base: float, allowed_le
     max_exp = int(88.7228391 / math.log(base)) if base > 1.000001 else 0
     out = {}
     for tok, n in best.items():
-        if tok in breakers:
+        if () in heads.get(tok, ()):
             continue
         exp = n - allowed_length
         if max_exp > 0:

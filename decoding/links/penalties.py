@@ -4,7 +4,7 @@ a row whose field is off is left alone (its column holds the off value)."""
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 
 from ..lazy import torch
 
@@ -107,17 +107,20 @@ class DontRepeatYourself(Link):
     reference = "llama.cpp DRY sampler (p-e-w)"
 
     def new_state(self, params, prompt_ids, grammars=None):
-        """A row's breakers as token ids: ids as given, a text as every token whose text
-        contains it (llama.cpp's case of a breaker inside one token; one spread over
-        several tokens is not matched). Texts need the tokenizer (``grammars``)."""
-        texts = [b for b in params.dry_sequence_breakers if isinstance(b, str)]
+        """A row's breakers as head tokens and the tails that complete them: an id alone as
+        given; a text as llama.cpp reads it (``transforms.dry_breaker_sequences``: every
+        token that contains it, and every token that starts it followed by the tokens of
+        the rest). Texts need the tokenizer (``grammars``)."""
+        texts = tuple(b for b in params.dry_sequence_breakers if isinstance(b, str))
         if not self.is_on(params) or not texts:
             return None
         if grammars is None:
             raise ParamError("dry_sequence_breakers", "text breakers need the engine's tokenizer; give token ids")
-        ids = {b for b in params.dry_sequence_breakers if not isinstance(b, str)}
-        ids.update(i for i, text in enumerate(grammars.token_texts()) if any(t in text for t in texts))
-        return _Breakers(frozenset(ids))
+        heads = {head: set(tails) for head, tails in _text_breakers(grammars, texts).items()}
+        for b in params.dry_sequence_breakers:
+            if not isinstance(b, str):
+                heads.setdefault(b, set()).add(())
+        return _Breakers(heads)
 
     def columns(self, rows, batch: Batch):
         if not any(self.is_on(r.params) for r in rows):
@@ -135,10 +138,22 @@ class DontRepeatYourself(Link):
         return transforms.dry(logits, penalties)
 
 
-class _Breakers:
-    """A row's DRY breakers as token ids (a state that learns nothing)."""
+@lru_cache(maxsize=16)
+def _text_breakers(grammars, texts: tuple[str, ...]) -> dict[int, frozenset[tuple[int, ...]]]:
+    """Text breakers read against one tokenizer (a scan of the vocabulary: done once per set)."""
+    encode = partial(grammars.hf_tokenizer.encode, add_special_tokens=False)
+    heads: dict[int, set[tuple[int, ...]]] = {}
+    for text in texts:
+        for head, tails in transforms.dry_breaker_sequences(grammars.token_texts(), text, encode).items():
+            heads.setdefault(head, set()).update(tails)
+    return {head: frozenset(tails) for head, tails in heads.items()}
 
-    def __init__(self, ids: frozenset[int]):
+
+class _Breakers:
+    """A row's DRY breakers: head token -> the tails that complete a breaker (a state that
+    learns nothing)."""
+
+    def __init__(self, ids: dict[int, set[tuple[int, ...]]]):
         self.ids = ids
 
     def accept(self, token: int) -> None:

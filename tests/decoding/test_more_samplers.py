@@ -173,3 +173,39 @@ def test_dry_breakers_as_text_are_the_tokens_that_contain_the_text(tiny_tokenize
         with pytest.raises(ParamError):
             SamplingParams(strategy="dry", dry_sequence_breakers=bad)
     assert SamplingParams(strategy="dry", dry_sequence_breakers=["7"]).dry_sequence_breakers == (7,)
+
+
+def test_dry_text_breakers_spread_over_several_tokens(tiny_tokenizer):
+    """llama.cpp's reading of a text breaker: a token that ends with the start of the text is
+    the head of a breaker whose tail is the rest of the text, tokenized (``z`` + ``e b ra``)."""
+    from decoding.links.grammar import Grammars
+    from decoding.links.penalties import DRY
+
+    zebra = tiny_tokenizer.encode("zebra", add_special_tokens=False)
+    assert len(zebra) == 4  # z e b ra: no single token holds it
+    texts = [tiny_tokenizer.decode([i]) for i in range(len(tiny_tokenizer))]
+    heads = transforms.dry_breaker_sequences(texts, "zebra", lambda s: tiny_tokenizer.encode(s, add_special_tokens=False))
+    assert tuple(zebra[1:]) in heads[zebra[0]]
+    assert all(not any(t in texts[h] for t in ("zebra",)) for h in heads)  # none holds the whole text
+    grammars = Grammars(tiny_tokenizer, len(tiny_tokenizer), [2])
+    params = SamplingParams(strategy="dry", dry_sequence_breakers=["zebra"], dry_multiplier=0.8, dry_allowed_length=2,
+                            seed=1)
+    state = DRY.new_state(params, [], grammars)
+    x, y = 40, 41
+    # "zebra x y zebra": without the breaker, x would extend a repeat of 4 tokens
+    history = [*zebra, x, y, *zebra]
+    assert set(transforms.dry_penalties(history, 0.8, 1.75, 2)) == {x}
+    assert transforms.dry_penalties(history, 0.8, 1.75, 2, sequence_breakers=state.ids) == {}
+    # the breaker's head alone ends nothing: "a b c d e a b c" still penalises d across "z"
+    a, b, c, d = 50, 51, 52, 53
+    history = [a, b, c, d, zebra[0], a, b, c]
+    assert transforms.dry_penalties(history, 0.8, 1.75, 2, sequence_breakers=state.ids) == \
+        transforms.dry_penalties(history, 0.8, 1.75, 2)
+    # a breaker inside the repeat cuts it: "a zebra b c" ... "a zebra b" -> the repeat is "b" only
+    history = [a, *zebra, b, c, y, a, *zebra, b]
+    assert transforms.dry_penalties(history, 0.8, 1.75, 2) != {}
+    assert transforms.dry_penalties(history, 0.8, 1.75, 2, sequence_breakers=state.ids) == {}
+    # through the sampler: no penalty on the logits
+    sampler = BatchSampler([params], prompt_ids=[[*zebra, x, y, *zebra]], grammars=grammars)
+    logits = torch.zeros(1, len(tiny_tokenizer))
+    assert torch.equal(sampler.process(logits), logits)
