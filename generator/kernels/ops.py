@@ -191,8 +191,13 @@ def pack_int4_aten(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor)
     """PyTorch's layout of the same int4 weight: ``(packed [N, K/2] uint8, scales_zeros
     [K/32, N, 2] bf16)``, (scale, zero) per group and output channel."""
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
-    sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
-    return packed, sz.to(torch.bfloat16).contiguous()
+    return packed, scales_zeros(scale, zero)
+
+
+def scales_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Per-group ``scale``/``zero [N, K/32]`` as both of PyTorch's int4 kernels (CPU and
+    CUDA) read them: ``[K/32, N, 2]`` bf16, the pair of a group and output channel side by side."""
+    return torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1).to(torch.bfloat16).contiguous()
 
 
 def inner_k_tiles(k: int) -> int:
@@ -215,10 +220,8 @@ def pack_int4_cuda(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
     n, k = codes.shape
     if n % 8 or k % GROUP:
         raise ValueError(f"the CUDA int4 kernel needs N a multiple of 8 and K of {GROUP}, got {n} x {k}")
-    pairs = nibble_pairs(codes).to(device)
-    packed = torch.ops.aten._convert_weight_to_int4pack(pairs, inner_k_tiles(k))
-    sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
-    return packed, sz.to(device=device, dtype=torch.bfloat16).contiguous()
+    packed = torch.ops.aten._convert_weight_to_int4pack(nibble_pairs(codes).to(device), inner_k_tiles(k))
+    return packed, scales_zeros(scale, zero).to(device)
 
 
 def nibble_pairs(codes: torch.Tensor) -> torch.Tensor:
