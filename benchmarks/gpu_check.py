@@ -103,8 +103,11 @@ def build_twin(spec: Path, out: Path) -> str:
     return str(out)
 
 
-def run_tests(model: str, out: Path, timeout: int, paths: list[str]) -> dict:
-    env = {**os.environ, "TOKENFLOW_GPU_MODEL": model, "PYTHONUNBUFFERED": "1",
+def run_tests(model: str, kind: str, out: Path, timeout: int, paths: list[str]) -> dict:
+    # The tests write how long greedy runs agreed into out/agreement.json (tests/gpu).
+    (out / "agreement.json").unlink(missing_ok=True)
+    env = {**os.environ, "TOKENFLOW_GPU_MODEL": model, "TOKENFLOW_GPU_MODEL_KIND": kind,
+           "TOKENFLOW_GPU_REPORT": str(out), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(SITE), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *paths]
     t0 = time.perf_counter()
@@ -117,8 +120,9 @@ def run_tests(model: str, out: Path, timeout: int, paths: list[str]) -> dict:
     (out / "gpu_tests.log").write_text(text)
     summary = next((ln for ln in reversed(text.splitlines()) if " in " in ln and ("passed" in ln or "failed" in ln
                                                                                    or "skipped" in ln)), "")
+    agreement = out / "agreement.json"
     return {"rc": rc, "summary": summary.strip("= "), "seconds": round(time.perf_counter() - t0, 1),
-            "log": "gpu_tests.log"}
+            "log": "gpu_tests.log", "agreement": json.loads(agreement.read_text()) if agreement.is_file() else None}
 
 
 def sync(device) -> None:
@@ -179,6 +183,8 @@ def measure(model: str, device: str, name: str, quant: str, graphs: str, args) -
 
     from generator import Engine
 
+    if device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     dtype = "float32" if device == "cpu" else "auto"
     engine = Engine.load(model=model, device=device, dtype=dtype, quant=quant, cuda_graphs=graphs,
@@ -248,7 +254,7 @@ def main(argv=None) -> int:
         # On the GPU machine the CPU-side CUDA tests too (its torch is another version); a dry run
         # only checks that tests/gpu skips cleanly.
         paths = ["tests/gpu"] + ([] if args.device == "cpu" else ["tests/generator/test_cuda_path.py"])
-        report["tests"] = run_tests(model, out, args.tests_timeout_s, paths)
+        report["tests"] = run_tests(model, kind, out, args.tests_timeout_s, paths)
         save()
     if args.device == "cpu":
         runs = [("float32 eager", "none", "off")]

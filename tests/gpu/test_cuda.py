@@ -9,6 +9,7 @@ machine), and skip without it.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -24,13 +25,15 @@ pytestmark = [pytest.mark.cuda,
 PROMPTS = ["The capital of France is", "Once upon a time, a small robot", "def fibonacci(n):",
            "Streaming means every token", "The three primary colors are", "Water boils at",
            "In 1969, the first person to walk on the Moon", "A haiku about autumn:"]
-# CUDA bf16 and CPU bf16 round in different places (cuBLAS's tiles vs our CPU kernels' sums), so a
-# greedy run keeps to the other only up to its first near-tie. On CPU, bf16 left float32's greedy
-# ids at token 6 on one of six chat prompts (docs/performance.md, quality table), so the first
-# N_EQUAL = 5 tokens must be equal on every prompt, and a later divergence (within 32) must be a
-# near-tie: the two leading log-probabilities on the CPU within TIE nats (about two bf16 steps
-# of a logit near 16).
-N_EQUAL, N_TOKENS, TIE = 5, 32, 0.25
+# CUDA bf16 and CPU bf16 round in different places (cuBLAS's tiles vs our CPU kernels' sums), and
+# both round the logits to bf16 (steps of 0.0625 near 10), so a greedy run keeps to the other only
+# up to its first near-tie. Wherever they part within N_TOKENS, the CPU's two leading
+# log-probabilities there must be within TIE nats (8 bf16 steps; a real fault, a wrong mask or
+# rotation, moves logits by whole nats and parts at once). On the default model the first
+# N_EQUAL = 5 tokens must also be equal on every prompt: on the CPU, bf16 left float32's greedy ids
+# at token 6 on one of six chat prompts (docs/performance.md, quality table). The shape twin's
+# random weights meet near-ties from the first token, so on it only the near-tie rule holds.
+N_EQUAL, N_TOKENS, TIE = 5, 32, 0.5
 
 
 def model_dir() -> str:
@@ -57,15 +60,24 @@ def first_divergence(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def assert_equal_but_near_ties(ours, ref, ref_tops, n_equal: int, what: str):
+def assert_equal_but_near_ties(ours, ref, ref_tops, n_equal: int, what: str) -> list[int]:
     """``ours`` equals ``ref`` for ``n_equal`` tokens, and wherever it leaves it, ``ref``'s two
-    leading log-probabilities at that step were within ``TIE``."""
-    for k, (a, b, tops) in enumerate(zip(ours, ref, ref_tops)):
-        at = first_divergence(a, b)
+    leading log-probabilities at that step were within ``TIE``. Returns each prompt's agreement
+    length (written to ``$TOKENFLOW_GPU_REPORT/agreement.json`` for the GPU check's JSON)."""
+    lengths = [first_divergence(a, b) for a, b in zip(ours, ref)]
+    report = os.environ.get("TOKENFLOW_GPU_REPORT")
+    if report:
+        path = os.path.join(report, "agreement.json")
+        done = json.load(open(path)) if os.path.exists(path) else {}
+        done[what] = {"tokens": N_TOKENS, "equal_before_first_divergence": lengths}
+        with open(path, "w") as f:
+            json.dump(done, f)
+    for k, (a, b, tops, at) in enumerate(zip(ours, ref, ref_tops, lengths)):
         assert at >= n_equal, f"{what}: prompt {k} diverged at token {at} < {n_equal}"
         if at < min(len(a), len(b)):
             gap = tops[at][0] - tops[at][1]
             assert gap < TIE, f"{what}: prompt {k} diverged at token {at}, not a near-tie (gap {gap:.3f})"
+    return lengths
 
 
 @pytest.fixture(scope="module")
@@ -101,24 +113,32 @@ def test_default_model_greedy_text_cuda_bf16_vs_cpu_bf16(cuda_engine):
         ref.append(ids)
         ref_tops.append(tops)
     gpu = [batch_ids(cuda_engine, [p], params)[0] for p in PROMPTS[:6]]
-    assert_equal_but_near_ties(gpu, ref, ref_tops, N_EQUAL, "CUDA bf16 vs CPU bf16")
+    n_equal = N_EQUAL if os.environ.get("TOKENFLOW_GPU_MODEL_KIND") == "default" else 0
+    assert_equal_but_near_ties(gpu, ref, ref_tops, n_equal, "CUDA bf16 vs CPU bf16")
 
 
 def test_seeded_sampling_is_reproducible_on_cuda(cuda_engine):
-    """Each row's generator is a CUDA generator: the same seed gives the same tokens, alone or
-    beside other rows; another seed other tokens."""
+    """Each row's generator is a CUDA generator: the same seed gives the same tokens in the same
+    batch and run after run; another seed other tokens. (Alone vs in a batch, the logits of two
+    batch buckets may differ in the last bits, which moves a draw at a near-tie only: the greedy
+    16-rows test below holds that to near-ties.)"""
     params = [SamplingParams(strategy="sample", temperature=1.0, top_p=0.95, seed=s, max_new_tokens=24,
                              ignore_eos=True) for s in (7, 7, 8)]
-    batch = cuda_engine.batch()
-    handles = [batch.add(cuda_engine.encode(PROMPTS[0]), p) for p in params]
-    out = {h: [] for h in handles}
-    while batch.active:
-        for h, ev in batch.step():
-            out[h].append(ev.token_id)
-    same, same2, other = (out[h] for h in handles)
-    alone = batch_ids(cuda_engine, [PROMPTS[0]], params[0])[0]
-    assert same == same2 == alone
+    runs = []
+    for _ in range(2):
+        batch = cuda_engine.batch()
+        handles = [batch.add(cuda_engine.encode(PROMPTS[0]), p) for p in params]
+        assert all(r.state.generator.device.type == "cuda" for r in batch.rows.values())
+        out = {h: [] for h in handles}
+        while batch.active:
+            for h, ev in batch.step():
+                out[h].append(ev.token_id)
+        runs.append([out[h] for h in handles])
+    (same, same2, other), again = runs
+    assert same == same2 and runs[0] == again and len(same) == 24
     assert other != same
+    alone = [batch_ids(cuda_engine, [PROMPTS[0]], params[0])[0] for _ in range(2)]
+    assert alone[0] == alone[1]
 
 
 def test_sixteen_rows_equal_each_row_alone_but_near_ties(cuda_engine):
@@ -132,7 +152,7 @@ def test_sixteen_rows_equal_each_row_alone_but_near_ties(cuda_engine):
         (ids,), (t,) = batch_ids(cuda_engine, [p], params, logprobs=True)
         alone.append(ids)
         tops.append(t)
-    assert_equal_but_near_ties(together, alone, tops, 1, "16 rows vs alone")
+    assert_equal_but_near_ties(together, alone, tops, 0, "16 rows vs alone")
 
 
 def test_one_host_wait_per_decode_step(cuda_engine):
