@@ -159,3 +159,34 @@ def test_the_bucketed_step_generates_what_the_eager_step_does(tiny_model_dir):
     bucketed = batch_ids(engine, prompts, params)
     assert bucketed == plain
     assert (4, 32) in engine.runner.graphs._entries  # 3 rows in the 4-row bucket, a second cache bucket
+
+
+@pytest.mark.parametrize("quant", ["none", "int4"])
+def test_a_model_off_the_cpu_runs_there_and_never_asks_our_cpu_kernels(quant, monkeypatch):
+    """The whole CUDA-shaped forward on fake meta tensors (a stand-in for CUDA: fake tensors
+    refuse ops that mix devices, so a table or cache left on the CPU fails here): built from the
+    config a non-CPU model resolves to, prefilled and stepped through the bucketed decode, with
+    our CPU kernels' door shut (asking it at all fails)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from generator.kernels import ops
+    from generator.model.llama import FastLlama
+
+    def shut(*args, **kwargs):
+        raise AssertionError("a model off the CPU asked tokenflow's CPU kernels")
+
+    for name in ("status", "ours", "int8_activations"):
+        monkeypatch.setattr(ops, name, shut)
+        monkeypatch.setattr(kernels, name, shut)
+    meta = build_tiny_model(320).to("meta")
+    config = EngineConfig(quant=quant, num_slots=4, max_len=64).resolve(meta)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = FastLlama.from_hf(meta, config)
+        assert model.rope_cos.device.type == "meta" and model.layers[0].k_cache.device.type == "meta"
+        assert not model.kernel_attention
+        prompt = model(torch.zeros(1, 5, dtype=torch.long, device="meta"), torch.tensor([1], device="meta"),
+                       torch.arange(5, device="meta")[None], torch.arange(5, device="meta"), first_slot=1)
+        step = BucketedDecode(model, kv_bucket=16, graphs=False)
+        logits = step([1, 2, 0], [5, 0, 3], torch.zeros(3, dtype=torch.long, device="meta"))
+    assert prompt.shape == (1, 320) and logits.shape == (3, 320) and logits.dtype == torch.float32
+    assert set(step._entries) == {(4, 16)}
