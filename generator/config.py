@@ -84,8 +84,9 @@ class EngineConfig:
         "most prompt tokens one prefill forward takes"))
     cuda_graphs: str = field(default="auto", metadata=_opt(
         "replay the one-token decode step from CUDA graphs, one per batch bucket (1, 2, 4, ... rows) "
-        "and cache bucket, captured at load: one launch a step instead of hundreds. auto: on for "
-        "CUDA unless --compile; on needs CUDA", GRAPHS, "--cuda-graphs"))
+        "and cache bucket, captured at load: one launch a step instead of hundreds (with --compile, "
+        "the compiled step's fewer kernels, compiled per bucket at load). auto: on for CUDA; on "
+        "needs CUDA", GRAPHS, "--cuda-graphs"))
     kernels: str = field(default="auto", metadata=_opt(
         "tokenflow's own CPU kernels, for the whole process: auto (the best tier this CPU runs, "
         "or TOKENFLOW_KERNELS's), avx512, avx2, portable (a tier at or below the CPU's), or "
@@ -158,7 +159,7 @@ class EngineConfig:
             "tier": "aten", "reason": f"our kernels are CPU-only, not {device.type}"}
         ctx = int(getattr(model.config, "max_position_embeddings", 2048))
         compiled = compile_enabled(self.compile) if fast else False
-        graphs = cuda and fast and self.cuda_graphs != "off" and not compiled
+        graphs = cuda and fast and self.cuda_graphs != "off"
         return ResolvedConfig(
             model=self.model, gguf=None if gguf is None else str(gguf), runner="fast" if fast else "hf",
             device=str(device), dtype=str(dtype).removeprefix("torch."), quant=quant, head=head,

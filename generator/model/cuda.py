@@ -44,10 +44,15 @@ def gpu_name(device: torch.device | str) -> str | None:
 
 class BucketedDecode:
     """One-token decode steps at static shapes (a bucket of rows, a bucket of cache
-    positions), replayed from a CUDA graph per bucket pair when ``graphs``."""
+    positions), replayed from a CUDA graph per bucket pair when ``graphs``; ``step``: what a
+    graph runs (default: the model's eager ``decode_step``)."""
 
-    def __init__(self, model, kv_bucket: int = 256, graphs: bool = True):
+    def __init__(self, model, kv_bucket: int = 256, graphs: bool = True, step=None):
         self.model = model
+        # step(token_ids [B], slots [B], positions [B], kv_positions) -> logits [B, V]: the model's
+        # eager one-token step, or the compiled one (compiled per bucket during the warm-up runs,
+        # then its kernels captured like any others)
+        self.step = step or model.decode_step
         self.device = model.embed.device
         self.kv_bucket = int(kv_bucket)
         self.graphs = bool(graphs)
@@ -104,7 +109,7 @@ class BucketedDecode:
         kv_positions = torch.arange(kv, device=self.device)
 
         def fn() -> torch.Tensor:
-            return model.forward(inputs[0][:, None], inputs[1], inputs[2][:, None], kv_positions)
+            return self.step(inputs[0], inputs[1], inputs[2], kv_positions)
 
         graph = out = None
         if self.graphs:

@@ -157,16 +157,17 @@ class FastRunner(Slots):
         self.compile_notice: Callable[[str], None] | None = None
         self._shapes_seen: set[tuple[int, int]] = set()
         self._step = model.decode_step
-        # CUDA: the step replayed from graphs, every batch bucket captured now (cuda.py).
-        self.graphs = BucketedDecode(model, self.KV_BUCKET) if graphs else None
-        if self.graphs is not None:
-            self.graphs.warm()
         if self.compiled:
             # Static shapes (a graph per batch size and cache bucket), and no guards on the
             # weights: they never change after load (1.4 -> 0.3 ms a step).
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self._step = torch.compile(_own_code(model.fused_decode_step), fullgraph=True, dynamic=False, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+        # CUDA: the step (compiled or not) replayed from graphs, every batch bucket captured now.
+        self.graphs = BucketedDecode(model, self.KV_BUCKET, step=self._step if self.compiled else None) \
+            if graphs else None
+        if self.graphs is not None:
+            self.graphs.warm()
 
     @torch.inference_mode()
     def prefill(self, slot: int, ids: Sequence[int] | torch.Tensor, start: int = 0) -> torch.Tensor:

@@ -109,7 +109,8 @@ def tiny_hf():
 def test_a_cuda_model_resolves_to_bf16_weights_and_graphs(tiny_hf):
     """What ``resolve`` makes of a model off the CPU (here the meta device stands in for CUDA):
     quant auto is bf16 until the GPU script measures int4; the head stays dense; int8 (CPU
-    kernels only) is refused; CUDA graphs are on unless compiled or switched off."""
+    kernels only) is refused; CUDA graphs are on unless switched off (with --compile they
+    capture the compiled step)."""
     meta = build_tiny_model(320).to("meta")
     cfg = EngineConfig().resolve(meta)
     assert (cfg.quant, cfg.head, cfg.activations, cfg.cuda_graphs, cfg.kernels) == ("none", "none", "bf16",
@@ -117,7 +118,8 @@ def test_a_cuda_model_resolves_to_bf16_weights_and_graphs(tiny_hf):
     assert EngineConfig(quant="int4").resolve(meta).head == "none"
     assert EngineConfig(quant="int4").resolve(meta).dtype == "bfloat16"
     assert not EngineConfig(cuda_graphs="off").resolve(meta).cuda_graphs
-    assert not EngineConfig(compile=True).resolve(meta).cuda_graphs
+    compiled = EngineConfig(compile=True).resolve(meta)
+    assert compiled.cuda_graphs and compiled.compile  # the compiled step, captured
     for bad in ({"quant": "int8"}, {"quant": "int4", "head": "int8"}, {"quant": "int4", "activations": "int8"}):
         with pytest.raises(EngineConfigError):
             EngineConfig(**bad).resolve(meta)
@@ -188,5 +190,28 @@ def test_a_model_off_the_cpu_runs_there_and_never_asks_our_cpu_kernels(quant, mo
                        torch.arange(5, device="meta")[None], torch.arange(5, device="meta"), first_slot=1)
         step = BucketedDecode(model, kv_bucket=16, graphs=False)
         logits = step([1, 2, 0], [5, 0, 3], torch.zeros(3, dtype=torch.long, device="meta"))
+        # what a graph captures with --compile: the step written for the compiler (run eagerly here)
+        fused = BucketedDecode(model, kv_bucket=16, graphs=False, step=model.fused_decode_step)
+        fused_logits = fused([1, 2, 0], [5, 0, 3], torch.zeros(3, dtype=torch.long, device="meta"))
     assert prompt.shape == (1, 320) and logits.shape == (3, 320) and logits.dtype == torch.float32
-    assert set(step._entries) == {(4, 16)}
+    assert fused_logits.shape == (3, 320) and set(step._entries) == {(4, 16)}
+
+
+def test_the_bucketed_fused_step_matches_the_eager_one(tiny_engine):
+    """The step ``--compile`` captures on CUDA (attention as products and sums), run eagerly at a
+    bucket with a padding row: the same logits as the plain step, to float32 rounding."""
+    model = tiny_engine.runner.model
+    plain = BucketedDecode(model, kv_bucket=16, graphs=False)
+    fused = BucketedDecode(model, kv_bucket=16, graphs=False, step=model.fused_decode_step)
+    slots = tiny_engine.runner.acquire(3)
+    try:
+        for s in slots:
+            tiny_engine.runner.prefill(s, [5, 9, 14, 3][: 2 + s % 3])
+        positions = [tiny_engine.runner.length(s) for s in slots]
+        tokens = torch.tensor([7, 8, 9])
+        with torch.inference_mode():
+            a, b = plain(slots, positions, tokens), fused(slots, positions, tokens)
+    finally:
+        tiny_engine.runner.release(slots)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert torch.equal(a.argmax(-1), b.argmax(-1))

@@ -224,3 +224,17 @@ def test_health_names_the_gpu(cuda_engine):
     finally:
         server.stop()
     assert body["device"].startswith("cuda") and body["gpu"] == torch.cuda.get_device_name(0)
+
+
+def test_compiled_step_in_graphs_keeps_the_greedy_ids(tiny_model_dir):
+    """--compile on CUDA: the compiled step (inductor's fused kernels) compiled per bucket at
+    load and captured in the graphs; one slot, so one compile."""
+    from generator import Engine
+
+    params = SamplingParams(strategy="greedy", max_new_tokens=24, ignore_eos=True)
+    prompt = "Once upon a time"
+    cpu = Engine.load(model=str(tiny_model_dir), device="cpu", dtype="float32")
+    gpu = Engine.load(model=str(tiny_model_dir), device="cuda", dtype="float32", compile=True, num_slots=1)
+    assert gpu.config.compile and gpu.config.cuda_graphs and gpu.runner.graphs.captures == 1
+    assert [ev.token_id for ev in gpu.stream(prompt, params)] == [ev.token_id for ev in cpu.stream(prompt, params)]
+
