@@ -123,7 +123,8 @@ class EngineConfig:
         cuda = device.type != "cpu"
         quant = self.quant
         if quant == "auto" and cuda:
-            quant = CUDA_AUTO_QUANT if self.dtype == "auto" and fast and gguf is not None and has_q4_1(gguf) else "none"
+            from_q4_1 = self.dtype == "auto" and fast and gguf is not None and has_q4_1(gguf)
+            quant = CUDA_AUTO_QUANT if from_q4_1 else "none"
         elif quant == "auto":
             # Only the GGUF's own 4-bit codes are lossless w.r.t. the source; re-quantizing
             # float weights is a second rounding, so a plain HF folder stays in its dtype.
