@@ -104,7 +104,7 @@ clean-venv:
 # weights are over the 64 MiB that travel) and wheels of the server's packages that machine
 # lacks (CPython 3.12). About 7 MB in gpu_bundle/ (git-ignored): carry it with the tree.
 GPU_WHEELS := fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 \
-  annotated-types==0.8.0 typing-inspection==0.4.5 uvicorn==0.54.0
+  annotated-types==0.8.0 typing-inspection==0.4.5 uvicorn==0.54.0 httptools==0.9.0
 gpu-bundle: $(STAMP)  ## gpu_bundle/: what the GPU check carries (model config + tokenizer, wheels)
 	mkdir -p gpu_bundle/smollm2 gpu_bundle/wheels
 	src=$$($(PY) -c "from generator.loading import resolve_model; print(resolve_model(None)[0])") && \

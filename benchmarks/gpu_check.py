@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ENGINE_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "jinja2", "pytest")
-SERVER_PACKAGES = ("fastapi", "starlette", "pydantic", "uvicorn", "httpx", "prometheus_client")
+SERVER_PACKAGES = ("fastapi", "starlette", "pydantic", "uvicorn", "httptools", "httpx", "prometheus_client")
 PROMPT = ("Explain, in a short paragraph for a curious student, why the sky looks blue in the "
           "daytime and red at sunset.")
 SITE = Path("/tmp/tokenflow-site")

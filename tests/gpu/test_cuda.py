@@ -211,7 +211,7 @@ def test_int4_engine_runs_on_cuda():
 
 
 def test_health_names_the_gpu(cuda_engine):
-    for name in ("fastapi", "uvicorn", "httpx"):
+    for name in ("fastapi", "uvicorn", "httptools", "httpx"):
         pytest.importorskip(name, reason="the server's packages are not installed here")
     import httpx
     from server_harness import LiveServer
