@@ -165,7 +165,7 @@ class EngineConfig:
             model=self.model, gguf=None if gguf is None else str(gguf), runner="fast" if fast else "hf",
             device=str(device), dtype=str(dtype).removeprefix("torch."), quant=quant, head=head,
             activations=activations, dense_prefill=bool(self.dense_prefill),
-            compile=compiled, cuda_graphs=graphs, num_slots=int(self.num_slots),
+            compile=compiled, graphs=graphs, num_slots=int(self.num_slots),
             max_len=min(int(self.max_len), ctx), prefill_chunk=int(self.prefill_chunk),
             kernels=tier["tier"], kernels_reason=tier["reason"])
 
@@ -184,7 +184,7 @@ class ResolvedConfig:
     activations: str  # what int layers multiply their codes by: bf16 or int8
     dense_prefill: bool
     compile: bool
-    cuda_graphs: bool  # the decode step replayed from CUDA graphs (CUDA only)
+    graphs: bool  # the decode step replayed from CUDA graphs (CUDA only; asked as cuda_graphs)
     num_slots: int
     max_len: int
     prefill_chunk: int
@@ -205,7 +205,7 @@ class ResolvedConfig:
 
     def summary(self) -> str:
         """One line: ``cpu bfloat16 int4 head=int8 activations=int8 kernels=avx512 compile=off slots=16``."""
-        graphs = f" graphs={'on' if self.cuda_graphs else 'off'}" if self.device.startswith("cuda") else ""
+        graphs = f" graphs={'on' if self.graphs else 'off'}" if self.device.startswith("cuda") else ""
         return (f"{self.device} {self.dtype} {self.quant} head={self.head} activations={self.activations} "
                 f"kernels={self.kernels} compile={'on' if self.compile else 'off'}{graphs} slots={self.num_slots}")
 

@@ -1,6 +1,6 @@
 """The decode step on CUDA: replayed from CUDA graphs, fed by host copies that never wait.
 
-    step = BucketedDecode(model, graphs=True)   # FastRunner builds it when config.cuda_graphs
+    step = BucketedDecode(model, graphs=True)   # FastRunner builds it when config.graphs
     step.warm()                                 # capture every batch bucket at the first cache bucket
     logits = step(slots, positions, token_ids)  # [B, V] float32, B <= the largest bucket
 

@@ -113,18 +113,18 @@ def test_a_cuda_model_resolves_to_bf16_weights_and_graphs(tiny_hf):
     capture the compiled step)."""
     meta = build_tiny_model(320).to("meta")
     cfg = EngineConfig().resolve(meta)
-    assert (cfg.quant, cfg.head, cfg.activations, cfg.cuda_graphs, cfg.kernels) == ("none", "none", "bf16",
+    assert (cfg.quant, cfg.head, cfg.activations, cfg.graphs, cfg.kernels) == ("none", "none", "bf16",
                                                                                      True, "aten")
     assert EngineConfig(quant="int4").resolve(meta).head == "none"
     assert EngineConfig(quant="int4").resolve(meta).dtype == "bfloat16"
-    assert not EngineConfig(cuda_graphs="off").resolve(meta).cuda_graphs
+    assert not EngineConfig(cuda_graphs="off").resolve(meta).graphs
     compiled = EngineConfig(compile=True).resolve(meta)
-    assert compiled.cuda_graphs and compiled.compile  # the compiled step, captured
+    assert compiled.graphs and compiled.compile  # the compiled step, captured
     for bad in ({"quant": "int8"}, {"quant": "int4", "head": "int8"}, {"quant": "int4", "activations": "int8"}):
         with pytest.raises(EngineConfigError):
             EngineConfig(**bad).resolve(meta)
     cpu = EngineConfig().resolve(tiny_hf)
-    assert not cpu.cuda_graphs and "graphs" not in cpu.summary()
+    assert not cpu.graphs and "graphs" not in cpu.summary()
     with pytest.raises(EngineConfigError, match="needs a CUDA device"):
         EngineConfig(cuda_graphs="on").resolve(tiny_hf)
 
@@ -215,3 +215,16 @@ def test_the_bucketed_fused_step_matches_the_eager_one(tiny_engine):
         tiny_engine.runner.release(slots)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_a_resolved_config_feeds_back_into_an_engine_config(tiny_hf):
+    """``tokenflow replay --verify`` rebuilds the engine from a recording's resolved config, the
+    fields both classes name: their values must be ones EngineConfig takes (the resolved graphs
+    flag is ``graphs``, a bool, beside the asked ``cuda_graphs``, a choice)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(EngineConfig)}
+    for model in (tiny_hf, build_tiny_model(320).to("meta")):
+        resolved = EngineConfig().resolve(model).as_dict()
+        again = EngineConfig(**{k: v for k, v in resolved.items() if k in names})
+        assert again.cuda_graphs == "auto" and "graphs" in resolved

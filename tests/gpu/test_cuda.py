@@ -96,7 +96,7 @@ def test_tiny_model_greedy_ids_equal_on_cpu_and_cuda_float32(tiny_model_dir):
     cpu = batch_ids(Engine.load(model=str(tiny_model_dir), device="cpu", dtype="float32"), prompts, params)
     for graphs in ("on", "off"):
         gpu = Engine.load(model=str(tiny_model_dir), device="cuda", dtype="float32", cuda_graphs=graphs)
-        assert gpu.config.cuda_graphs == (graphs == "on")
+        assert gpu.config.graphs == (graphs == "on")
         assert batch_ids(gpu, prompts, params) == cpu, graphs
         assert [[ev.token_id for ev in gpu.stream(p, params)] for p in prompts] == cpu
 
@@ -104,7 +104,7 @@ def test_tiny_model_greedy_ids_equal_on_cpu_and_cuda_float32(tiny_model_dir):
 def test_default_model_greedy_text_cuda_bf16_vs_cpu_bf16(cuda_engine):
     from generator import Engine
 
-    assert cuda_engine.config.dtype == "bfloat16" and cuda_engine.config.cuda_graphs
+    assert cuda_engine.config.dtype == "bfloat16" and cuda_engine.config.graphs
     cpu = Engine.load(model=model_dir(), device="cpu", dtype="bfloat16", num_slots=8, max_len=512)
     params = SamplingParams(strategy="greedy", max_new_tokens=N_TOKENS, ignore_eos=True, logprobs=2)
     ref, ref_tops = [], []
@@ -235,6 +235,6 @@ def test_compiled_step_in_graphs_keeps_the_greedy_ids(tiny_model_dir):
     prompt = "Once upon a time"
     cpu = Engine.load(model=str(tiny_model_dir), device="cpu", dtype="float32")
     gpu = Engine.load(model=str(tiny_model_dir), device="cuda", dtype="float32", compile=True, num_slots=1)
-    assert gpu.config.compile and gpu.config.cuda_graphs and gpu.runner.graphs.captures == 1
+    assert gpu.config.compile and gpu.config.graphs and gpu.runner.graphs.captures == 1
     assert [ev.token_id for ev in gpu.stream(prompt, params)] == [ev.token_id for ev in cpu.stream(prompt, params)]
 
