@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray
+.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray gpu-bundle
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -98,3 +98,19 @@ bench-scoring: $(STAMP)  ## scoring throughput (prompt logprobs), ours vs transf
 
 clean-venv:
 	rm -rf $(VENV)
+
+# What benchmarks/gpu_check.sh needs on a lent GPU machine that has no network and its own
+# PyTorch: SmolLM2-135M's config and tokenizer (the script builds a shape twin from them: the
+# weights are over the 64 MiB that travel) and wheels of the server's packages that machine
+# lacks (CPython 3.12). About 7 MB in gpu_bundle/ (git-ignored): carry it with the tree.
+GPU_WHEELS := fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 \
+  annotated-types==0.8.0 typing-inspection==0.4.5 uvicorn==0.54.0 httptools==0.9.0
+gpu-bundle: $(STAMP)  ## gpu_bundle/: what the GPU check carries (model config + tokenizer, wheels)
+	mkdir -p gpu_bundle/smollm2 gpu_bundle/wheels
+	src=$$($(PY) -c "from generator.loading import resolve_model; print(resolve_model(None)[0])") && \
+	  cp "$$src"/config.json "$$src"/tokenizer.json "$$src"/tokenizer_config.json \
+	     "$$src"/chat_template.jinja "$$src"/generation_config.json gpu_bundle/smollm2/
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d gpu_bundle/wheels $(GPU_WHEELS)
+	du -sh gpu_bundle

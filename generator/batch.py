@@ -47,6 +47,7 @@ from decoding.selectors import make_generator
 from .detok import TextStream
 from . import kernels
 from .events import TokenEvent, top_logprobs
+from .model.cuda import host_ints
 from .model.runner import Runner
 
 
@@ -261,7 +262,7 @@ class BatchGenerator:
             tokens = torch.cat([r.next_tokens if r.search is not None
                                 else torch.tensor([r.next_token], device=self.device) for r in rows])
         else:  # sampled rows only: their ids are host ints already, one small copy
-            tokens = torch.tensor([r.next_token for r in rows], device=self.device)
+            tokens = host_ints([r.next_token for r in rows], self.device)
         try:
             return [(rows, self.runner.decode([s for r in rows for s in r.slots], tokens))]
         except Exception as exc:  # noqa: BLE001 - found and failed alone below

@@ -26,6 +26,10 @@ from .loading import ModelLoadError
 
 ACTIVATIONS = ("auto", "bf16", "int8")
 QUANTS = ("none", "int8", "int4")
+GRAPHS = ("auto", "on", "off")
+# What quant="auto" means on CUDA: bf16 weights until benchmarks/gpu_check.py has measured
+# int4 (PyTorch's tinygemm kernel) against them on a GPU; set it to what that run found faster.
+CUDA_AUTO_QUANT = "none"
 # kernels.KERNEL_CHOICES, named here so that --help needs no torch (a test checks they agree)
 KERNELS = ("auto", "avx512", "avx2", "portable", "aten")  # the weight formats of weights/formats.py: dense, int8, int4
 
@@ -53,7 +57,8 @@ class EngineConfig:
         "weight-only quantization; auto: int4 from the GGUF's Q4_1 blocks on CPU "
         "when --dtype is auto and the source is such a GGUF, else none. int4/int8 run on "
         "tokenflow's own kernels, the tier the CPU runs best (built on first use, 10-20 s); "
-        "TOKENFLOW_KERNELS=aten uses PyTorch's", ("auto", *QUANTS), "--quant"))
+        "TOKENFLOW_KERNELS=aten uses PyTorch's. On CUDA: int4 runs PyTorch's CUDA kernel (tinygemm), "
+        "int8 is CPU-only, and auto means bf16 weights", ("auto", *QUANTS), "--quant"))
     head: str = field(default="auto", metadata=_opt(
         "the output head's weights (28M of the model's 135M); auto: int8 with --quant int8/int4 "
         "(the GGUF stores it in 8 bits), else dense. int4 reads a third fewer bytes per "
@@ -77,6 +82,11 @@ class EngineConfig:
         "positions per slot (capped by the model's context)"))
     prefill_chunk: int = field(default=256, metadata=_opt(
         "most prompt tokens one prefill forward takes"))
+    cuda_graphs: str = field(default="auto", metadata=_opt(
+        "replay the one-token decode step from CUDA graphs, one per batch bucket (1, 2, 4, ... rows) "
+        "and cache bucket, captured at load: one launch a step instead of hundreds (with --compile, "
+        "the compiled step's fewer kernels, compiled per bucket at load). auto: on for CUDA; on "
+        "needs CUDA", GRAPHS, "--cuda-graphs"))
     kernels: str = field(default="auto", metadata=_opt(
         "tokenflow's own CPU kernels, for the whole process: auto (the best tier this CPU runs, "
         "or TOKENFLOW_KERNELS's), avx512, avx2, portable (a tier at or below the CPU's), or "
@@ -110,22 +120,34 @@ class EngineConfig:
 
         param = next(model.parameters())
         device, fast = param.device, supports(model)
+        cuda = device.type != "cpu"
         quant = self.quant
-        if quant == "auto":
+        if quant == "auto" and cuda:
+            from_q4_1 = self.dtype == "auto" and fast and gguf is not None and has_q4_1(gguf)
+            quant = CUDA_AUTO_QUANT if from_q4_1 else "none"
+        elif quant == "auto":
             # Only the GGUF's own 4-bit codes are lossless w.r.t. the source; re-quantizing
             # float weights is a second rounding, so a plain HF folder stays in its dtype.
             lossless = gguf is not None and fast and has_q4_1(gguf)
-            quant = "int4" if (self.dtype == "auto" and device.type == "cpu" and lossless) else "none"
-        if quant == "int4" and device.type != "cpu":
-            raise EngineConfigError(f"quant='int4' runs on CPU only, not {device.type}")
+            quant = "int4" if (self.dtype == "auto" and lossless) else "none"
         if quant != "none" and not fast:
             raise EngineConfigError(f"quant={quant!r} needs a Llama-architecture model, "
                                     f"not {model.config.model_type!r}")
         head = self.head
         if head == "auto" or not fast:
-            head = "none" if quant == "none" or not fast else "int8"
+            # On CUDA the head stays dense: int8 weights have CPU kernels only.
+            head = "none" if quant == "none" or not fast or cuda else "int8"
+        if cuda and "int8" in (quant, head):
+            raise EngineConfigError(f"int8 weights run on CPU only (tokenflow's kernels), not {device.type}; "
+                                    "use quant int4 or none there")
+        if not cuda and self.cuda_graphs == "on":
+            raise EngineConfigError("cuda_graphs='on' needs a CUDA device")
         activations = "bf16"
-        if fast:
+        if cuda:  # PyTorch's CUDA int4 kernel takes bf16 inputs; our CPU kernels are not asked
+            if self.activations.strip().lower() not in ("auto", "bf16"):
+                raise EngineConfigError(f"activations {self.activations!r} need tokenflow's CPU kernels; "
+                                        f"on {device.type} int4 layers multiply bf16 inputs")
+        elif fast:
             try:
                 asked = resolve_activations(self.activations)
             except ValueError as exc:
@@ -137,11 +159,13 @@ class EngineConfig:
         tier = _kernels().status() if device.type == "cpu" else {
             "tier": "aten", "reason": f"our kernels are CPU-only, not {device.type}"}
         ctx = int(getattr(model.config, "max_position_embeddings", 2048))
+        compiled = compile_enabled(self.compile) if fast else False
+        graphs = cuda and fast and self.cuda_graphs != "off"
         return ResolvedConfig(
             model=self.model, gguf=None if gguf is None else str(gguf), runner="fast" if fast else "hf",
             device=str(device), dtype=str(dtype).removeprefix("torch."), quant=quant, head=head,
             activations=activations, dense_prefill=bool(self.dense_prefill),
-            compile=compile_enabled(self.compile) if fast else False, num_slots=int(self.num_slots),
+            compile=compiled, graphs=graphs, num_slots=int(self.num_slots),
             max_len=min(int(self.max_len), ctx), prefill_chunk=int(self.prefill_chunk),
             kernels=tier["tier"], kernels_reason=tier["reason"])
 
@@ -160,6 +184,7 @@ class ResolvedConfig:
     activations: str  # what int layers multiply their codes by: bf16 or int8
     dense_prefill: bool
     compile: bool
+    graphs: bool  # the decode step replayed from CUDA graphs (CUDA only; asked as cuda_graphs)
     num_slots: int
     max_len: int
     prefill_chunk: int
@@ -180,8 +205,9 @@ class ResolvedConfig:
 
     def summary(self) -> str:
         """One line: ``cpu bfloat16 int4 head=int8 activations=int8 kernels=avx512 compile=off slots=16``."""
+        graphs = f" graphs={'on' if self.graphs else 'off'}" if self.device.startswith("cuda") else ""
         return (f"{self.device} {self.dtype} {self.quant} head={self.head} activations={self.activations} "
-                f"kernels={self.kernels} compile={'on' if self.compile else 'off'} slots={self.num_slots}")
+                f"kernels={self.kernels} compile={'on' if self.compile else 'off'}{graphs} slots={self.num_slots}")
 
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,7 @@ class Engine:
         self.runner: Runner
         if config.runner == "fast":
             self.runner = FastRunner(FastLlama.from_hf(model, config), compile=config.compile,
-                                     prefill_chunk=config.prefill_chunk)
+                                     prefill_chunk=config.prefill_chunk, graphs=config.graphs)
         else:
             self.runner = HFRunner(model, num_slots=config.num_slots, max_len=config.max_len)
         self.device = self.runner.device

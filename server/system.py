@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 import decoding
 from generator.fingerprint import engine_fingerprint
 from generator.loading import LOAD_STAGES
+from generator.model.cuda import gpu_name
 
 router = APIRouter()
 
@@ -32,7 +33,8 @@ async def list_strategies():
 
 @router.get("/health")
 async def health(request: Request):
-    """``ready`` (200) once the model is loaded, with what it runs on and the queue;
+    """``ready`` (200) once the model is loaded, with what it runs on (``device``, and ``gpu``:
+    the GPU's name on CUDA) and the queue;
     ``loading`` (503, with the stage in hand and ``progress``: the share of the load's
     stages done) or ``error`` (503) before."""
     state = request.app.state
@@ -52,7 +54,9 @@ async def health(request: Request):
         body["error"] = state.load_error
     if state.scheduler is not None:
         engine, scheduler = state.engine, state.scheduler
-        body.update(device=str(engine.device), dtype=str(engine.dtype).replace("torch.", ""),
+        # gpu: the GPU's name on CUDA (``NVIDIA H200``), null on the CPU
+        body.update(device=str(engine.device), gpu=gpu_name(engine.device),
+                    dtype=str(engine.dtype).replace("torch.", ""),
                     quant=engine.quant, activations=engine.activations, context_length=engine.context_length,
                     queue_depth=scheduler.queue_depth, running=scheduler.active_count,
                     free_slots=engine.free_slots, slots=engine.runner.num_slots,

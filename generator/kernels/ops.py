@@ -191,14 +191,53 @@ def pack_int4_aten(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor)
     """PyTorch's layout of the same int4 weight: ``(packed [N, K/2] uint8, scales_zeros
     [K/32, N, 2] bf16)``, (scale, zero) per group and output channel."""
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
-    sz = torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1)
-    return packed, sz.to(torch.bfloat16).contiguous()
+    return packed, scales_zeros(scale, zero)
+
+
+def scales_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Per-group ``scale``/``zero [N, K/32]`` as both of PyTorch's int4 kernels (CPU and
+    CUDA) read them: ``[K/32, N, 2]`` bf16, the pair of a group and output channel side by side."""
+    return torch.stack((scale.float(), zero.float()), dim=-1).transpose(0, 1).to(torch.bfloat16).contiguous()
+
+
+def inner_k_tiles(k: int) -> int:
+    """The widest tinygemm K tiling (``inner_k_tiles`` 8, 4 or 2: K a multiple of 128, 64
+    or 32) that ``k`` allows; SmolLM2's 576 inputs take 4, its 1536 take 8."""
+    for tiles in (8, 4, 2):
+        if k % (tiles * 16) == 0:
+            return tiles
+    raise ValueError(f"the CUDA int4 kernel needs K a multiple of 32, got {k}")
+
+
+def pack_int4_cuda(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same int4 weight for PyTorch's CUDA kernel (``aten._weight_int4pack_mm``, the
+    tinygemm layout): ``(packed [N/8, K/(16 t), 32, t/2] int32, scales_zeros [K/32, N, 2]
+    bf16)`` on ``device``. The dequantization is the CPU kernel's, ``(q - 8) * scale + zero``,
+    so Q4_1's ``d``/``m`` map the same way (``scale = d``, ``zero = m + 8 d``); only the
+    packing differs: two codes a byte, the even input in the high nibble, then tiled on
+    the GPU (it has no CPU implementation)."""
+    n, k = codes.shape
+    if n % 8 or k % GROUP:
+        raise ValueError(f"the CUDA int4 kernel needs N a multiple of 8 and K of {GROUP}, got {n} x {k}")
+    packed = torch.ops.aten._convert_weight_to_int4pack(nibble_pairs(codes).to(device), inner_k_tiles(k))
+    return packed, scales_zeros(scale, zero).to(device)
+
+
+def nibble_pairs(codes: torch.Tensor) -> torch.Tensor:
+    """Codes ``[N, K]`` (0..15) two a byte, ``[N, K/2]`` uint8: input ``2j`` in the high
+    nibble, ``2j + 1`` in the low one (what ``_convert_weight_to_int4pack`` reads)."""
+    c = codes.to(torch.uint8)
+    return ((c[:, ::2] << 4) | c[:, 1::2]).contiguous()
 
 
 # -- matmuls: the layout says whose kernel ---------------------------------------------
 def int4_mm(x: torch.Tensor, codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
-    """``x [M, K]`` bf16 (on the CPU) times an int4 weight -> ``[M, N]`` bf16: ours for
-    ``pack``'s layout (3-d codes), PyTorch's for ``pack_int4_aten``'s."""
+    """``x [M, K]`` bf16 times an int4 weight -> ``[M, N]`` bf16: ours for ``pack``'s layout
+    (3-d codes), PyTorch's CPU kernel for ``pack_int4_aten``'s (2-d), its CUDA kernel for
+    ``pack_int4_cuda``'s (4-d)."""
+    if codes.dim() == 4:
+        return torch.ops.aten._weight_int4pack_mm(x, codes, GROUP, sz)
     if codes.dim() == 2:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, codes, GROUP, sz)
     return torch.ops.tokenflow.int4_mm(x, codes, sz)

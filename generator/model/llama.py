@@ -44,10 +44,11 @@ class Layer(nn.Module):
         self.register_buffer("attn_norm", attn_norm)
         self.register_buffer("mlp_norm", mlp_norm)
 
-    def allocate_cache(self, num_slots: int, max_len: int, n_kv: int, head_dim: int, dtype: torch.dtype) -> None:
+    def allocate_cache(self, num_slots: int, max_len: int, n_kv: int, head_dim: int, dtype: torch.dtype,
+                       device: torch.device) -> None:
         shape = (num_slots, n_kv, max_len + 1, head_dim)  # + 1: the scratch position of padding rows
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
 
 class FastLlama(nn.Module):
@@ -73,14 +74,16 @@ class FastLlama(nn.Module):
         inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim))
         angles = torch.arange(max_len + 1).float()[:, None] * inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)
-        self.register_buffer("rope_cos", angles.cos().to(dtype))
+        device = self.embed.device  # the tables are computed on the CPU: the same bits on every device
+        self.register_buffer("rope_cos", angles.cos().to(device=device, dtype=dtype))
         # rotate_half(x) * sin == roll(x, D/2) * sin_signed, with the first half's sign
         # moved into the table (the same products, bit for bit): one op instead of four.
         half = self.head_dim // 2
         sin = angles.sin()
-        self.register_buffer("rope_sin", torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(dtype))
+        self.register_buffer("rope_sin", torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(device=device,
+                                                                                               dtype=dtype))
         for layer in layers:
-            layer.allocate_cache(num_slots, max_len, self.n_kv, self.head_dim, dtype)
+            layer.allocate_cache(num_slots, max_len, self.n_kv, self.head_dim, dtype, device)
         # Our RoPE + cache-write and attention ops take a bf16 CPU cache with head_dim % 16.
         self._cache_fits_kernels = (dtype == torch.bfloat16 and self.embed.device.type == "cpu"
                                     and self.head_dim % 16 == 0)
@@ -108,7 +111,7 @@ class FastLlama(nn.Module):
 
             def linear(names: list[str]) -> nn.Module:
                 if gguf is not None and all(gguf.has_q4_1(i, n) for n in names):
-                    return Int4Linear.from_q4_1_codes(*gguf.stacked_codes(i, names), acts)
+                    return Int4Linear.from_q4_1_codes(*gguf.stacked_codes(i, names), acts, device=config.device)
                 w = torch.cat([sd[p + n + ".weight"] for n in names])
                 # int8 activations for int4 layers only: with int8 weights quantized here from
                 # float, greedy agreement with float32 halved (docs/performance.md, quality table).

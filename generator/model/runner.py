@@ -26,6 +26,8 @@ from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
+from .cuda import BucketedDecode, host_ints
+
 SlotList = Sequence[int] | torch.Tensor
 
 
@@ -141,7 +143,7 @@ class FastRunner(Slots):
     # static shapes are rebuilt only when a row crosses a bucket.
     KV_BUCKET = 256
 
-    def __init__(self, model, compile: bool = False, prefill_chunk: int = 256):
+    def __init__(self, model, compile: bool = False, prefill_chunk: int = 256, graphs: bool = False):
         super().__init__(model.num_slots, model.max_len)
         self.model = model
         self.device = model.embed.device
@@ -161,6 +163,11 @@ class FastRunner(Slots):
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
             self._step = torch.compile(_own_code(model.fused_decode_step), fullgraph=True, dynamic=False, options={
                 "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+        # CUDA: the step (compiled or not) replayed from graphs, every batch bucket captured now.
+        self.graphs = BucketedDecode(model, self.KV_BUCKET, step=self._step if self.compiled else None) \
+            if graphs else None
+        if self.graphs is not None:
+            self.graphs.warm()
 
     @torch.inference_mode()
     def prefill(self, slot: int, ids: Sequence[int] | torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -322,7 +329,9 @@ class FastRunner(Slots):
             raise ValueError(f"a slot is full: the cache holds {self.max_len} tokens")
         self.forward_calls += 1
         token_ids = token_ids.view(-1)
-        if self.compiled:
+        if self.graphs is not None:
+            logits = self.graphs(slots, positions, token_ids)
+        elif self.compiled:
             logits = self._compiled_decode(slots, positions, token_ids)
         else:
             logits = self._eager_decode(slots, positions, token_ids)
@@ -340,8 +349,7 @@ class FastRunner(Slots):
         lo, hi = min(slots), max(slots)
         span = hi - lo + 1
         if span > 2 * len(slots) or len(set(slots)) != len(slots):
-            return self.model.decode_step(token_ids, torch.tensor(slots, device=dev),
-                                          torch.tensor(positions, device=dev), kv_positions)
+            return self.model.decode_step(token_ids, host_ints(slots, dev), host_ints(positions, dev), kv_positions)
         at = [s - lo for s in slots]
         full_pos = [self.max_len] * span
         for i, p in zip(at, positions):
@@ -349,10 +357,10 @@ class FastRunner(Slots):
         if at == list(range(span)):  # the slots are the range, in order: no padding rows
             tokens, keep = token_ids, None
         else:
-            keep = torch.tensor(at, device=dev)
+            keep = host_ints(at, dev)
             tokens = torch.zeros(span, dtype=token_ids.dtype, device=dev).index_copy_(0, keep, token_ids)
         return self.model.decode_step(tokens, torch.arange(lo, hi + 1, device=dev),
-                                      torch.tensor(full_pos, device=dev), kv_positions, first_slot=lo, keep=keep)
+                                      host_ints(full_pos, dev), kv_positions, first_slot=lo, keep=keep)
 
     def _compiled_decode(self, slots: list[int], positions: list[int], token_ids: torch.Tensor) -> torch.Tensor:
         """Static shapes for the compiled step: the cache read up to a bucket, gathered by slot."""

@@ -64,7 +64,9 @@ class _PackedLinear(nn.Module):
     def dequantized(self) -> torch.Tensor:
         """The weight the kernel computes with, as float32 ``[N, K]`` (tests, the dense
         copy): multiplying the identity through the kernel reads back exactly what it uses."""
-        return self._matmul(torch.eye(self.in_features, dtype=torch.bfloat16)).float().T.contiguous()
+        device = next(b for b in self.buffers() if b is not None).device
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=device)
+        return self._matmul(eye).float().T.contiguous()
 
     def keep_dense(self, min_rows: int = DENSE_MIN_ROWS) -> None:
         """Store the bf16 copy (2 bytes a weight, beside the packed ones), used for
@@ -106,6 +108,8 @@ class Int8Linear(_PackedLinear):
 
     def __init__(self, weight: torch.Tensor, activations: str = "bf16"):
         super().__init__()
+        if weight.device.type != "cpu":
+            raise ValueError(f"int8 weights run on the CPU only (their kernels), not {weight.device.type}")
         w = weight.float()
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
         q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -137,22 +141,32 @@ class Int4Linear(_PackedLinear):
 
     ``activations`` (``config.resolve_activations``): what our kernel multiplies the codes by,
     the bf16 inputs as they are (``bf16``) or rounded to int8 per row and group of 32
-    (``int8``, AVX512_VNNI). PyTorch's kernel, where ours cannot run, takes bf16."""
+    (``int8``, AVX512_VNNI). PyTorch's kernel, where ours cannot run, takes bf16.
 
-    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, activations: str = "bf16"):
+    ``device``: where the layer runs (default: the codes'). On CUDA the weight is packed for
+    PyTorch's CUDA kernel (``kernels.pack_int4_cuda``, tinygemm) and multiplies bf16 inputs;
+    our CPU kernels are neither built nor asked."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, activations: str = "bf16",
+                 device: torch.device | str | None = None):
         # codes: int32 [N, K]; scale, zero: float [N, K // 32] with w = (q - 8) * scale + zero
         super().__init__()
+        device = torch.device(device) if device is not None else codes.device
         n, k = codes.shape
         if k % GROUP:
             raise ValueError(f"int4 needs the input dimension to be a multiple of {GROUP}, got {k}")
         if n % 16:
             raise ValueError(f"int4 needs the output dimension to be a multiple of 16, got {n}")
         self.out_features, self.in_features = n, k
+        if device.type != "cpu" and activations != "bf16":
+            raise ValueError(f"int4 on {device.type} multiplies bf16 inputs, not {activations!r}")
         # One packing: our kernel's layout where it runs (faster than PyTorch's at every
         # batch size here), else PyTorch's.
-        q8 = _int8_inputs(activations)
+        q8 = device.type == "cpu" and _int8_inputs(activations)
         codes_k = sz_k = packed = scales_zeros = None
-        if kernels.ours():
+        if device.type != "cpu":
+            packed, scales_zeros = kernels.pack_int4_cuda(codes, scale, zero, device)
+        elif kernels.ours():
             codes_k, sz_k = (kernels.pack_q8 if q8 else kernels.pack)(codes, scale, zero)
         else:
             packed, scales_zeros = kernels.pack_int4_aten(codes, scale, zero)
@@ -189,9 +203,9 @@ class Int4Linear(_PackedLinear):
 
     @classmethod
     def from_q4_1_codes(cls, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor,
-                        activations: str = "bf16") -> "Int4Linear":
+                        activations: str = "bf16", device: torch.device | str | None = None) -> "Int4Linear":
         """From unpacked Q4_1 codes and their per-group ``d`` and ``m`` (``GGUFQ4Source.stacked_codes``)."""
-        return cls(codes, d, m + 8 * d, activations)
+        return cls(codes, d, m + 8 * d, activations, device)
 
 
 def make_linear(weight: torch.Tensor, quant: str, dtype: torch.dtype, activations: str = "bf16") -> nn.Module:

@@ -216,6 +216,7 @@ def test_health_strategies_and_unknown_route(serve, tiny_engine):
     server = serve(tiny_engine)
     health = httpx.get(server.url + "/health")
     assert health.status_code == 200 and health.json()["status"] == "ready"
+    assert health.json()["device"] == "cpu" and health.json()["gpu"] is None  # named on CUDA (tests/gpu/)
     names = [s["name"] for s in httpx.get(server.url + "/strategies").json()["strategies"]]
     assert {"greedy", "sample", "beam"} <= set(names)
     res = httpx.get(server.url + "/v1/nothing")
