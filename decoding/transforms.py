@@ -298,10 +298,8 @@ def dry_breaker_sequences(token_texts: Sequence[str], text: str, encode: Callabl
         if text in word:
             out.setdefault(tid, set()).add(())
             continue
-        for pos in range(len(word)):
-            rest = word[pos:]
-            if text.startswith(rest):
-                out.setdefault(tid, set()).add(tuple(encode(text[len(rest):])[:max_tail]))
+        for rest in (word[pos:] for pos in range(len(word)) if text.startswith(word[pos:])):
+            out.setdefault(tid, set()).add(tuple(encode(text[len(rest):])[:max_tail]))
     return out
 
 
@@ -312,9 +310,8 @@ def _repeat_limit(ctx: list[int], heads: Breakers) -> int:
         tails = heads.get(ctx[-1 - i])
         if not tails:
             continue
-        longest = max((len(t) for t in tails if len(t) <= i and list(t) == ctx[len(ctx) - i: len(ctx) - i + len(t)]),
-                      default=-1)
-        if longest >= 0:
+        if (longest := max((len(t) for t in tails if len(t) <= i and list(t) == ctx[len(ctx) - i:][: len(t)]),
+                           default=-1)) >= 0:
             return i - longest
     return len(ctx)
 
