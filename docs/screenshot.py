@@ -1,5 +1,6 @@
 """Take docs/screenshot.png: the web page on the default model, three strategies side
-by side, tokens coloured by probability, one token hovered.
+by side, tokens coloured by probability, the decision trace on, one token hovered (its
+alternatives and what each link of its chain kept and removed).
 
     .venv/bin/python docs/screenshot.py [--out docs/screenshot.png] [--max-tokens 48]
 
@@ -63,6 +64,7 @@ def main() -> None:
             if seed.count():
                 seed.fill("7")
             page.check("#colour")
+            page.check("#trace")
             page.click("#run")
             page.wait_for_function("[...document.querySelectorAll('.column')].every("
                                    "c => ['done', 'error'].includes(c.dataset.state))", timeout=300_000)
