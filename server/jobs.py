@@ -46,6 +46,7 @@ class Job:
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     cancelled: threading.Event = field(default_factory=threading.Event)
     handle: int | None = None  # its row in the worker's BatchGenerator
+    cached_tokens: int = 0  # prompt tokens the prefix cache supplied (usage.prompt_tokens_details)
 
     @property
     def done(self) -> bool:
