@@ -70,8 +70,8 @@ class PrefixCache:
                 self._reason = f"a budget of {budget} bytes holds no block ({self.block_bytes} bytes)"
         self._layers = layers if self.capacity else []
         # torch.empty: pages are touched (and counted in RSS) only as blocks fill.
-        self._k = [torch.empty((self.capacity, *l.k_cache.shape[1:2], BLOCK, l.k_cache.shape[3]),
-                               dtype=l.k_cache.dtype) for l in self._layers]
+        self._k = [torch.empty((self.capacity, layer.k_cache.shape[1], BLOCK, layer.k_cache.shape[3]),
+                               dtype=layer.k_cache.dtype) for layer in self._layers]
         self._v = [torch.empty_like(t) for t in self._k]
         self._tier = self._signature()
         self.clear()

@@ -16,7 +16,9 @@ import torch
 from decoding import SamplingParams
 from generator import Engine
 from generator.config import EngineConfig, EngineConfigError
-from generator.prefix_cache import BLOCK, PrefixCache
+from generator.prefix_cache import PrefixCache
+
+from prefix_checks import check_same_bits as _check_same_bits, prefill as _prefill
 
 
 @pytest.fixture
@@ -30,31 +32,6 @@ def tiny_int4(tiny_model_dir, tier):
 
 def _ids(n: int, seed: int, vocab: int = 300) -> list[int]:
     return torch.randint(3, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def _prefill(runner, ids: list[int], cache: PrefixCache | None):
-    """``(tokens reused, last logits, the slot's KV)`` of ``ids`` written with or without ``cache``
-    (then kept in it, as the batch does once a prompt is written)."""
-    slot = runner.acquire(1)[0]
-    hit, pins = cache.admit(slot, ids) if cache is not None else (0, [])
-    try:
-        logits = runner.prefill(slot, ids[hit:], start=hit)
-        kv = [torch.cat([layer.k_cache[slot, :, : len(ids)], layer.v_cache[slot, :, : len(ids)]])
-              for layer in runner.model.layers]
-        if cache is not None:
-            cache.insert(slot, ids)
-            cache.unpin(pins)
-    finally:
-        runner.release([slot])
-    return hit, logits, kv
-
-
-def _check_same_bits(runner, cache, ids, expect_hit):
-    hit, logits, kv = _prefill(runner, ids, cache)
-    _, ref_logits, ref_kv = _prefill(runner, ids, None)
-    assert hit == expect_hit
-    assert torch.equal(logits, ref_logits)
-    assert all(torch.equal(a, b) for a, b in zip(kv, ref_kv))
 
 
 def test_cached_blocks_plus_the_rest_give_the_bits_of_a_whole_prefill(tiny_int4):
