@@ -31,6 +31,7 @@ MODEL_FLAGS = {
     "--activations": ("activations", "auto", ["auto", "bf16", "int8"]),
     "--dense-prefill": ("dense_prefill", False, None), "--compile": ("compile", None, None),
     "--no-compile": ("compile", None, None),
+    "--prefix-cache-mb": ("prefix_cache_mb", "auto", None),  # added with the prefix cache
 }
 
 
