@@ -68,8 +68,8 @@ def use_cache(engine: Engine, mb: int) -> PrefixCache:
     return engine.prefix_cache
 
 
-def chat(engine: Engine, answer_tokens: int, turns: int) -> list[dict]:
-    messages = [{"role": "system", "content": SYSTEM}]
+def chat(engine: Engine, answer_tokens: int, turns: int, system: str) -> list[dict]:
+    messages = [{"role": "system", "content": system}]
     out = []
     for turn in TURNS[:turns]:
         messages.append({"role": "user", "content": turn})
@@ -86,8 +86,8 @@ def chat(engine: Engine, answer_tokens: int, turns: int) -> list[dict]:
     return out
 
 
-def compare(engine: Engine, counter: Counting, together: bool) -> dict:
-    ids = engine.encode([{"role": "system", "content": SYSTEM}, {"role": "user", "content": TURNS[0]}], chat=True)
+def compare(engine: Engine, counter: Counting, together: bool, system: str) -> dict:
+    ids = engine.encode([{"role": "system", "content": system}, {"role": "user", "content": TURNS[0]}], chat=True)
     batch = engine.batch()
     counter.tokens = 0
     t0 = time.perf_counter()
@@ -156,6 +156,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--quant", default="auto", help="the weights' format (auto: int4 for the default model)")
     ap.add_argument("--turns", type=int, default=6)
+    ap.add_argument("--system", default=SYSTEM, help="the conversation's system prompt")
     ap.add_argument("--answer", type=int, default=48, help="greedy tokens an answer (48)")
     ap.add_argument("--repeats", type=int, default=2, help="conversations off and on, alternately (2)")
     ap.add_argument("--load", type=int, default=200, help="distinct prompts of the load (200)")
@@ -181,7 +182,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for mode, mb in (("off", 0), ("on", budget)):
             use_cache(engine, mb)
-            runs[mode].append(chat(engine, args.answer, args.turns))
+            runs[mode].append(chat(engine, args.answer, args.turns, args.system))
             print(mode, "TTFT ms per turn:", [t["ttft_ms"] for t in runs[mode][-1]],
                   "cached:", [t["cached_tokens"] for t in runs[mode][-1]], flush=True)
     result["chat"] = []
@@ -202,7 +203,7 @@ def main() -> None:
         for together in (True, False):
             use_cache(engine, mb)
             key = f"{mode}_{'together' if together else 'one_after_another'}"
-            result["compare"][key] = compare(engine, counter, together)
+            result["compare"][key] = compare(engine, counter, together, args.system)
             print("compare", key, result["compare"][key], flush=True)
 
     result["load"] = {}

@@ -30,6 +30,15 @@ def tiny_int4(tiny_model_dir, tier):
     return engine
 
 
+@pytest.fixture(scope="module")
+def tiny_best(tiny_model_dir):
+    """The same on the best tier this CPU runs (the tests of bookkeeping, not of arithmetic)."""
+    engine = Engine.load(model=str(tiny_model_dir), device="cpu", dtype="bfloat16", quant="int4", num_slots=8,
+                         max_len=160, prefix_cache_mb=4)
+    assert engine.prefix_cache.reason is None
+    return engine
+
+
 def _ids(n: int, seed: int, vocab: int = 300) -> list[int]:
     return torch.randint(3, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
@@ -57,14 +66,15 @@ def test_the_bits_hold_across_an_eviction_and_the_budget_holds(tiny_int4):
     _check_same_bits(runner, cache, b, 0)  # needs 2 blocks, 1 free: a's leaf block goes
     assert cache.evictions == 1 and cache.used_blocks == 3
     _check_same_bits(runner, cache, a, 16)  # a's first block survived: the chain is cut from its end
-    for seed in range(10, 60):  # many distinct prompts
+    for seed in range(10, 30):  # many distinct prompts
         _prefill(runner, _ids(40, seed), cache)
         assert cache.used_blocks <= 3 and cache.used_bytes <= 3 * block_bytes
     assert [t.shape[0] for t in cache._k] == [3] * len(runner.model.layers)
-    _check_same_bits(runner, cache, _ids(40, 59), 32)
+    _check_same_bits(runner, cache, _ids(40, 29), 32)
 
 
-def test_a_block_a_request_holds_is_never_evicted(tiny_int4):
+def test_a_block_a_request_holds_is_never_evicted(tiny_best):
+    tiny_int4 = tiny_best
     runner = tiny_int4.runner
     cache = PrefixCache(runner, 0, budget_bytes=2 * tiny_int4.prefix_cache.block_bytes)
     a = _ids(40, 7)
@@ -98,7 +108,8 @@ def _run(engine, requests):
     return out
 
 
-def test_a_chats_turns_give_the_same_tokens_with_and_without_the_cache(tiny_int4):
+def test_a_chats_turns_give_the_same_tokens_with_and_without_the_cache(tiny_best):
+    tiny_int4 = tiny_best
     greedy = SamplingParams(strategy="greedy", max_new_tokens=12, ignore_eos=True)
     seeded = SamplingParams(strategy="top_p", top_p=0.9, seed=5, max_new_tokens=12, ignore_eos=True)
     on = tiny_int4.prefix_cache
@@ -124,7 +135,8 @@ def test_a_chats_turns_give_the_same_tokens_with_and_without_the_cache(tiny_int4
     assert results["on"][1][1][1] == [48]  # the second: the first's 52-token prompt, whole blocks of it
 
 
-def test_identical_prompts_share_one_prefill_and_n_siblings_too(tiny_int4):
+def test_identical_prompts_share_one_prefill_and_n_siblings_too(tiny_best):
+    tiny_int4 = tiny_best
     params = SamplingParams(strategy="greedy", max_new_tokens=6, ignore_eos=True)
     a = _ids(37, 11)
     alone = _run(tiny_int4, [(a, [params])])[0][0][0]
