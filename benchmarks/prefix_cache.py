@@ -75,14 +75,14 @@ def chat(engine: Engine, answer_tokens: int, turns: int, system: str) -> list[di
         messages.append({"role": "user", "content": turn})
         ids = engine.encode(messages, chat=True)
         before = engine.prefix_cache.cached_tokens
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         stream = engine.stream(ids, SamplingParams(strategy="greedy", max_new_tokens=answer_tokens))
         first = next(stream)
-        ttft = time.perf_counter() - t0
+        ttft, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         text = first.text + "".join(ev.text for ev in stream)
         messages.append({"role": "assistant", "content": text})
         out.append({"prompt_tokens": len(ids), "cached_tokens": engine.prefix_cache.cached_tokens - before,
-                    "ttft_ms": round(ttft * 1000, 1), "answer": text})
+                    "ttft_ms": round(ttft * 1000, 1), "ttft_cpu_ms": round(cpu_s * 1000, 1), "answer": text})
     return out
 
 
@@ -90,8 +90,9 @@ def compare(engine: Engine, counter: Counting, together: bool, system: str) -> d
     ids = engine.encode([{"role": "system", "content": system}, {"role": "user", "content": TURNS[0]}], chat=True)
     batch = engine.batch()
     counter.tokens = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     firsts: dict[int, float] = {}
+    cpu_firsts: dict[int, float] = {}
     handles = []
     for i, params in enumerate(COLUMNS):
         if together or i == 0:
@@ -100,13 +101,16 @@ def compare(engine: Engine, counter: Counting, together: bool, system: str) -> d
             while handles[-1] not in firsts:
                 for h, _ in batch.step():
                     firsts.setdefault(h, time.perf_counter() - t0)
+                    cpu_firsts.setdefault(h, time.process_time() - c0)
             if i + 1 < len(COLUMNS):
                 handles.append(batch.add(ids, COLUMNS[i + 1].replace(max_new_tokens=8)))
     while batch.active:
         for h, _ in batch.step():
             firsts.setdefault(h, time.perf_counter() - t0)
+            cpu_firsts.setdefault(h, time.process_time() - c0)
     return {"prompt_tokens": len(ids), "columns": len(COLUMNS), "prefilled_tokens": counter.tokens,
-            "all_first_tokens_ms": round(max(firsts.values()) * 1000, 1)}
+            "all_first_tokens_ms": round(max(firsts.values()) * 1000, 1),
+            "all_first_tokens_cpu_ms": round(max(cpu_firsts.values()) * 1000, 1)}
 
 
 class Timed:
@@ -136,15 +140,16 @@ def load(engine: Engine, n: int, mb: int, words: int) -> dict:
     params = SamplingParams(strategy="greedy", max_new_tokens=2, ignore_eos=True)
     batch = engine.batch()
     before = rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     waiting = list(ids)
     while waiting or batch.active:
         while waiting and engine.runner.free_count:
             batch.add(waiting.pop(0), params)
         batch.step()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     st = cache.status()
     return {"prompts": n, "prompt_tokens": sum(map(len, ids)), "budget_mb": mb, "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu_s, 2),
             "rss_before_mb": before, "rss_after_mb": rss_mb(), "cache_used_mb": round(st["used_bytes"] / 2**20, 1),
             "cache_capacity_mb": round(st["capacity_blocks"] * st["block_bytes"] / 2**20, 1),
             "evictions": st["evictions"], "hit_requests": st["hit_requests"],
@@ -189,11 +194,14 @@ def main() -> None:
     for i in range(args.turns):
         off = min(r[i]["ttft_ms"] for r in runs["off"])
         on = min(r[i]["ttft_ms"] for r in runs["on"])
+        cpu_off = min(r[i]["ttft_cpu_ms"] for r in runs["off"])
+        cpu_on = min(r[i]["ttft_cpu_ms"] for r in runs["on"])
         first_off, first_on = runs["off"][0][i], runs["on"][0][i]
         result["chat"].append({
             "turn": i + 1, "prompt_tokens": first_off["prompt_tokens"], "cached_tokens": first_on["cached_tokens"],
             "prefilled_tokens_on": first_on["prompt_tokens"] - first_on["cached_tokens"],
             "ttft_ms_off": off, "ttft_ms_on": on, "speedup": round(off / on, 2),
+            "ttft_cpu_ms_off": cpu_off, "ttft_cpu_ms_on": cpu_on, "cpu_speedup": round(cpu_off / cpu_on, 2),
             "ttft_ms_off_all": [r[i]["ttft_ms"] for r in runs["off"]],
             "ttft_ms_on_all": [r[i]["ttft_ms"] for r in runs["on"]],
             "same_answer": all(r[i]["answer"] == first_off["answer"] for r in runs["off"] + runs["on"])})
