@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray gpu-bundle
+.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray gpu-bundle bench-prefix
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -95,6 +95,9 @@ bench-grammar: $(STAMP)  ## what constrained output costs: benchmarks/results/gr
 
 bench-scoring: $(STAMP)  ## scoring throughput (prompt logprobs), ours vs transformers: benchmarks/results/scoring.json
 	$(PY) benchmarks/scoring.py
+
+bench-prefix: $(STAMP)  ## the prefix cache: chat TTFT per turn, compare's columns, a 200-prompt load: benchmarks/results/prefix_cache.json
+	$(PY) benchmarks/prefix_cache.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -49,6 +49,7 @@ from . import kernels
 from .events import TokenEvent, top_logprobs
 from .model.cuda import host_ints
 from .model.runner import Runner
+from .prefix_cache import BatchPrefix
 
 
 def finish_reason(tok: int, stop_ids: set[int], text: TextStream, at_limit: bool) -> str | None:
@@ -114,6 +115,7 @@ class BatchGenerator:
         self._handles = itertools.count()
         self.rows: dict[int, _Row] = {}  # insertion order is batch order
         self._prefills: list[_Prefill] = []
+        self.prefix = BatchPrefix(getattr(engine, "prefix_cache", None), self.runner)  # prefix_cache.py
         self._sampler: BatchSampler | None = None
         self._sampler_rows: list[_Row] = []
         self.last_batch_size = 0  # rows in the last decode (metrics)
@@ -163,7 +165,9 @@ class BatchGenerator:
             raise
         for row in rows:
             self.rows[row.handle] = row
-        self._prefills.append(_Prefill(ids + generated, rows, targets=list(slots)))
+        ids = ids + generated  # a fork's tokens are written like the prompt's (their KV is cached too)
+        if not self.prefix.join_twin(self._prefills, ids, rows, slots):  # else: rides on a twin's prefill
+            self._prefills.append(self.prefix.admit(_Prefill(ids, rows, targets=list(slots))))
         return [r.handle for r in rows]
 
     def _new_row(self, p: SamplingParams, row_slots: list[int], ids: list[int], generated: list[int]) -> _Row:
@@ -184,6 +188,7 @@ class BatchGenerator:
         row = self.rows.pop(handle, None)
         if row is None:
             return
+        self.prefix.leave(row, finished=False)
         row.done = True
         for pf in self._prefills:
             if row in pf.rows:
@@ -203,6 +208,7 @@ class BatchGenerator:
     def _finish(self, row: _Row) -> None:
         row.done = True
         self.rows.pop(row.handle, None)
+        self.prefix.leave(row, finished=True)
         self.runner.release(row.slots)
 
     # -- the step -----------------------------------------------------------
@@ -299,6 +305,7 @@ class BatchGenerator:
                     copies = [s for s in pf.targets[1:] if s in live]
                     if copies:
                         self.runner.copy_slots([pf.slot] * len(copies), copies)
+                self.prefix.prompt_done(pf)
                 if pf.slot not in live:  # its row was cancelled while the prompt was written
                     self.runner.release([pf.slot])
                 fresh += [(r, logits[i: i + 1]) for r in pf.rows]

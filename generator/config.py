@@ -91,6 +91,11 @@ class EngineConfig:
         "tokenflow's own CPU kernels, for the whole process: auto (the best tier this CPU runs, "
         "or TOKENFLOW_KERNELS's), avx512, avx2, portable (a tier at or below the CPU's), or "
         "aten: PyTorch's", KERNELS))
+    prefix_cache_mb: int | str = field(default="auto", metadata=_opt(
+        "memory for the prefix cache (the KV of earlier prompts and outputs, reused by a request that "
+        "shares their beginning; exact: the same bits as prefilling): MB, 0 turns it off; auto: a tenth "
+        "of the machine's memory, at most 1024 MB. Off wherever prefill is not chunk-invariant "
+        "(PyTorch's kernels, float weights, --dense-prefill, the transformers runner)", flag="--prefix-cache-mb"))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -98,6 +103,10 @@ class EngineConfig:
             # activations: resolve_activations checks it (case-blind, and names the variable).
             if choices and f.name != "activations" and getattr(self, f.name) not in choices:
                 raise EngineConfigError(f"unknown {f.name} {getattr(self, f.name)!r}; choose from {', '.join(choices)}")
+        try:
+            prefix_cache_mb(self.prefix_cache_mb)
+        except ValueError as exc:
+            raise EngineConfigError(str(exc)) from None
         for name in ("num_slots", "max_len", "prefill_chunk"):
             if int(getattr(self, name)) < 1:
                 raise EngineConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -167,7 +176,8 @@ class EngineConfig:
             activations=activations, dense_prefill=bool(self.dense_prefill),
             compile=compiled, graphs=graphs, num_slots=int(self.num_slots),
             max_len=min(int(self.max_len), ctx), prefill_chunk=int(self.prefill_chunk),
-            kernels=tier["tier"], kernels_reason=tier["reason"])
+            kernels=tier["tier"], kernels_reason=tier["reason"], prefix_cache_mb=resolve_prefix_cache_mb(
+                self.prefix_cache_mb))
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,7 @@ class ResolvedConfig:
     prefill_chunk: int
     kernels: str  # our tier ("avx512", "avx2", "portable") or "aten" (PyTorch's)
     kernels_reason: str
+    prefix_cache_mb: int = 0  # the prefix cache's budget (0: off); the engine's cache says if it runs
 
     @property
     def torch_device(self) -> torch.device:
@@ -222,11 +233,45 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                                help=meta["help"])
             group.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                                help="run the decode step eagerly (the default)")
+        elif f.name == "prefix_cache_mb":  # checked as it is parsed: a bad value is argparse's error
+            group.add_argument(meta["flag"], dest=f.name, default=f.default, type=_prefix_cache_mb_arg,
+                               metavar="MB", help=meta["help"])
         elif f.type in (bool, "bool"):
             group.add_argument(meta["flag"], dest=f.name, action="store_true", help=meta["help"])
         else:
             group.add_argument(meta["flag"], dest=f.name, default=f.default, choices=meta["choices"],
                                help=meta["help"])
+
+
+def prefix_cache_mb(value) -> int | str:
+    """``"auto"`` or a whole number of MB >= 0 (``"64"`` and ``64`` alike); ValueError otherwise."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        mb = int(str(value).strip()) if not isinstance(value, bool) else None
+    except ValueError:
+        mb = None
+    if mb is None or mb < 0:
+        raise ValueError(f"prefix_cache_mb must be auto or a whole number of MB >= 0 (0 turns it off), "
+                         f"got {value!r}")
+    return mb
+
+
+def _prefix_cache_mb_arg(text: str) -> int | str:
+    try:
+        return prefix_cache_mb(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("prefix_cache_mb", "--prefix-cache-mb")) from None
+
+
+def resolve_prefix_cache_mb(value) -> int:
+    """The budget in MB: ``auto`` settled against this machine (``prefix_cache.auto_mb``)."""
+    value = prefix_cache_mb(value)
+    if value == "auto":
+        from .prefix_cache import auto_mb
+
+        return auto_mb()
+    return value
 
 
 def resolve_activations(name: str | None = "auto") -> str:

@@ -21,6 +21,7 @@ from .loading import DEFAULT_NAME, Progress, load_model_and_tokenizer, pick_devi
 from .model.hf import HFRunner
 from .model.llama import FastLlama
 from .model.runner import FastRunner, Runner
+from .prefix_cache import PrefixCache
 
 Prompt = str | list[int]
 
@@ -45,6 +46,9 @@ class Engine:
         self.device = self.runner.device
         self.dtype = self.runner.dtype  # the activations' dtype
         self.context_length = self.runner.max_len
+        # the exact prefix cache every batch of this engine shares (off, with its reason, where
+        # prefill is not chunk-invariant: prefix_cache.py)
+        self.prefix_cache = PrefixCache.for_engine(self.runner, config)
         self.eos_token_ids = _eos_ids(model, tokenizer)
         # constrained output's compiler over this tokenizer (its token table built on first use)
         self.grammars = Grammars(tokenizer, model.config.vocab_size, self.eos_token_ids)

@@ -47,6 +47,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     handle: int | None = None  # its row in the worker's BatchGenerator
     generated: list[int] = field(default_factory=list)  # a fork: tokens it continues after (add_group)
+    cached_tokens: int = 0  # prompt tokens the prefix cache supplied (usage.prompt_tokens_details)
 
     @property
     def done(self) -> bool:

@@ -31,6 +31,17 @@ class Metrics:
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("tokenflow_inter_token_latency_seconds", "time between two tokens of a generation",
                              ["strategy"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.prefix_hits = Counter("tokenflow_prefix_cache_hits", "requests that reused cached prompt tokens",
+                                   registry=r)
+        self.prefix_misses = Counter("tokenflow_prefix_cache_misses", "requests that prefilled their whole prompt",
+                                     registry=r)
+        self.prefix_tokens = Counter("tokenflow_prefix_cache_cached_tokens", "prompt tokens the prefix cache "
+                                     "supplied instead of a prefill", registry=r)
+        self.prefix_bytes = Gauge("tokenflow_prefix_cache_bytes", "bytes of KV blocks the prefix cache holds",
+                                  registry=r)
+        self.prefix_budget = Gauge("tokenflow_prefix_cache_budget_bytes", "the prefix cache's budget (0: off)",
+                                   registry=r)
+        self._prefix_seen = (0, 0, 0)  # the cache's own totals, already added to the counters
         self.duration = Histogram("tokenflow_request_duration_seconds", "submit to last token of a generation",
                                   ["strategy", "finish_reason"], buckets=_DURATION_BUCKETS, registry=r)
 
@@ -53,7 +64,22 @@ class Metrics:
             self.queue_depth.set(scheduler.queue_depth)
             self.running.set(scheduler.active_count)
             self.batch_size.set(scheduler.batch_size if scheduler.active_count else 0)
+            self._read_prefix_cache(getattr(scheduler.engine, "prefix_cache", None))
         return generate_latest(self.registry)
+
+    def _read_prefix_cache(self, cache) -> None:
+        """The prefix cache's totals since the last read added to the counters; its size now."""
+        if cache is None:
+            return
+        st = cache.status()
+        totals = (st["hit_requests"], st["requests"] - st["hit_requests"], st["cached_tokens"])
+        for counter, now, seen in zip((self.prefix_hits, self.prefix_misses, self.prefix_tokens),
+                                      totals, self._prefix_seen):
+            if now > seen:
+                counter.inc(now - seen)
+        self._prefix_seen = totals
+        self.prefix_bytes.set(st["used_bytes"])
+        self.prefix_budget.set(st["capacity_blocks"] * st["block_bytes"] if st["enabled"] else 0)
 
 
 class RequestMetrics:

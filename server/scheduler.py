@@ -248,8 +248,10 @@ class Scheduler:
             for job in jobs:
                 self._deliver(job, exc)
             return
+        prefix = getattr(self.batch, "prefix", None)  # the batch's prefix-cache hooks
         for job, handle in zip(jobs, handles):
             job.handle = handle
+            job.cached_tokens = prefix.cached(handle) if prefix is not None else 0
             self._jobs[handle] = job
 
     def _drop_gone(self) -> None:

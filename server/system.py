@@ -62,6 +62,9 @@ async def health(request: Request):
                     free_slots=engine.free_slots, slots=engine.runner.num_slots,
                     worker_thread=scheduler.worker_thread, engine=engine.config.as_dict(),
                     system_fingerprint=engine_fingerprint(engine))
+        cache = getattr(engine, "prefix_cache", None)
+        if cache is not None:  # on or off, and why (prefix_cache.py)
+            body["prefix_cache"] = cache.status()
     return JSONResponse(body, status_code=code)
 
 

@@ -100,8 +100,8 @@ class ResponsesRequest(BaseCompletionRequest):
         return messages
 
 
-def _usage(prompt_tokens: int, output_tokens: int) -> dict[str, Any]:
-    return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+def _usage(prompt_tokens: int, output_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": cached_tokens},
             "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": prompt_tokens + output_tokens}
 
@@ -130,7 +130,7 @@ class _Answer:
                 "tool_choice": "none", "tools": [], "text": {"format": {"type": "text"}}, "metadata": {},
                 "error": None, "store": False,
                 "incomplete_details": {"reason": "max_output_tokens"} if finish == "length" else None,
-                "usage": _usage(len(self.s.ids), tokens) if done else None,
+                "usage": _usage(len(self.s.ids), tokens, self.s.group.jobs[0].cached_tokens) if done else None,
                 "timings": timings(self.s.group.jobs[0], len(self.s.ids)) if done else None}
 
 

@@ -89,10 +89,11 @@ class CompletionLogprobs:
         return merged
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """OpenAI's ``usage`` object."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's ``usage`` object; ``cached_tokens``: prompt tokens the prefix cache supplied."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def timings(job, prompt_n: int) -> dict[str, float | int] | None:
@@ -176,7 +177,8 @@ async def chat_completion(intake: Intake, req: ChatCompletionRequest, request: R
                for i, evs in enumerate(events)]
     return {"id": s.id, "object": "chat.completion", "created": s.created, "model": s.model,
             "system_fingerprint": s.fingerprint, "choices": choices,
-            "usage": usage(len(s.ids), sum(len(e) for e in events)), "timings": timings(s.group.jobs[0], len(s.ids))}
+            "usage": usage(len(s.ids), sum(len(e) for e in events), s.group.jobs[0].cached_tokens),
+            "timings": timings(s.group.jobs[0], len(s.ids))}
 
 
 async def text_completion(intake: Intake, req: CompletionRequest, request: Request):
@@ -203,7 +205,8 @@ async def text_completion(intake: Intake, req: CompletionRequest, request: Reque
                                    "finish_reason": evs[-1].finish_reason if evs else "stop"}, evs))
     return {"id": s.id, "object": "text_completion", "created": s.created, "model": s.model,
             "system_fingerprint": s.fingerprint, "choices": choices,
-            "usage": usage(len(s.ids), sum(len(e) for e in events)), "timings": timings(s.group.jobs[0], len(s.ids))}
+            "usage": usage(len(s.ids), sum(len(e) for e in events), s.group.jobs[0].cached_tokens),
+            "timings": timings(s.group.jobs[0], len(s.ids))}
 
 
 def with_trace(choice: dict, evs) -> dict:
@@ -224,7 +227,7 @@ def _stream(s: Started, kind: str, first: list[dict], closing: dict, delta):
 
         def make(choices, usage_value=None, **extra):
             if continuous and usage_value is None:  # vLLM's continuous_usage_stats: the counts so far
-                usage_value = usage(len(s.ids), completion_tokens)
+                usage_value = usage(len(s.ids), completion_tokens, s.group.jobs[0].cached_tokens)
             return ServerSentEvent(data={**chunk(kind, s.id, s.created, s.model, choices, with_usage, usage_value,
                                                          s.fingerprint),
                                          **extra})
@@ -243,7 +246,7 @@ def _stream(s: Started, kind: str, first: list[dict], closing: dict, delta):
             yield error_event(exc)
             return
         if with_usage:
-            yield make([], usage(len(s.ids), completion_tokens))
+            yield make([], usage(len(s.ids), completion_tokens, s.group.jobs[0].cached_tokens))
         yield ServerSentEvent(raw_data="[DONE]")
 
     state = s.intake.state

@@ -88,7 +88,8 @@ async def token_events(group: JobGroup, strategy: str) -> AsyncIterator[ServerSe
 
 
 def _stats(job, strategy: str) -> dict:
-    stats = {"finish_reason": job.finish_reason, "tokens": job.tokens, "strategy": strategy}
+    stats = {"finish_reason": job.finish_reason, "tokens": job.tokens, "strategy": strategy,
+             "cached_tokens": job.cached_tokens}
     if job.first_token_at is not None:
         stats["ttft_ms"] = round((job.first_token_at - job.submitted_at) * 1000, 2)
         stats["duration_ms"] = round((job.last_token_at - job.submitted_at) * 1000, 2)

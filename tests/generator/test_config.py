@@ -32,6 +32,7 @@ MODEL_FLAGS = {
     "--dense-prefill": ("dense_prefill", False, None), "--compile": ("compile", None, None),
     "--no-compile": ("compile", None, None),
     "--cuda-graphs": ("cuda_graphs", "auto", ["auto", "on", "off"]),
+    "--prefix-cache-mb": ("prefix_cache_mb", "auto", None),  # added with the prefix cache
 }
 
 

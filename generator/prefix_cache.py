@@ -1,0 +1,333 @@
+"""The exact prefix cache: the KV of prompts (and outputs) already computed, kept in
+blocks of ``BLOCK`` tokens outside the slot cache and found again by token ids.
+
+    cache = PrefixCache.for_engine(runner, config)   # engine.prefix_cache
+    hit, pinned = cache.admit(slot, ids)   # copies the longest cached block prefix into slot
+    ...prefill ids[hit:] from position hit...
+    cache.insert(slot, ids)                # the slot's full blocks kept for later requests
+    cache.unpin(pinned)
+
+A block is keyed by its parent block and its own 16 token ids, so the keys form a
+radix tree of blocks: a block's KV depends on every token before it, and a key
+names exactly those. Blocks live in tensors of their own, ``capacity`` of them
+(the byte budget divided by a block's bytes), never in the slots: a finished
+request's slot goes back to the pool at once, and the cache keeps only the
+blocks it has room for (a slot parked whole would hold ``max_len`` positions).
+When full, the least recently used leaf block that no request has pinned is
+evicted; a chain is only ever cut from its end.
+
+Exactness: on our kernel tiers every prompt token is a one-token row
+(``FastRunner._prefill_rows``), so its KV and the last logits are the same bits
+whether the prompt is prefilled whole, in chunks, beside others, or as cached
+blocks + the rest (docs/kernels.md, "Batch and chunk invariance"). Where that
+does not hold (PyTorch's kernels, a float32 cache, float weights, dense prefill
+copies, the transformers runner) the cache is off and ``status()["reason"]``
+says why. Under ``--compile`` only prompts are kept: the compiled step's KV of
+generated tokens is not claimed to be the bits a prefill writes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+
+from . import kernels
+
+BLOCK = 16  # tokens a block
+AUTO_CAP_MB = 1024  # auto: a tenth of the machine's memory, at most this
+
+
+def auto_mb() -> int:
+    """The budget ``auto`` means: a tenth of physical memory, at most ``AUTO_CAP_MB``."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 256
+    return int(min(AUTO_CAP_MB, total // 10 // 2**20))
+
+
+class PrefixCache:
+    """Blocks of KV keyed by token ids (module docstring). ``reason``: why it is off (None: on)."""
+
+    def __init__(self, runner, budget_mb: int, reason: str | None = None, keep_generated: bool = True,
+                 budget_bytes: int | None = None):
+        self.runner = runner
+        self.budget_mb = int(budget_mb)
+        budget = self.budget_mb * 2**20 if budget_bytes is None else int(budget_bytes)
+        self.keep_generated = keep_generated
+        self.block_bytes = 0
+        self.capacity = 0
+        self._reason = reason
+        layers = [] if reason else list(runner.model.layers)
+        if layers:
+            k = layers[0].k_cache  # [slots, kv_heads, max_len + 1, head_dim]
+            self.block_bytes = len(layers) * 2 * k.shape[1] * BLOCK * k.shape[3] * k.element_size()
+            self.capacity = budget // self.block_bytes
+            if self.capacity == 0:
+                self._reason = f"a budget of {budget} bytes holds no block ({self.block_bytes} bytes)"
+        self._layers = layers if self.capacity else []
+        # torch.empty: pages are touched (and counted in RSS) only as blocks fill.
+        self._k = [torch.empty((self.capacity, layer.k_cache.shape[1], BLOCK, layer.k_cache.shape[3]),
+                               dtype=layer.k_cache.dtype) for layer in self._layers]
+        self._v = [torch.empty_like(t) for t in self._k]
+        self._tier = self._signature()
+        self.clear()
+        self.requests = self.hit_requests = self.prompt_tokens = self.cached_tokens = self.evictions = 0
+
+    @classmethod
+    def for_engine(cls, runner, config) -> "PrefixCache":
+        """The cache an engine of ``config`` (a ``ResolvedConfig``) gets: off, with the reason,
+        wherever a prompt's prefill is not the same bits however it is cut."""
+        mb = int(config.prefix_cache_mb)
+        reason = None
+        if mb == 0:
+            reason = "turned off (prefix_cache_mb 0)"
+        elif config.runner != "fast":
+            reason = "the transformers fallback runner: its prefill is not chunk-invariant"
+        elif config.quant == "none" or config.head == "none":
+            reason = "float weights: PyTorch's GEMM over a prompt's rows is not row-invariant (use int8/int4)"
+        elif config.dense_prefill:
+            reason = "--dense-prefill: prompt chunks multiply by the dense copies, not row-invariant"
+        elif not runner.token_rows:
+            reason = ("prefill is not chunk-invariant here: it needs tokenflow's kernels (not aten) and "
+                      "a bfloat16 CPU cache")
+        return cls(runner, mb, reason, keep_generated=not runner.compiled)
+
+    # -- state --------------------------------------------------------------
+    def clear(self) -> None:
+        """Forget every block."""
+        self._free = list(range(self.capacity))[::-1]  # popped from the end: lowest first
+        self._nodes: dict[tuple[int, tuple[int, ...]], int] = {}  # (parent or -1, ids) -> block
+        self._key: list[tuple[int, tuple[int, ...]] | None] = [None] * self.capacity
+        self._children = [0] * self.capacity
+        self._pins = [0] * self.capacity
+        self._lru: OrderedDict[int, None] = OrderedDict()  # blocks in use, least recently used first
+
+    @staticmethod
+    def _signature() -> str:
+        return kernels.status()["tier"]
+
+    @property
+    def reason(self) -> str | None:
+        """Why the cache is off now (None: on)."""
+        if self._reason is None and not self.runner.token_rows:
+            return "prefill is not chunk-invariant under PyTorch's kernels (kernels switched to aten)"
+        return self._reason
+
+    @property
+    def enabled(self) -> bool:
+        if self.reason is not None:
+            return False
+        if self._signature() != self._tier:  # another kernel tier rounds its own way: start over
+            self.clear()
+            self._tier = self._signature()
+        return True
+
+    @property
+    def used_blocks(self) -> int:
+        return len(self._lru)
+
+    @property
+    def used_bytes(self) -> int:
+        return self.used_blocks * self.block_bytes
+
+    def status(self) -> dict:
+        """JSON-able: on/off and why, budget, use, counters (/health, --stats, benchmarks)."""
+        return {"enabled": self.reason is None, "reason": self.reason, "budget_mb": self.budget_mb,
+                "block_tokens": BLOCK, "block_bytes": self.block_bytes, "capacity_blocks": self.capacity,
+                "used_blocks": self.used_blocks, "used_bytes": self.used_bytes, "requests": self.requests,
+                "hit_requests": self.hit_requests, "prompt_tokens": self.prompt_tokens,
+                "cached_tokens": self.cached_tokens, "evictions": self.evictions,
+                "keeps_generated": self.keep_generated}
+
+    # -- lookups ------------------------------------------------------------
+    def match(self, ids: Sequence[int]) -> list[int]:
+        """The blocks of the longest cached prefix of ``ids`` made of whole blocks."""
+        blocks, parent = [], -1
+        for b0 in range(0, len(ids) - BLOCK + 1, BLOCK):
+            block = self._nodes.get((parent, tuple(ids[b0: b0 + BLOCK])))
+            if block is None:
+                break
+            blocks.append(block)
+            parent = block
+        return blocks
+
+    def admit(self, slot: int, ids: Sequence[int], pins: int = 1) -> tuple[int, list[int]]:
+        """Copy the longest cached prefix of ``ids`` into ``slot`` (its length set to it) and
+        pin its blocks ``pins`` times: ``(tokens reused, blocks pinned)``. At least the last
+        prompt token is left to prefill (its logits are the first token's)."""
+        ids = list(ids)
+        self.requests += 1
+        self.prompt_tokens += len(ids)
+        if not self.enabled:
+            return 0, []
+        blocks = self.match(ids)
+        hit = min(len(blocks) * BLOCK, len(ids) - 1)
+        if hit <= 0:
+            return 0, []
+        blocks = blocks[: -(-hit // BLOCK)]
+        self._load(slot, blocks)
+        self.runner.lengths[slot] = hit
+        self._touch(blocks)
+        self.pin(blocks, pins)
+        self.hit_requests += 1
+        self.cached_tokens += hit
+        return hit, blocks
+
+    def note_shared(self, tokens: int) -> None:
+        """A request that reused another's prefill of the same prompt (counted as a hit)."""
+        self.requests += 1
+        self.hit_requests += 1
+        self.prompt_tokens += tokens
+        self.cached_tokens += tokens
+
+    def pin(self, blocks: Sequence[int], times: int = 1) -> None:
+        for b in blocks:
+            self._pins[b] += times
+
+    def unpin(self, blocks: Sequence[int], times: int = 1) -> None:
+        for b in blocks:
+            self._pins[b] = max(0, self._pins[b] - times)
+
+    # -- inserts ------------------------------------------------------------
+    def insert(self, slot: int, ids: Sequence[int]) -> int:
+        """Keep the whole blocks of ``ids``, whose KV ``slot`` holds at positions 0.. (a
+        prompt just prefilled, or a finished row's prompt + output). Blocks already cached
+        are only touched. Returns the blocks added (fewer when every block left is pinned)."""
+        if not self.enabled:
+            return 0
+        ids = list(ids)[: self.runner.length(slot)]
+        path, parent, new, first = [], -1, [], None
+        try:
+            for b0 in range(0, len(ids) - BLOCK + 1, BLOCK):
+                key = (parent, tuple(ids[b0: b0 + BLOCK]))
+                block = self._nodes.get(key)
+                if block is None:
+                    block = self._take()
+                    if block is None:
+                        break
+                    self._nodes[key] = block
+                    self._key[block] = key
+                    if parent >= 0:
+                        self._children[parent] += 1
+                    first = b0 if first is None else first
+                    new.append(block)
+                path.append(block)
+                self._touch([block])
+                self.pin([block])  # the chain being extended is never evicted under it
+                parent = block
+            if new:
+                self._store(slot, first, new)
+        finally:
+            self.unpin(path)
+        return len(new)
+
+    def _take(self) -> int | None:
+        """A free block, or the least recently used unpinned leaf evicted; None if none."""
+        if self._free:
+            return self._free.pop()
+        for block in self._lru:
+            if self._children[block] == 0 and self._pins[block] == 0:
+                break
+        else:
+            return None
+        key = self._key[block]
+        del self._nodes[key]
+        del self._lru[block]
+        if key[0] >= 0:
+            self._children[key[0]] -= 1
+        self._key[block] = None
+        self.evictions += 1
+        return block
+
+    def _touch(self, blocks: Sequence[int]) -> None:
+        for b in blocks:
+            self._lru[b] = None
+            self._lru.move_to_end(b)
+
+    # -- copies between the slot cache and the blocks -------------------------
+    @torch.inference_mode()
+    def _store(self, slot: int, pos0: int, blocks: list[int]) -> None:
+        n = len(blocks)
+        idx = torch.tensor(blocks)
+        for layer, k, v in zip(self._layers, self._k, self._v):
+            for cache, store in ((layer.k_cache, k), (layer.v_cache, v)):
+                # [kv, n * BLOCK, D] -> [n, kv, BLOCK, D]; index_copy_, not store[idx] = ...: PyTorch's
+                # index_put from a strided bf16 source costs ~15 ms a call here, index_copy_ ~20 us
+                store.index_copy_(0, idx, cache[slot, :, pos0: pos0 + n * BLOCK].unflatten(1, (n, BLOCK))
+                                  .transpose(0, 1))
+
+    @torch.inference_mode()
+    def _load(self, slot: int, blocks: list[int]) -> None:
+        n = len(blocks)
+        idx = torch.tensor(blocks)
+        for layer, k, v in zip(self._layers, self._k, self._v):
+            for cache, store in ((layer.k_cache, k), (layer.v_cache, v)):
+                cache[slot, :, : n * BLOCK].copy_(store.index_select(0, idx).transpose(0, 1).flatten(1, 2))
+
+
+class BatchPrefix:
+    """A ``BatchGenerator``'s side of the engine's prefix cache: which rows pinned which
+    blocks and how many prompt tokens each reused (``cached(handle)``). Every method is a
+    no-op when the engine has no cache or it is off."""
+
+    def __init__(self, cache: PrefixCache | None, runner):
+        self.cache = cache
+        self.runner = runner
+        self._pinned: dict[int, list[int]] = {}
+        self._cached: dict[int, int] = {}
+
+    @property
+    def on(self) -> bool:
+        return self.cache is not None and self.cache.enabled
+
+    def cached(self, handle: int) -> int:
+        """Prompt tokens the row's request did not prefill (``cached_tokens`` in usage)."""
+        return self._cached.get(handle, 0)
+
+    def join_twin(self, prefills: list, ids: list[int], rows: list, slots: list[int]) -> bool:
+        """A prompt identical to one still waiting to be written (the page's columns, several
+        requests of one prompt at once) rides on it: one prefill, copied to its slots."""
+        if not self.on or any(r.search is not None for r in rows):
+            return False
+        twin = next((pf for pf in prefills if pf.ids == ids), None)
+        if twin is None:
+            return False
+        twin.rows += rows
+        twin.targets += slots
+        for r in rows:
+            self._cached[r.handle] = len(ids)
+        self.cache.note_shared(len(ids))
+        return True
+
+    def admit(self, pf):
+        """Copy the cached prefix of a new prompt into its slot (``pf.written``: the tokens
+        already there); returns ``pf``."""
+        if self.cache is None:
+            return pf
+        hit, blocks = self.cache.admit(pf.slot, pf.ids, pins=len(pf.rows))
+        for r in pf.rows:
+            self._pinned[r.handle] = blocks
+            self._cached[r.handle] = hit
+        pf.written = hit
+        return pf
+
+    def prompt_done(self, pf) -> None:
+        """A prompt is written: keep its blocks for the requests that follow."""
+        if self.on:
+            self.cache.insert(pf.slot, pf.ids)
+
+    def leave(self, row, finished: bool) -> None:
+        """A row leaves (before its slots go back): a finished sampled row's prompt + output
+        is kept; its pins are dropped."""
+        self._cached.pop(row.handle, None)
+        blocks = self._pinned.pop(row.handle, None)
+        if self.cache is None:
+            return
+        if finished and row.state is not None and self.cache.keep_generated and self.on:
+            self.cache.insert(row.slots[0], row.state.history)
+        if blocks:
+            self.cache.unpin(blocks)
