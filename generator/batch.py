@@ -48,6 +48,7 @@ from .detok import TextStream
 from . import kernels
 from .events import TokenEvent, top_logprobs
 from .model.runner import Runner
+from .speculate import Speculator
 
 
 def finish_reason(tok: int, stop_ids: set[int], text: TextStream, at_limit: bool) -> str | None:
@@ -116,6 +117,7 @@ class BatchGenerator:
         self._sampler: BatchSampler | None = None
         self._sampler_rows: list[_Row] = []
         self.last_batch_size = 0  # rows in the last decode (metrics)
+        self.spec = Speculator(self)  # prompt-lookup drafts (generator/speculate.py)
 
     # -- membership ---------------------------------------------------------
     @property
@@ -217,7 +219,7 @@ class BatchGenerator:
         logits_of: dict[int, torch.Tensor] = {}
         logits = None
         if running:
-            pieces = self._decode(running, failed)
+            pieces = self.spec.decode(running, failed) or self._decode(running, failed)
             running = [r for rows, _ in pieces for r in rows]
             logits = pieces[0][1] if len(pieces) == 1 else None
             for rows, piece in pieces:
@@ -239,7 +241,7 @@ class BatchGenerator:
             # Every row a sampled one that ran the decode: its logits are the batch's, in order
             # (no per-row slices put back together: 16 x 49152 floats, 80 us).
             whole = logits if not fresh and len(sampled) == len(running) == len(slots) else None
-            events += self._sample_step(sampled, logits_of, whole, failed)
+            events += self.spec.extend(self._sample_step(sampled, logits_of, whole, failed), failed)
         for r in rows:
             if r.search is not None:
                 try:

@@ -20,7 +20,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from decoding.checks import ParamError
 from decoding.lazy import torch
+from decoding.speculative import speculation
 
 from .loading import ModelLoadError
 
@@ -81,6 +83,11 @@ class EngineConfig:
         "tokenflow's own CPU kernels, for the whole process: auto (the best tier this CPU runs, "
         "or TOKENFLOW_KERNELS's), avx512, avx2, portable (a tier at or below the CPU's), or "
         "aten: PyTorch's", KERNELS))
+    speculate: str = field(default="off", metadata=_opt(
+        "prompt-lookup speculative decoding for requests that do not say (their 'speculative' field): "
+        "off, ngram, or ngram:k=4,n=3,min_n=2 (draft up to k tokens after the longest suffix n-gram "
+        "match in the prompt + output, verified in one forward; the same tokens as without). "
+        "Runs on tokenflow's kernel tiers with int weights, eager step; elsewhere off", flag="--speculate"))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -91,6 +98,10 @@ class EngineConfig:
         for name in ("num_slots", "max_len", "prefill_chunk"):
             if int(getattr(self, name)) < 1:
                 raise EngineConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            speculation(self.speculate, "speculate")
+        except ParamError as exc:
+            raise EngineConfigError(f"--{exc}") from None
 
     def replace(self, **changes) -> "EngineConfig":
         """A copy with some fields changed (validated again)."""
@@ -143,7 +154,8 @@ class EngineConfig:
             activations=activations, dense_prefill=bool(self.dense_prefill),
             compile=compile_enabled(self.compile) if fast else False, num_slots=int(self.num_slots),
             max_len=min(int(self.max_len), ctx), prefill_chunk=int(self.prefill_chunk),
-            kernels=tier["tier"], kernels_reason=tier["reason"])
+            kernels=tier["tier"], kernels_reason=tier["reason"],
+            speculate=str(speculation(self.speculate, "speculate")))
 
 
 @dataclass(frozen=True)
@@ -165,6 +177,7 @@ class ResolvedConfig:
     prefill_chunk: int
     kernels: str  # our tier ("avx512", "avx2", "portable") or "aten" (PyTorch's)
     kernels_reason: str
+    speculate: str = "off"  # the requests' default speculation (decoding.speculative), canonical text
 
     @property
     def torch_device(self) -> torch.device:
