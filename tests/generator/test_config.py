@@ -30,7 +30,7 @@ MODEL_FLAGS = {
     "--head": ("head", "auto", ["auto", "none", "int8", "int4"]),
     "--activations": ("activations", "auto", ["auto", "bf16", "int8"]),
     "--dense-prefill": ("dense_prefill", False, None), "--compile": ("compile", None, None),
-    "--no-compile": ("compile", None, None),
+    "--no-compile": ("compile", None, None), "--speculate": ("speculate", "off", None),
 }
 
 
