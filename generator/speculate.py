@@ -40,6 +40,10 @@ class NgramDrafter:
 
     def __init__(self, spec: Speculation):
         self.k, self.n, self.min_n = spec.k, spec.n, spec.min_n
+        # The draft length this row tries next: up 2 after a draft accepted whole, down 1 after a
+        # rejection (transformers' "heuristic" schedule), so a row whose drafts keep failing
+        # verifies one token, not k.
+        self.size = spec.k
         self.tokens: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its first continuation starts
 
@@ -121,7 +125,7 @@ class Speculator:
             drafter.extend(r.state.history)  # prompt + output, the row's next token last
             pos = runner.length(r.slots[0])
             # a draft token is worth verifying only if a token can still follow it
-            d = drafter.draft(min(r.params.max_new_tokens - r.emitted - 1, runner.max_len - 1 - pos))
+            d = drafter.draft(min(drafter.size, r.params.max_new_tokens - r.emitted - 1, runner.max_len - 1 - pos))
             if d:
                 drafts[r.handle] = d
         if not drafts:
@@ -172,8 +176,12 @@ class Speculator:
             chose = {h: ev.token_id for h, ev in out}
             going = [h for h in going if h in batch.rows and len(self.pending[h][0]) > j
                      and chose.get(h) == self.pending[h][0][j]]
-        for h, (_, _, length) in self.pending.items():
+        for h, (draft, _, length) in self.pending.items():
             self.counts.accepted += accepted[h]
+            drafter = self.drafters.get(h)
+            if drafter is not None:
+                whole = accepted[h] == len(draft)
+                drafter.size = min(drafter.k, drafter.size + 2) if whole else max(1, drafter.size - 1)
             row = batch.rows.get(h)
             if row is not None:
                 batch.runner.lengths[row.slots[0]] = length + accepted[h]
