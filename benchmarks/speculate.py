@@ -49,8 +49,8 @@ def run(engine, text: str, params: SamplingParams) -> dict:
     return {"ids": ids, "total_s": end - t0, "decode_s": end - first}
 
 
-def measure(engine, items, tokens: int, spec: str) -> dict:
-    rows = []
+def measure(engine, items, tokens: int, spec: str, rows: list | None = None, save=lambda: None) -> dict:
+    rows = [] if rows is None else rows
     for name, text in items:
         base = SamplingParams(max_new_tokens=tokens)
         c = engine.spec_counts
@@ -70,6 +70,11 @@ def measure(engine, items, tokens: int, spec: str) -> dict:
         print(f"{name:10s} {n:4d} tok  off {r['decode_tps_off']:6.1f} tok/s  on {r['decode_tps_on']:6.1f} tok/s  "
               f"x{r['decode_tps_on'] / r['decode_tps_off']:.2f}  accepted {r['accepted']}/{r['drafted']}  "
               f"agreement {r['agreement']:.3f}", flush=True)
+        save()
+    return summarize(rows)
+
+
+def summarize(rows: list) -> dict:
     tok = sum(r["tokens"] for r in rows)
     dec_off = sum((r["tokens"] - 1) / r["decode_tps_off"] for r in rows)
     dec_on = sum((r["tokens"] - 1) / r["decode_tps_on"] for r in rows)
@@ -101,10 +106,16 @@ def main() -> None:
     run(engine, "Hello", SamplingParams(max_new_tokens=8))  # warm-up
     out = {"cpu": cpu(), "engine": engine.config.as_dict(), "spec": args.spec, "tokens": args.tokens,
            "note": "greedy, one request at a time, off then on per prompt; busy shared machine"}
+    partial = {"grounded": [], "stories": []}
+
+    def save():  # after every prompt: a long run on a busy machine leaves what it measured
+        Path(args.out).write_text(json.dumps({**out, **{k: summarize(v) for k, v in partial.items() if v}},
+                                             indent=1))
+
     print("input-grounded:")
-    out["grounded"] = measure(engine, grounded, args.tokens, args.spec)
+    out["grounded"] = measure(engine, grounded, args.tokens, args.spec, partial["grounded"], save)
     print("stories:")
-    out["stories"] = measure(engine, stories, args.tokens, args.spec)
+    out["stories"] = measure(engine, stories, args.tokens, args.spec, partial["stories"], save)
     for key in ("grounded", "stories"):
         s = out[key]["summary"]
         print(f"{key}: decode {s['decode_tps_off']:.1f} -> {s['decode_tps_on']:.1f} tok/s "

@@ -86,6 +86,18 @@ def exact_here(engine) -> bool:
                 and getattr(getattr(engine, "config", None), "quant", "none") != "none")
 
 
+def describe(engine) -> str:
+    """`` speculate=...`` for ``Engine.describe`` when the engine's default asks for it (and why
+    it cannot run here, where it cannot); ``""`` when it is off."""
+    asked = getattr(engine.config, "speculate", "off")
+    if asked == "off":
+        return ""
+    if not exact_here(engine):
+        return (f" speculate={asked} (off here: verified drafts are exact only on tokenflow's kernel "
+                "tiers with int weights and the eager step)")
+    return f" speculate={asked}"
+
+
 class Speculator:
     """A ``BatchGenerator``'s drafts: which rows speculate, their drafters, this step's
     draft and verify logits. ``batch.py`` calls ``decode`` and ``extend`` (two hooks)."""

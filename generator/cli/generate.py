@@ -92,7 +92,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             recorder.close()
     if args.stats and stamps:
         finish = "stdout closed" if reader_gone else (last.finish_reason if last else None)
-        print(format_stats(start, stamps, finish), file=sys.stderr, flush=True)
+        print(format_stats(start, stamps, finish) + speculation_stats(engine), file=sys.stderr, flush=True)
     return 0
 
 
@@ -132,6 +132,15 @@ def format_stats(start: float, stamps: list[float], finish: str | None) -> str:
         rest = "itl n/a"
     return (f"[stats] {t['tokens']} tokens in {t['total_s']:.2f} s ({t['tokens_per_s']:.1f} tok/s overall), "
             f"ttft {t['ttft_ms']:.0f} ms, {rest}, finish={finish}")
+
+
+def speculation_stats(engine) -> str:
+    """``, speculation: 41 of 96 drafted tokens accepted (43%)`` when drafts were verified, else ``""``."""
+    counts = engine.__dict__.get("spec_counts")
+    if counts is None or not counts.drafted:
+        return ""
+    return (f", speculation: {counts.accepted} of {counts.drafted} drafted tokens accepted "
+            f"({100 * counts.accepted / counts.drafted:.0f}%) in {counts.verify_steps} verify steps")
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:

@@ -193,3 +193,23 @@ def test_the_engine_default_applies_to_requests_that_do_not_say(tiny_model_dir, 
     got, fewer = _events(engine, prompt, p)
     assert got == want and fewer < plain
     assert kernels.ours()
+
+
+def test_generate_stats_say_what_speculation_did(tiny_model_dir):
+    import subprocess
+    import sys
+
+    prompt = "the cat sat on the mat. " * 4
+    args = [sys.executable, "-m", "generator.cli", "generate", prompt, "--model", str(tiny_model_dir),
+            "--max-new-tokens", "24", "--ignore-eos", "--stats", "--dtype", "bfloat16", "--quant", "int4"]
+    spec = subprocess.run(args + ["--speculate", "ngram:k=4,n=2,min_n=1"], capture_output=True, text=True,
+                          timeout=300)
+    assert spec.returncode == 0, spec.stderr
+    plain = _engine(tiny_model_dir).generate_text(prompt, SamplingParams(max_new_tokens=24, ignore_eos=True))
+    assert spec.stdout == plain + "\n"
+    engine_line = next(line for line in spec.stderr.splitlines() if line.startswith("[engine] "))
+    assert "speculate=ngram:k=4,n=2,min_n=1" in engine_line and "off here" not in engine_line
+    stats = next(line for line in spec.stderr.splitlines() if line.startswith("[stats] "))
+    assert "speculation: " in stats and "drafted tokens accepted" in stats
+    bad = subprocess.run(args + ["--speculate", "ngram:k=0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "speculate: k must be" in bad.stderr and "Traceback" not in bad.stderr
