@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray
+.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring bench-speculate test-ray
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -95,6 +95,9 @@ bench-grammar: $(STAMP)  ## what constrained output costs: benchmarks/results/gr
 
 bench-scoring: $(STAMP)  ## scoring throughput (prompt logprobs), ours vs transformers: benchmarks/results/scoring.json
 	$(PY) benchmarks/scoring.py
+
+bench-speculate: $(STAMP)  ## prompt-lookup speculation: greedy tok/s with vs without, agreement: benchmarks/results/speculate.json
+	$(PY) benchmarks/speculate.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
