@@ -43,6 +43,10 @@ def test_speculation_over_http_gives_the_same_tokens_one_event_each(serve, int4_
     spec = httpx.post(url + "/v1/completions", json={**body, "speculative": SPEC}, timeout=60).json()["choices"][0]
     assert spec["text"] == plain["text"] and spec["logprobs"]["tokens"] == plain["logprobs"]["tokens"]
     assert int4_engine.spec_counts.drafted > before
+    metrics = httpx.get(url + "/metrics").text
+    drafted = next(line for line in metrics.splitlines() if line.startswith("tokenflow_speculative_draft_tokens_total"))
+    assert float(drafted.split()[-1]) >= int4_engine.spec_counts.drafted - before > 0
+    assert "tokenflow_speculative_accepted_tokens_total" in metrics
     params = {"prompt": PROMPT, "max_tokens": 30, "ignore_eos": "true", "strategy": "sample", "seed": "3"}
     streams = []
     for extra in ({}, {"speculative": "ngram:k=4,n=3,min_n=1"}):
