@@ -51,6 +51,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not prompt:
         raise CLIError("the prompt is empty" + (" (nothing on stdin)" if args.prompt == "-" else ""))
     engine = load_engine(options, verbose=args.verbose, stats=args.stats)  # heavy imports only now
+    from ..speculate import describe as speculation_note
+
+    note = speculation_note(engine)
+    if "off here" in note and not (args.stats or args.verbose):  # --stats/-v print it on the [engine] line
+        why = note.split("(", 1)[1].rstrip(")")
+        print(f"[speculate] --speculate {engine.config.speculate}: {why}", file=sys.stderr, flush=True)
     if engine.runner.compiled:
         engine.runner.compile_notice = lambda text: print(f"[compile] {text}", file=sys.stderr, flush=True)
     if args.record and params.seed is None and not params.is_greedy:
