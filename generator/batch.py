@@ -14,7 +14,8 @@ A step is: at most one prefill chunk budget for waiting rows (a long prompt
 does not stall the running ones), the waiting prompts that fit written in one
 forward (``runner.prefill_many``), ONE ``runner.decode`` over every running
 row, ONE ``BatchSampler`` call over the sampled rows, ONE device-to-host read
-of their ids and logprobs. Beam requests are rows of the same decode (their
+of their ids and logprobs (rows with prompt-lookup drafts verify them in that same
+forward: generator/speculate.py). Beam requests are rows of the same decode (their
 ``num_beams`` slots); ``n`` > 1 is ``add_group``: one prefill, the slot
 copied to ``n`` rows, each with its own seeded generator.
 
