@@ -137,7 +137,7 @@ def test_stops_and_limits_hold_inside_an_accepted_run(tiny_model_dir, oracle):
         assert got == want and got[-1][3] == "stop" and len(got) < 30
 
 
-def test_speculating_rows_beside_rows_that_do_not(tiny_model_dir, oracle):
+def test_speculating_rows_beside_rows_that_do_not(tiny_model_dir, tier, oracle):
     engine = _engine(tiny_model_dir)
     prompts = [list(range(40 + i, 52 + i)) * 2 for i in range(4)]
     settings = [SamplingParams(max_new_tokens=24 - 3 * i, ignore_eos=True, **kw) for i, kw in enumerate(SETTINGS)]
