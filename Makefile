@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray gpu-bundle bench-prefix
+.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray gpu-bundle bench-prefix bench-speculate
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -98,6 +98,9 @@ bench-scoring: $(STAMP)  ## scoring throughput (prompt logprobs), ours vs transf
 
 bench-prefix: $(STAMP)  ## the prefix cache: chat TTFT per turn, compare's columns, a 200-prompt load: benchmarks/results/prefix_cache.json
 	$(PY) benchmarks/prefix_cache.py
+
+bench-speculate: $(STAMP)  ## prompt-lookup speculation: greedy tok/s with vs without, agreement: benchmarks/results/speculate.json
+	$(PY) benchmarks/speculate.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

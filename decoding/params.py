@@ -21,6 +21,7 @@ from .checks import INT_MAX, ParamError, check_int, check_number, int_tuple
 from .links.base import NO_OFF, Param
 from .registry import Strategy, history, resolve, strategies
 from .selectors import ARGMAX
+from .speculative import Speculation, speculation
 
 
 def _f(default: Any, help: str, *, low: float | None = None, high: float | None = None,
@@ -86,6 +87,9 @@ class SamplingParams:
     samplers: tuple[str, ...] = _f((), "the order of the strategy's links, as llama.cpp's server takes it "
                                    "(e.g. top_k;min_p;temperature): listed links run in this order, the others "
                                    "not; history links (penalties, dry) always run first")
+    speculative: Speculation | None = _f(None, "prompt-lookup speculation for this request: ngram, "
+                                         "ngram:k=4,n=3,min_n=2, {\"method\": \"ngram\", \"k\": 4, \"n\": 3} "
+                                         "or off (default: the engine's --speculate); the same tokens either way")
     trace: bool = _f(False, "add a decision trace to every token: entropy, rank, margin, what each link "
                      "kept and removed, the processed logprob", off=False)
 
@@ -98,6 +102,7 @@ class SamplingParams:
                 raise TypeError("stop strings must be text")
             object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "stop_token_ids", int_tuple("stop_token_ids", self.stop_token_ids))
+        object.__setattr__(self, "speculative", speculation(self.speculative))
         with _reading("samplers", self.samplers):
             names = (self.samplers,) if isinstance(self.samplers, str) else tuple(self.samplers or ())
             if not all(isinstance(n, str) for n in names):

@@ -14,7 +14,8 @@ A step is: at most one prefill chunk budget for waiting rows (a long prompt
 does not stall the running ones), the waiting prompts that fit written in one
 forward (``runner.prefill_many``), ONE ``runner.decode`` over every running
 row, ONE ``BatchSampler`` call over the sampled rows, ONE device-to-host read
-of their ids and logprobs. Beam requests are rows of the same decode (their
+of their ids and logprobs (rows with prompt-lookup drafts verify them in that same
+forward: generator/speculate.py). Beam requests are rows of the same decode (their
 ``num_beams`` slots); ``n`` > 1 is ``add_group``: one prefill, the slot
 copied to ``n`` rows, each with its own seeded generator.
 
@@ -50,6 +51,7 @@ from .model.cuda import host_ints
 from .model.runner import Runner
 from .batch_state import Prefill as _Prefill, Row as _Row, finish_reason
 from .prefix_cache import BatchPrefix
+from .speculate import Speculator
 
 
 class BatchGenerator:
@@ -75,6 +77,7 @@ class BatchGenerator:
         self._sampler: BatchSampler | None = None
         self._sampler_rows: list[_Row] = []
         self.last_batch_size = 0  # rows in the last decode (metrics)
+        self.spec = Speculator(self)  # prompt-lookup drafts (generator/speculate.py)
 
     # -- membership ---------------------------------------------------------
     @property
@@ -185,7 +188,7 @@ class BatchGenerator:
         logits_of: dict[int, torch.Tensor] = {}
         logits = None
         if running:
-            pieces = self._decode(running, failed)
+            pieces = self.spec.decode(running, failed) or self._decode(running, failed)
             running = [r for rows, _ in pieces for r in rows]
             logits = pieces[0][1] if len(pieces) == 1 else None
             for rows, piece in pieces:
@@ -207,7 +210,7 @@ class BatchGenerator:
             # Every row a sampled one that ran the decode: its logits are the batch's, in order
             # (no per-row slices put back together: 16 x 49152 floats, 80 us).
             whole = logits if not fresh and len(sampled) == len(running) == len(slots) else None
-            events += self._sample_step(sampled, logits_of, whole, failed)
+            events += self.spec.extend(self._sample_step(sampled, logits_of, whole, failed), failed)
         for r in rows:
             if r.search is not None:
                 try:

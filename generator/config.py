@@ -20,7 +20,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from decoding.checks import ParamError
 from decoding.lazy import torch
+from decoding.speculative import speculation
 
 from .loading import ModelLoadError
 
@@ -96,6 +98,11 @@ class EngineConfig:
         "shares their beginning; exact: the same bits as prefilling): MB, 0 turns it off; auto: a tenth "
         "of the machine's memory, at most 1024 MB. Off wherever prefill is not chunk-invariant "
         "(PyTorch's kernels, float weights, --dense-prefill, the transformers runner)", flag="--prefix-cache-mb"))
+    speculate: str = field(default="off", metadata=_opt(
+        "prompt-lookup speculative decoding for requests that do not say (their 'speculative' field): "
+        "off, ngram, or ngram:k=4,n=3,min_n=2 (draft up to k tokens after the longest suffix n-gram "
+        "match in the prompt + output, verified in one forward; the same tokens as without). "
+        "Runs on tokenflow's kernel tiers with int weights, eager step; elsewhere off", flag="--speculate"))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -110,6 +117,10 @@ class EngineConfig:
         for name in ("num_slots", "max_len", "prefill_chunk"):
             if int(getattr(self, name)) < 1:
                 raise EngineConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            speculation(self.speculate, "speculate")
+        except ParamError as exc:
+            raise EngineConfigError(f"--{exc}") from None
 
     def replace(self, **changes) -> "EngineConfig":
         """A copy with some fields changed (validated again)."""
@@ -177,7 +188,7 @@ class EngineConfig:
             compile=compiled, graphs=graphs, num_slots=int(self.num_slots),
             max_len=min(int(self.max_len), ctx), prefill_chunk=int(self.prefill_chunk),
             kernels=tier["tier"], kernels_reason=tier["reason"], prefix_cache_mb=resolve_prefix_cache_mb(
-                self.prefix_cache_mb))
+                self.prefix_cache_mb), speculate=str(speculation(self.speculate, "speculate")))
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,7 @@ class ResolvedConfig:
     kernels: str  # our tier ("avx512", "avx2", "portable") or "aten" (PyTorch's)
     kernels_reason: str
     prefix_cache_mb: int = 0  # the prefix cache's budget (0: off); the engine's cache says if it runs
+    speculate: str = "off"  # the requests' default speculation (decoding.speculative), canonical text
 
     @property
     def torch_device(self) -> torch.device:

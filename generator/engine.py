@@ -12,7 +12,7 @@ import torch
 from decoding import ParamError, SamplingParams
 from decoding.links.grammar import Grammars
 
-from . import kernels
+from . import kernels, speculate
 from .batch import BatchGenerator
 from .chat import encode_chat
 from .config import EngineConfig, EngineConfigError, ResolvedConfig
@@ -93,7 +93,8 @@ class Engine:
         """What runs, in one line: the model, ``config.summary()`` (device, weight format,
         activations, kernel tier, ...) and what the kernels say of themselves (why ours
         are off, when they are). The CLI prints it with ``--stats``/``-v``; the server logs it."""
-        return f"{self.name}: {self.config.summary()} (kernels: {self.config.kernels_reason})"
+        return (f"{self.name}: {self.config.summary()}{speculate.describe(self)} "
+                f"(kernels: {self.config.kernels_reason})")
 
     @property
     def quant(self) -> str:

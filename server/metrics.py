@@ -44,6 +44,11 @@ class Metrics:
         self._prefix_seen = (0, 0, 0)  # the cache's own totals, already added to the counters
         self.duration = Histogram("tokenflow_request_duration_seconds", "submit to last token of a generation",
                                   ["strategy", "finish_reason"], buckets=_DURATION_BUCKETS, registry=r)
+        # prompt-lookup speculation (generator/speculate.py): the engine's totals, read at render
+        self.spec_drafted = Counter("tokenflow_speculative_draft_tokens", "draft tokens verified", registry=r)
+        self.spec_accepted = Counter("tokenflow_speculative_accepted_tokens",
+                                     "draft tokens the rows' own chains chose", registry=r)
+        self._spec_seen = (0, 0)
 
     def observe(self, job, event) -> None:
         """Scheduler observer (worker thread): a token, or the end of a job (``event=None``)."""
@@ -65,6 +70,12 @@ class Metrics:
             self.running.set(scheduler.active_count)
             self.batch_size.set(scheduler.batch_size if scheduler.active_count else 0)
             self._read_prefix_cache(getattr(scheduler.engine, "prefix_cache", None))
+            counts = getattr(getattr(scheduler, "engine", None), "__dict__", {}).get("spec_counts")
+            if counts is not None:  # the engine counts; the counters take what is new since the last read
+                drafted, accepted = counts.drafted, counts.accepted
+                self.spec_drafted.inc(max(0, drafted - self._spec_seen[0]))
+                self.spec_accepted.inc(max(0, accepted - self._spec_seen[1]))
+                self._spec_seen = (drafted, accepted)
         return generate_latest(self.registry)
 
     def _read_prefix_cache(self, cache) -> None:

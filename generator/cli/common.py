@@ -100,6 +100,8 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per ``SamplingParams`` field, help text from the field itself."""
     group = parser.add_argument_group("decoding (see `tokenflow strategies`)")
     for f in dataclasses.fields(SamplingParams):
+        if f.name == "speculative":  # a command line is one request: the engine's --speculate says it
+            continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         kind = str(f.type)

@@ -51,6 +51,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not prompt:
         raise CLIError("the prompt is empty" + (" (nothing on stdin)" if args.prompt == "-" else ""))
     engine = load_engine(options, verbose=args.verbose, stats=args.stats)  # heavy imports only now
+    from ..speculate import describe as speculation_note
+
+    note = speculation_note(engine)
+    if "off here" in note and not (args.stats or args.verbose):  # --stats/-v print it on the [engine] line
+        why = note.split("(", 1)[1].rstrip(")")
+        print(f"[speculate] --speculate {engine.config.speculate}: {why}", file=sys.stderr, flush=True)
     if engine.runner.compiled:
         engine.runner.compile_notice = lambda text: print(f"[compile] {text}", file=sys.stderr, flush=True)
     if args.record and params.seed is None and not params.is_greedy:
@@ -92,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             recorder.close()
     if args.stats and stamps:
         finish = "stdout closed" if reader_gone else (last.finish_reason if last else None)
-        print(format_stats(start, stamps, finish), file=sys.stderr, flush=True)
+        print(format_stats(start, stamps, finish) + speculation_stats(engine), file=sys.stderr, flush=True)
     return 0
 
 
@@ -132,6 +138,15 @@ def format_stats(start: float, stamps: list[float], finish: str | None) -> str:
         rest = "itl n/a"
     return (f"[stats] {t['tokens']} tokens in {t['total_s']:.2f} s ({t['tokens_per_s']:.1f} tok/s overall), "
             f"ttft {t['ttft_ms']:.0f} ms, {rest}, finish={finish}")
+
+
+def speculation_stats(engine) -> str:
+    """``, speculation: 41 of 96 drafted tokens accepted (43%)`` when drafts were verified, else ``""``."""
+    counts = engine.__dict__.get("spec_counts")
+    if counts is None or not counts.drafted:
+        return ""
+    return (f", speculation: {counts.accepted} of {counts.drafted} drafted tokens accepted "
+            f"({100 * counts.accepted / counts.drafted:.0f}%) in {counts.verify_steps} verify steps")
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:

@@ -1,0 +1,201 @@
+"""Prompt-lookup speculative decoding inside the batch, exact.
+
+A speculating row drafts up to ``k`` tokens: the tokens that followed the earliest
+earlier occurrence of its longest suffix n-gram (``n`` down to ``min_n``) in its prompt +
+output (``NgramDrafter``, as transformers' prompt lookup). The step's ONE forward then
+holds, for that row, ``k + 1`` one-token rows of its slot at positions ``p .. p+k`` (its
+next token, then the draft), beside the other rows' single tokens: on our kernel tiers
+each layer writes every row's key and value before any attends, so each draft position
+sees the slot up to itself, and its logits are the same bits as a one-token step there
+(docs/kernels.md, "Batch and chunk invariance").
+
+Verification replays the row's own chain position by position: position 0 is the
+ordinary sampler call of the step (``BatchGenerator._sample_step``, every row); while the
+token a row chose equals its next draft token, position ``j`` runs the same sampler call
+over the rows still matching, their states (history, penalties, DRY, grammar, mirostat)
+having accepted the tokens before ``j``, their generators drawing exactly the one draw the
+one-token step would have drawn there. A rejected tail draws nothing and is never read
+(the slot's length is rolled back past it). So a row's tokens are the same, greedy or
+seeded-sampled, with or without speculation: the chosen token at the first mismatch (or
+after the whole draft) is the correction (or bonus) token, emitted in the same step.
+
+Exact only where the verify rows are the same bits as a one-token step: ``FastRunner``
+on our kernel tiers (``token_rows``), int weights, the eager step. Elsewhere (PyTorch's
+kernels, float weights, ``--compile``, the transformers fallback) rows never speculate.
+Beam rows never speculate; a step with a running beam search runs without drafts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from decoding.speculative import Speculation, speculation
+
+
+class NgramDrafter:
+    """The draft of one row: an index of every n-gram (``min_n <= len <= n``) of its tokens
+    to the position after its first occurrence, grown as tokens are appended."""
+
+    def __init__(self, spec: Speculation):
+        self.k, self.n, self.min_n = spec.k, spec.n, spec.min_n
+        # The draft length this row tries next: up 2 after a draft accepted whole, down 1 after a
+        # rejection (transformers' "heuristic" schedule), so a row whose drafts keep failing
+        # verifies one token, not k.
+        self.size = spec.k
+        self.tokens: list[int] = []
+        self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its first continuation starts
+
+    def extend(self, tokens: list[int]) -> None:
+        """Catch up with the row's history (prompt + output): index the n-grams that now
+        have a following token."""
+        for t in tokens[len(self.tokens):]:
+            at = len(self.tokens)  # t's position: every n-gram ending just before it continues with it
+            for size in range(self.min_n, self.n + 1):
+                if at >= size:
+                    self.index.setdefault(tuple(self.tokens[at - size: at]), at)
+            self.tokens.append(t)
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to ``min(k, limit)`` tokens after the longest suffix match, or ``[]``."""
+        limit = min(self.k, limit)
+        if limit <= 0:
+            return []
+        end = len(self.tokens)
+        for size in range(min(self.n, end), self.min_n - 1, -1):
+            at = self.index.get(tuple(self.tokens[end - size:]))
+            if at is not None:
+                return self.tokens[at: at + limit]
+        return []
+
+
+@dataclass
+class SpecCounts:
+    """Totals over an engine's life (``tokenflow generate --stats``, ``/metrics``)."""
+
+    drafted: int = 0  # draft tokens verified
+    accepted: int = 0  # of those, the ones the rows' chains chose
+    verify_steps: int = 0  # forwards that verified a draft
+
+
+def exact_here(engine) -> bool:
+    """Whether a verify forward's logits are the same bits as one-token steps' on this engine now."""
+    runner = engine.runner
+    return bool(getattr(runner, "token_rows", False) and not runner.compiled
+                and getattr(getattr(engine, "config", None), "quant", "none") != "none")
+
+
+def describe(engine) -> str:
+    """`` speculate=...`` for ``Engine.describe`` when the engine's default asks for it (and why
+    it cannot run here, where it cannot); ``""`` when it is off."""
+    asked = getattr(engine.config, "speculate", "off")
+    if asked == "off":
+        return ""
+    if not exact_here(engine):
+        return (f" speculate={asked} (off here: verified drafts are exact only on tokenflow's kernel "
+                "tiers with int weights and the eager step)")
+    return f" speculate={asked}"
+
+
+class Speculator:
+    """A ``BatchGenerator``'s drafts: which rows speculate, their drafters, this step's
+    draft and verify logits. ``batch.py`` calls ``decode`` and ``extend`` (two hooks)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+        engine = batch.engine
+        self.default = speculation(getattr(getattr(engine, "config", None), "speculate", "off"))
+        self.counts: SpecCounts = engine.__dict__.setdefault("spec_counts", SpecCounts())
+        self.drafters: dict[int, NgramDrafter | None] = {}  # by handle; None: the row does not speculate
+        self.pending: dict[int, tuple[list[int], torch.Tensor, int]] = {}  # handle -> (draft, logits, p)
+
+    def _drafter(self, row) -> NgramDrafter | None:
+        if row.handle not in self.drafters:
+            spec = row.params.speculative or self.default
+            on = spec is not None and spec.on and row.state is not None
+            self.drafters[row.handle] = NgramDrafter(spec) if on else None
+        return self.drafters[row.handle]
+
+    def decode(self, rows: list, failed: dict) -> list | None:
+        """The step's forward when some row has a draft: ``[(rows, logits)]`` with each row's
+        position-0 logits, as ``BatchGenerator._decode`` returns; the draft positions' logits
+        kept for ``extend``. ``None``: no draft this step (or the forward failed), so the
+        plain decode runs."""
+        self.pending.clear()
+        live = set(self.batch.rows)
+        for h in [h for h in self.drafters if h not in live]:
+            del self.drafters[h]
+        if any(r.search is not None for r in rows) or not exact_here(self.batch.engine):
+            return None
+        runner = self.batch.runner
+        drafts = {}
+        for r in rows:
+            drafter = self._drafter(r)
+            if drafter is None:
+                continue
+            drafter.extend(r.state.history)  # prompt + output, the row's next token last
+            pos = runner.length(r.slots[0])
+            # a draft token is worth verifying only if a token can still follow it
+            d = drafter.draft(min(drafter.size, r.params.max_new_tokens - r.emitted - 1, runner.max_len - 1 - pos))
+            if d:
+                drafts[r.handle] = d
+        if not drafts:
+            return None
+        flat_slots, flat_pos, flat_tok, first = [], [], [], []
+        for r in rows:
+            slot, pos = r.slots[0], runner.length(r.slots[0])
+            toks = [r.next_token, *drafts.get(r.handle, ())]
+            first.append(len(flat_slots))
+            flat_slots += [slot] * len(toks)
+            flat_pos += range(pos, pos + len(toks))
+            flat_tok += toks
+        try:
+            runner.forward_calls += 1
+            logits = runner._prefill_flat(flat_slots, flat_pos, flat_tok, list(range(len(flat_slots))))
+        except Exception:  # noqa: BLE001 - the plain decode finds the failing row
+            return None
+        for r, at in zip(rows, first):
+            pos = runner.length(r.slots[0])
+            runner.lengths[r.slots[0]] = pos + 1  # as a decode step; extend() moves past accepted drafts
+            d = drafts.get(r.handle)
+            if d:
+                self.pending[r.handle] = (d, logits[at + 1: at + 1 + len(d)], pos + 1)
+                self.counts.drafted += len(d)
+        self.counts.verify_steps += 1
+        index = torch.tensor(first, device=logits.device)
+        return [(rows, logits.index_select(0, index))]
+
+    def extend(self, events: list, failed: dict) -> list:
+        """After the step's ordinary sampler call: the rows whose chosen token equals their
+        next draft token go on, position by position (module docstring); their events are
+        appended in order. Each row's slot ends holding its accepted tokens."""
+        if not self.pending:
+            return events
+        batch = self.batch
+        chose = {h: ev.token_id for h, ev in events if not isinstance(ev, Exception)}
+        going = [h for h in self.pending if h in batch.rows and chose.get(h) == self.pending[h][0][0]]
+        accepted = dict.fromkeys(self.pending, 0)
+        j = 0
+        while going:
+            j += 1
+            for h in going:
+                accepted[h] = j
+            rows = [batch.rows[h] for h in going]
+            logits_of = {h: self.pending[h][1][j - 1: j] for h in going}
+            out = batch._sample_step(rows, logits_of, None, failed)
+            events += out
+            chose = {h: ev.token_id for h, ev in out}
+            going = [h for h in going if h in batch.rows and len(self.pending[h][0]) > j
+                     and chose.get(h) == self.pending[h][0][j]]
+        for h, (draft, _, length) in self.pending.items():
+            self.counts.accepted += accepted[h]
+            drafter = self.drafters.get(h)
+            if drafter is not None:
+                whole = accepted[h] == len(draft)
+                drafter.size = min(drafter.k, drafter.size + 2) if whole else max(1, drafter.size - 1)
+            row = batch.rows.get(h)
+            if row is not None:
+                batch.runner.lengths[row.slots[0]] = length + accepted[h]
+        self.pending.clear()
+        return events
