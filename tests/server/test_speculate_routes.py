@@ -4,10 +4,12 @@ token (the tiny model with int4 weights, where speculation runs)."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
-from server_harness import data_json, iter_sse, serve  # noqa: F401  (serve: a fixture)
+from server_harness import LiveServer, data_json, iter_sse
 
 PROMPT = "the cat sat on the mat. the cat sat on the mat. the cat sat on the mat. the cat"
 SPEC = {"method": "ngram", "k": 4, "n": 3, "min_n": 1}
@@ -20,23 +22,30 @@ def int4_engine(tiny_model_dir):
     return Engine.load(model=str(tiny_model_dir), device="cpu", dtype="bfloat16", quant="int4", max_len=256)
 
 
+@pytest.fixture(scope="module")
+def url(int4_engine):
+    from server import Settings, create_app
+
+    server = LiveServer(create_app(Settings(), engine=int4_engine))
+    yield server.url
+    server.stop()
+
+
 @pytest.mark.parametrize("bad,word", [({"method": "ngram", "k": 0}, "k"), ({"method": "eagle"}, "method"),
                                       ({"method": "ngram", "n": 99}, "n"), ("ngram:k=x", "k")])
-def test_a_bad_speculative_field_is_400_naming_it(serve, int4_engine, bad, word):
-    url = serve(int4_engine).url
+def test_a_bad_speculative_field_is_400_naming_it(url, bad, word):
     for path, body in (("/v1/completions", {"prompt": "Once"}),
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Once"}]})):
         res = httpx.post(url + path, json={**body, "max_tokens": 2, "speculative": bad})
         assert res.status_code == 400, res.text
         err = res.json()["error"]
         assert err["param"] == "speculative" and f"{word} " in err["message"]
-    q = bad if isinstance(bad, str) else __import__("json").dumps(bad)
+    q = bad if isinstance(bad, str) else json.dumps(bad)
     res = httpx.get(url + "/api/stream", params={"prompt": "Once", "max_tokens": 2, "speculative": q})
     assert res.status_code == 400 and res.json()["error"]["param"] == "speculative"
 
 
-def test_speculation_over_http_gives_the_same_tokens_one_event_each(serve, int4_engine):
-    url = serve(int4_engine).url
+def test_speculation_over_http_gives_the_same_tokens_one_event_each(url, int4_engine):
     body = {"prompt": PROMPT, "max_tokens": 30, "temperature": 0, "ignore_eos": True, "logprobs": 1}
     plain = httpx.post(url + "/v1/completions", json=body, timeout=60).json()["choices"][0]
     before = int4_engine.spec_counts.drafted if hasattr(int4_engine, "spec_counts") else 0
