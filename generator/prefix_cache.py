@@ -73,7 +73,8 @@ class PrefixCache:
         self._k = [torch.empty((self.capacity, layer.k_cache.shape[1], BLOCK, layer.k_cache.shape[3]),
                                dtype=layer.k_cache.dtype) for layer in self._layers]
         self._v = [torch.empty_like(t) for t in self._k]
-        self._tier = self._signature()
+        # the kernel tier the blocks were computed on (asked only when on: it builds the kernels)
+        self._tier = self._signature() if self._reason is None else None
         self.clear()
         self.requests = self.hit_requests = self.prompt_tokens = self.cached_tokens = self.evictions = 0
 

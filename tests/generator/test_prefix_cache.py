@@ -178,3 +178,26 @@ def test_a_bad_budget_is_a_clear_error():
     assert res.returncode == 2 and "--prefix-cache-mb must be auto or a whole number" in res.stderr
     assert "Traceback" not in res.stderr
 
+
+
+def test_compare_columns_reuse_the_first_columns_prefill(tiny_best):
+    """`tokenflow compare` runs each column as its own stream of the engine: the later
+    columns find the first one's prompt blocks, and every column's text is unchanged."""
+    from generator.cli.compare import run_compare
+
+    specs = [SamplingParams(strategy="greedy", max_new_tokens=5, ignore_eos=True),
+             SamplingParams(strategy="top_k", top_k=5, max_new_tokens=5, ignore_eos=True)]
+    prompt = "Streaming means every token reaches the user the moment it exists."
+    on = tiny_best.prefix_cache
+    tiny_best.prefix_cache = PrefixCache(tiny_best.runner, 0, reason="off in this test")
+    try:
+        off_runs = run_compare(tiny_best, [prompt], specs, ["g", "k"], samples=2)
+    finally:
+        tiny_best.prefix_cache = on
+    on.clear()
+    before = (on.requests, on.hit_requests)
+    runs = run_compare(tiny_best, [prompt], specs, ["g", "k"], samples=2)
+    prompt_tokens = runs[0].prompt_tokens
+    assert prompt_tokens > 16  # a whole block to reuse
+    assert (on.requests - before[0], on.hit_requests - before[1]) == (len(runs), len(runs) - 1)
+    assert [[e["token_id"] for e in r.events] for r in runs] == [[e["token_id"] for e in r.events] for r in off_runs]
