@@ -160,18 +160,19 @@ class FastLlama(nn.Module):
         ``rows`` rows can run its layers in that one op: every projection an ``Int4Linear`` in
         our layout, fewer rows than any dense copy's ``dense_min_rows``, widths our kernels
         take. None otherwise (the eager loop runs). Gathered once (again if the cache or the
-        weights were replaced since)."""
+        weights were replaced, or a linear kept a dense copy, since)."""
         if not (self.fuse_layers and self.kernel_attention):
             return None
         first = self.layers[0] if len(self.layers) else None
         if (self._fused is None or first is None or self._fused[3] is not first.k_cache
-                or self._fused[4] is not getattr(first.qkv, "codes", None)):
+                or self._fused[4] is not getattr(first.qkv, "codes", None)
+                or self._fused[6] != Int4Linear.dense_changes):
             self._fused = self._gather_fused()
         packed = self._fused
         return packed[:3] if packed[0] is not None and rows < packed[5] else None
 
     def _gather_fused(self) -> tuple:
-        none = (None, None, None, None, None, 0)
+        none = (None, None, None, None, None, 0, Int4Linear.dense_changes)
         if not len(self.layers) or self.embed.shape[1] % 16:
             return none
         weights, modes, caches, max_rows = [], [], [], float("inf")
@@ -189,7 +190,7 @@ class FastLlama(nn.Module):
             modes += [int(lin.activations == "int8") for lin in projections]
             caches += [layer.k_cache, layer.v_cache]
         first = self.layers[0]
-        return weights, modes, caches, first.k_cache, first.qkv.codes, max_rows
+        return weights, modes, caches, first.k_cache, first.qkv.codes, max_rows, Int4Linear.dense_changes
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return kernels.rms_norm(x, weight, self.eps)  # as transformers' LlamaRMSNorm
