@@ -18,6 +18,7 @@ attention) closely enough that greedy and beam ids match ``generate()``.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -37,6 +38,18 @@ def supports(model) -> bool:
     return (getattr(cfg, "model_type", None) in SUPPORTED_MODEL_TYPES
             and not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
             and rope.get("rope_type", "default") == "default" and getattr(cfg, "hidden_act", "silu") == "silu")
+
+
+class _Fused(NamedTuple):
+    """``kernels.decode_layers``' per-layer arguments, and what they were gathered from."""
+
+    weights: list | None  # None: the op does not cover this model
+    modes: list | None
+    caches: list | None
+    k_cache: torch.Tensor | None  # the first layer's cache and qkv codes when gathered
+    codes: torch.Tensor | None
+    max_rows: float  # steps of this many rows or more run the loop (a dense copy takes over)
+    dense_changes: int
 
 
 class Layer(nn.Module):
@@ -90,7 +103,7 @@ class FastLlama(nn.Module):
         # it covers the weights; False (or TOKENFLOW_FUSED_STEP=0) keeps the per-op loop below,
         # which gives the same bits (tests compare them; benchmarks A/B them).
         self.fuse_layers = os.environ.get("TOKENFLOW_FUSED_STEP", "1").strip() != "0"
-        self._fused: tuple | None = None  # decode_layers' arguments, gathered on first use
+        self._fused: _Fused | None = None  # decode_layers' arguments, gathered on first use
 
     # -- building -----------------------------------------------------------
     @classmethod
@@ -164,15 +177,14 @@ class FastLlama(nn.Module):
         if not (self.fuse_layers and self.kernel_attention):
             return None
         first = self.layers[0] if len(self.layers) else None
-        if (self._fused is None or first is None or self._fused[3] is not first.k_cache
-                or self._fused[4] is not getattr(first.qkv, "codes", None)
-                or self._fused[6] != Int4Linear.dense_changes):
-            self._fused = self._gather_fused()
-        packed = self._fused
-        return packed[:3] if packed[0] is not None and rows < packed[5] else None
+        f = self._fused
+        if (f is None or first is None or f.k_cache is not first.k_cache
+                or f.codes is not getattr(first.qkv, "codes", None) or f.dense_changes != Int4Linear.dense_changes):
+            f = self._fused = self._gather_fused()
+        return (f.weights, f.modes, f.caches) if f.weights is not None and rows < f.max_rows else None
 
-    def _gather_fused(self) -> tuple:
-        none = (None, None, None, None, None, 0, Int4Linear.dense_changes)
+    def _gather_fused(self) -> _Fused:
+        none = _Fused(None, None, None, None, None, 0, Int4Linear.dense_changes)
         if not len(self.layers) or self.embed.shape[1] % 16:
             return none
         weights, modes, caches, max_rows = [], [], [], float("inf")
@@ -190,7 +202,7 @@ class FastLlama(nn.Module):
             modes += [int(lin.activations == "int8") for lin in projections]
             caches += [layer.k_cache, layer.v_cache]
         first = self.layers[0]
-        return weights, modes, caches, first.k_cache, first.qkv.codes, max_rows, Int4Linear.dense_changes
+        return _Fused(weights, modes, caches, first.k_cache, first.qkv.codes, max_rows, Int4Linear.dense_changes)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return kernels.rms_norm(x, weight, self.eps)  # as transformers' LlamaRMSNorm
