@@ -337,3 +337,19 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
     out = torch.matmul(torch.softmax(scores, dim=-1), values)
     return out.view(b, nh, d).to(q.dtype)
+
+
+def decode_layers(x: torch.Tensor, weights: list[torch.Tensor], modes: list[int], caches: list[torch.Tensor],
+                  cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                  lengths: torch.Tensor, n_head: int, eps: float, scale: float) -> torch.Tensor:
+    """Every decoder layer of a one-token step in one op of ours: ``x [B, H]`` bf16 -> ``x``
+    after the last layer, writing each layer's key and value into its cache. The same
+    kernels in the same order as the eager layer loop (``rms_norm``, ``int4_mm`` or
+    ``int4_q8_mm`` by ``modes``, ``rope_write``, ``decode_attention``, the residual add,
+    ``silu_mul``), so the same bits, without a Python call and an ATen dispatch per op.
+    ``weights``: per layer the float32 ``attn_norm``, qkv codes and sz, o codes and sz,
+    ``mlp_norm``, gate_up and down codes and sz; ``modes``: per layer and projection
+    (qkv, o, gate_up, down) 1 for int8 activations; ``caches``: per layer k, v. Ours only
+    (``FastLlama`` asks ``ours()`` first)."""
+    return torch.ops.tokenflow.decode_layers(x, weights, modes, caches, cos, sin, slots, positions, lengths,
+                                             n_head, eps, scale)

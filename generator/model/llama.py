@@ -17,6 +17,9 @@ attention) closely enough that greedy and beam ids match ``generate()``.
 
 from __future__ import annotations
 
+import os
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -35,6 +38,18 @@ def supports(model) -> bool:
     return (getattr(cfg, "model_type", None) in SUPPORTED_MODEL_TYPES
             and not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
             and rope.get("rope_type", "default") == "default" and getattr(cfg, "hidden_act", "silu") == "silu")
+
+
+class _Fused(NamedTuple):
+    """``kernels.decode_layers``' per-layer arguments, and what they were gathered from."""
+
+    weights: list | None  # None: the op does not cover this model
+    modes: list | None
+    caches: list | None
+    k_cache: torch.Tensor | None  # the first layer's cache and qkv codes when gathered
+    codes: torch.Tensor | None
+    max_rows: float  # steps of this many rows or more run the loop (a dense copy takes over)
+    dense_changes: int
 
 
 class Layer(nn.Module):
@@ -87,6 +102,11 @@ class FastLlama(nn.Module):
         # Our RoPE + cache-write and attention ops take a bf16 CPU cache with head_dim % 16.
         self._cache_fits_kernels = (dtype == torch.bfloat16 and self.embed.device.type == "cpu"
                                     and self.head_dim % 16 == 0)
+        # Eager one-token steps run every layer in one op of ours (kernels.decode_layers) where
+        # it covers the weights; False (or TOKENFLOW_FUSED_STEP=0) keeps the per-op loop below,
+        # which gives the same bits (tests compare them; benchmarks A/B them).
+        self.fuse_layers = os.environ.get("TOKENFLOW_FUSED_STEP", "1").strip() != "0"
+        self._fused: _Fused | None = None  # decode_layers' arguments, gathered on first use
 
     # -- building -----------------------------------------------------------
     @classmethod
@@ -151,6 +171,42 @@ class FastLlama(nn.Module):
         attends with ours while they run (the kernel tests compare exactly that)."""
         return self._cache_fits_kernels and kernels.ours()
 
+    def fused_layers(self, rows: int) -> tuple | None:
+        """``(weights, modes, caches)`` for ``kernels.decode_layers`` when a one-token step of
+        ``rows`` rows can run its layers in that one op: every projection an ``Int4Linear`` in
+        our layout, fewer rows than any dense copy's ``dense_min_rows``, widths our kernels
+        take. None otherwise (the eager loop runs). Gathered once (again if the cache or the
+        weights were replaced, or a linear kept a dense copy, since)."""
+        if not (self.fuse_layers and self.kernel_attention):
+            return None
+        first = self.layers[0] if len(self.layers) else None
+        f = self._fused
+        if (f is None or first is None or f.k_cache is not first.k_cache
+                or f.codes is not getattr(first.qkv, "codes", None) or f.dense_changes != Int4Linear.dense_changes):
+            f = self._fused = self._gather_fused()
+        return (f.weights, f.modes, f.caches) if f.weights is not None and rows < f.max_rows else None
+
+    def _gather_fused(self) -> _Fused:
+        none = _Fused(None, None, None, None, None, 0, Int4Linear.dense_changes)
+        if not len(self.layers) or self.embed.shape[1] % 16:
+            return none
+        weights, modes, caches, max_rows = [], [], [], float("inf")
+        for layer in self.layers:
+            projections = (layer.qkv, layer.o, layer.gate_up, layer.down)
+            for lin in projections:
+                if not isinstance(lin, Int4Linear) or lin.codes is None:
+                    return none
+                if getattr(lin, "dense", None) is not None:
+                    max_rows = min(max_rows, lin.dense_min_rows)
+            if layer.gate_up.out_features % 32:
+                return none
+            weights += [layer.attn_norm, layer.qkv.codes, layer.qkv.sz, layer.o.codes, layer.o.sz, layer.mlp_norm,
+                        layer.gate_up.codes, layer.gate_up.sz, layer.down.codes, layer.down.sz]
+            modes += [int(lin.activations == "int8") for lin in projections]
+            caches += [layer.k_cache, layer.v_cache]
+        first = self.layers[0]
+        return _Fused(weights, modes, caches, first.k_cache, first.qkv.codes, max_rows, Int4Linear.dense_changes)
+
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return kernels.rms_norm(x, weight, self.eps)  # as transformers' LlamaRMSNorm
 
@@ -188,9 +244,15 @@ class FastLlama(nn.Module):
         # Eager one-token steps attend with our kernel where it was chosen at load; the compiled
         # step keeps its fused loop (an A/B in one process: 168-172 tok/s either way).
         our_attention = t == 1 and not reduce_attention and self.kernel_attention
+        layers = self.layers
         if our_attention:
             lengths = (positions[:, 0] + 1).clamp(max=kv_len)  # padding rows: any length works
             step_pos = positions[:, 0]
+            fused = self.fused_layers(b)
+            if fused is not None:  # every layer in one op: the loop's kernels, in its order
+                x = kernels.decode_layers(x.view(b, -1), *fused, self.rope_cos, self.rope_sin, slots, step_pos,
+                                          lengths, nh, self.eps, scaling).view(b, 1, -1)
+                layers = ()
         else:
             cos = self.rope_cos[positions][:, :, None, :]  # (B, T, 1, D)
             sin = self.rope_sin[positions][:, :, None, :]
@@ -198,7 +260,7 @@ class FastLlama(nn.Module):
             # chunk, the whole prefix before it, and nothing of a longer row's tail.
             visible = kv_positions[None, None, :] <= positions[:, :, None]  # (B, T, kv)
             mask = visible[:, None, None].expand(b, 1, group, t, kv_len).reshape(b, 1, group * t, kv_len)
-        for layer in self.layers:
+        for layer in layers:
             h = self._norm(x, layer.attn_norm)
             qkv = layer.qkv(h)
             if our_attention:

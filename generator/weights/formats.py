@@ -48,6 +48,7 @@ class _PackedLinear(nn.Module):
     in_features: int
     dense: torch.Tensor | None
     dense_min_rows: int = DENSE_MIN_ROWS
+    dense_changes = 0  # counts keep_dense calls of any linear (FastLlama.fused_layers re-reads them)
 
     def _matmul(self, x2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -73,6 +74,7 @@ class _PackedLinear(nn.Module):
         inputs of ``min_rows`` rows or more."""
         self.register_buffer("dense", self.dequantized().to(torch.bfloat16).contiguous(), persistent=False)
         self.dense_min_rows = int(min_rows)
+        _PackedLinear.dense_changes += 1
 
     def _dense_rows(self, x: torch.Tensor) -> bool:
         return getattr(self, "dense", None) is not None and x.numel() >= self.dense_min_rows * x.shape[-1]

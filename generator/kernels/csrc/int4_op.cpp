@@ -1,5 +1,6 @@
 // tokenflow: the kernels of each tier (avx512.c, avx2.c, portable.c) as PyTorch operators: tokenflow::int4_mm, int4_q8_mm,
-// int8_mm, int8_q8_mm, decode_attention, rope_write, rms_norm, silu_mul and greedy_pick. As registered C++ ops they are called from eager code and from
+// int8_mm, int8_q8_mm, decode_attention, rope_write, rms_norm, silu_mul, greedy_pick, and decode_layers
+// (every decoder layer of a one-token step in one op, through the same kernels). As registered C++ ops they are called from eager code and from
 // the compiled decode step's generated code alike, at the cost of an ATen op (a Python
 // custom op added about 6 us a call, 121 calls a step). Built by generator/kernels/build.py.
 #include <ATen/core/Tensor.h>
@@ -7,6 +8,7 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -220,6 +222,114 @@ at::Tensor rope_write(const at::Tensor &qkv_in, const at::Tensor &cos, const at:
     return q;
 }
 
+// bf16 <-> float32 as tier.h (a C header compiled per tier) does them: the residual adds below.
+inline float bf16f(uint16_t h) {
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+inline uint16_t f32bf(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    if (f != f) return static_cast<uint16_t>((u | 0x00400000u) >> 16);
+    return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+// x += y in bf16, each sum rounded once from float32: PyTorch's bf16 add, bit for bit.
+void add_bf16(uint16_t *x, const uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] = f32bf(bf16f(x[i]) + bf16f(y[i]));
+}
+
+constexpr int64_t kLayerWeights = 10;  // attn_norm, qkv codes+sz, o codes+sz, mlp_norm, gate_up codes+sz, down codes+sz
+
+// One int4 projection of the fused step: int8 activations (mode 1) or bf16 (mode 0).
+void layer_mm(int64_t mode, const at::Tensor &codes, const at::Tensor &sz, const uint16_t *x, int64_t M, int64_t K,
+              int64_t N, uint16_t *y) {
+    const int64_t per_code = mode ? 8 : 4;
+    TORCH_CHECK(codes.dim() == 3 && codes.is_contiguous() && codes.size(0) * 16 == N &&
+                codes.size(1) * per_code == K && sz.is_contiguous() && sz.scalar_type() == at::kBFloat16,
+                "decode_layers: a projection's codes do not match its shapes");
+    const int rc = (mode ? current->int4_q8_mm : current->int4_mm)(
+        x, M, K, N, static_cast<const uint8_t *>(codes.data_ptr()), static_cast<const uint16_t *>(sz.data_ptr()), y);
+    TORCH_CHECK(rc != -3, "decode_layers: int8 activations need AVX512_VNNI, which this build lacks");
+    TORCH_CHECK(rc == 0, "decode_layers: int4 kernel failed (", rc, ")");
+}
+
+// Every decoder layer of a one-token step in one op: x [B, H] bf16 (the embedded tokens) -> x
+// after the last layer. The same kernels of the current tier in the same order, on the same
+// inputs, as FastLlama.forward's eager path (rms_norm, qkv, rope_write, decode_attention, o,
+// residual, rms_norm, gate_up, silu_mul, down, residual), so the same bits; what it saves is
+// the ~11 Python calls and ATen dispatches a layer, and their output tensors (scratch here is
+// allocated once a step). weights: kLayerWeights a layer (float32 norms, pack/pack_q8 codes);
+// modes: 4 a layer (1: the projection takes int8 activations); caches: k, v a layer.
+at::Tensor decode_layers(const at::Tensor &x_in, at::TensorList weights, at::IntArrayRef modes, at::TensorList caches,
+                         const at::Tensor &cos, const at::Tensor &sin, const at::Tensor &slots_in,
+                         const at::Tensor &positions_in, const at::Tensor &lengths_in, int64_t n_head, double eps,
+                         double scale) {
+    const int64_t n_layers = static_cast<int64_t>(caches.size()) / 2;
+    TORCH_CHECK(static_cast<int64_t>(weights.size()) == n_layers * kLayerWeights &&
+                static_cast<int64_t>(modes.size()) == n_layers * 4 && static_cast<int64_t>(caches.size()) == 2 * n_layers,
+                "decode_layers: ", kLayerWeights, " weights, 4 modes and 2 caches a layer");
+    at::Tensor x = x_in.contiguous().clone();
+    TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.size(1) % 16 == 0,
+                "decode_layers: x must be bf16 [rows, hidden] with hidden a multiple of 16");
+    const int64_t B = x.size(0), H = x.size(1);
+    TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == at::kBFloat16 &&
+                sin.scalar_type() == at::kBFloat16 && cos.dim() == 2 && sin.sizes() == cos.sizes(),
+                "decode_layers: cos/sin must be contiguous bf16 [positions, head_dim]");
+    const at::Tensor slots = slots_in.to(at::kLong).contiguous(), positions = positions_in.to(at::kLong).contiguous(),
+                     lengths = lengths_in.to(at::kLong).contiguous();
+    TORCH_CHECK(slots.numel() == B && positions.numel() == B && lengths.numel() == B,
+                "decode_layers: one slot, position and length per row");
+    if (n_layers == 0) return x;
+    const at::Tensor &k0 = caches[0];
+    TORCH_CHECK(k0.dim() == 4, "decode_layers: caches must be [slots, kv_heads, len, head_dim]");
+    const int64_t S = k0.size(0), KVH = k0.size(1), L = k0.size(2), D = k0.size(3);
+    TORCH_CHECK(cos.size(1) == D, "decode_layers: cos/sin rows must be head_dim long");
+    const int64_t NQ = n_head * D, NQKV = (n_head + 2 * KVH) * D;
+    const int64_t I2 = weights[6].size(0) * 16, I = I2 / 2;
+    TORCH_CHECK(I % 16 == 0, "decode_layers: the MLP width must be a multiple of 16");
+    // One buffer for every intermediate of a layer, reused by the next.
+    at::Tensor scratch = at::empty({B * (2 * H + NQKV + 2 * NQ + I2 + I)}, x.options());
+    uint16_t *h = static_cast<uint16_t *>(scratch.data_ptr()), *y = h + B * H, *qkv = y + B * H, *q = qkv + B * NQKV,
+             *att = q + B * NQ, *gu = att + B * NQ, *act = gu + B * I2;
+    uint16_t *xp = static_cast<uint16_t *>(x.data_ptr());
+    const int64_t *sp = slots.data_ptr<int64_t>(), *pp = positions.data_ptr<int64_t>(), *lp = lengths.data_ptr<int64_t>();
+    const float feps = static_cast<float>(eps), fscale = static_cast<float>(scale);
+    for (int64_t l = 0; l < n_layers; ++l) {
+        const at::Tensor *w = &weights[l * kLayerWeights];
+        const int64_t *mode = &modes[l * 4];
+        const at::Tensor &kc = caches[2 * l], &vc = caches[2 * l + 1];
+        TORCH_CHECK(kc.sizes() == k0.sizes() && vc.sizes() == k0.sizes() && kc.is_contiguous() && vc.is_contiguous() &&
+                    kc.scalar_type() == at::kBFloat16 && vc.scalar_type() == at::kBFloat16,
+                    "decode_layers: caches must be contiguous bf16, all of one shape");
+        TORCH_CHECK(w[0].scalar_type() == at::kFloat && w[0].numel() == H && w[0].is_contiguous() &&
+                    w[5].scalar_type() == at::kFloat && w[5].numel() == H && w[5].is_contiguous(),
+                    "decode_layers: norms must be float32 [hidden]");
+        TORCH_CHECK(current->rms_norm(xp, w[0].data_ptr<float>(), B, H, feps, h) == 0, "decode_layers: rms_norm failed");
+        layer_mm(mode[0], w[1], w[2], h, B, H, NQKV, qkv);
+        int rc = current->rope_write(qkv, static_cast<const uint16_t *>(cos.data_ptr()),
+                                     static_cast<const uint16_t *>(sin.data_ptr()), cos.size(0),
+                                     static_cast<uint16_t *>(kc.data_ptr()), static_cast<uint16_t *>(vc.data_ptr()), sp,
+                                     pp, B, n_head, KVH, S, L, D, q);
+        TORCH_CHECK(rc == 0, "decode_layers: rope_write failed (", rc, "): position or slot out of range, or head_dim");
+        rc = current->decode_attention(q, static_cast<const uint16_t *>(kc.data_ptr()),
+                                       static_cast<const uint16_t *>(vc.data_ptr()), sp, lp, B, n_head, S, KVH, L, D,
+                                       fscale, att);
+        TORCH_CHECK(rc == 0, "decode_layers: attention failed (", rc, "): length or slot out of range, or head_dim");
+        layer_mm(mode[1], w[3], w[4], att, B, NQ, H, y);
+        add_bf16(xp, y, B * H);
+        TORCH_CHECK(current->rms_norm(xp, w[5].data_ptr<float>(), B, H, feps, h) == 0, "decode_layers: rms_norm failed");
+        layer_mm(mode[2], w[6], w[7], h, B, H, I2, gu);
+        TORCH_CHECK(current->silu_mul(gu, B, I, act) == 0, "decode_layers: silu_mul failed");
+        layer_mm(mode[3], w[8], w[9], act, B, I, H, y);
+        add_bf16(xp, y, B * H);
+    }
+    return x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tokenflow, m) {
@@ -235,6 +345,8 @@ TORCH_LIBRARY(tokenflow, m) {
     m.def("use_tier(str name) -> str", &use_tier);
     m.def("tiers() -> str[]", &tiers);
     m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor lengths, float scale) -> Tensor");
+    m.def("decode_layers(Tensor x, Tensor[] weights, int[] modes, Tensor(a!)[] caches, Tensor cos, Tensor sin, "
+          "Tensor slots, Tensor positions, Tensor lengths, int n_head, float eps, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tokenflow, CPU, m) {
@@ -247,4 +359,5 @@ TORCH_LIBRARY_IMPL(tokenflow, CPU, m) {
     m.impl("silu_mul", &silu_mul);
     m.impl("greedy_pick", &greedy_pick);
     m.impl("rope_write", &rope_write);
+    m.impl("decode_layers", &decode_layers);
 }
