@@ -92,6 +92,18 @@ def default_engine():
     return Engine.load(device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def default_int4():
+    """The real default model as it runs by default (int4 weights, int8 head, bf16 cache, the
+    best kernel tier), with room for 16 rows of 1024 tokens: one load for the integration
+    tests of the arithmetic (invariance, the fused step, speculation)."""
+    from generator import Engine
+
+    engine = Engine.load(num_slots=16, max_len=1024)
+    assert engine.config.quant == "int4" and engine.config.dtype == "bfloat16"
+    return engine
+
+
 def pytest_generate_tests(metafunc):
     """A test that takes ``tier`` runs once per kernel tier this machine runs (``avx512``,
     ``avx2``, ``portable``: those the CPU has; none without a C compiler)."""

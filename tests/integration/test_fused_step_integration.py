@@ -15,15 +15,6 @@ PROMPTS = ["Explain streaming in one sentence.", "The capital of France is", "de
            "Once upon a time, in a quiet village, there lived"]
 
 
-@pytest.fixture(scope="module")
-def default_int4():
-    from generator import Engine
-
-    engine = Engine.load(num_slots=4, max_len=64)
-    assert engine.config.quant == "int4" and engine.config.dtype == "bfloat16"
-    return engine
-
-
 def test_default_model_fused_step_equals_the_eager_loop(default_int4, tier):
     model = default_int4.runner.model
     assert model.fused_layers(4) is not None

@@ -18,15 +18,6 @@ PROMPTS = ["Write a short story about a lighthouse keeper.", "The capital of Fra
            "Explain streaming in one sentence."]
 
 
-@pytest.fixture(scope="module")
-def default_int4():
-    from generator import Engine
-
-    engine = Engine.load(num_slots=16, max_len=256)
-    assert engine.config.quant == "int4" and engine.config.dtype == "bfloat16"
-    return engine
-
-
 def test_default_model_rows_alone_equal_rows_among_15_others(default_int4):
     prompts = [default_int4.encode(p, chat=True) for p in PROMPTS]
     check_rows_alone_equal_rows_in_a_crowd(default_int4, prompts)

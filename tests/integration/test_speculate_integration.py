@@ -17,13 +17,6 @@ pytestmark = pytest.mark.integration
 DATA = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "speculate_passages.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def default_int4():
-    from generator import Engine
-
-    return Engine.load(max_len=1024)
-
-
 def _run(engine, prompt, params):
     return [(ev.token_id, ev.logprob) for ev in engine.stream(prompt, params, chat=True)]
 
