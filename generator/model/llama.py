@@ -3,9 +3,9 @@ weights in any format of ``weights/`` (built from one ``ResolvedConfig``).
 
 One function, ``forward``, serves both prefill (one slot, T tokens) and decode
 (B slots, one token each, every row at its own position). Each layer owns its
-cache ``[slots, kv_heads, max_len + 1, head_dim]``, allocated once (one buffer per
+cache ``[slots, kv_heads, >= max_len + 1, head_dim]``, allocated once (one buffer per
 layer, so the compiled step updates it in place instead of copying a shared
-buffer; the last position is scratch for padding rows). Attention reads only the
+buffer; position ``max_len`` is scratch for padding rows). Attention reads only the
 first ``kv_len`` positions, so a step costs what the longest live row needs, not
 ``max_len``. When the rows are consecutive cache slots (``first_slot``), attention
 reads the cache through a view, in the layout the matmul wants, with no copy: at 16
