@@ -1,8 +1,8 @@
 """The checks behind the batch- and chunk-invariance tests, shared by the tiny model's
 (tests/generator/test_invariance.py, every kernel tier) and the default model's
 (tests/integration/test_invariance_integration.py): a row's tokens alone vs among 15 other
-requests joining at other steps, and a prompt's logits and cache prefilled in 1, 2 or 7
-chunks, beside other prompts, or as a decode step."""
+requests joining at other steps, and a prompt's logits and cache prefilled in 2 or 7
+chunks, in chunks of 1, 2 or 7 tokens, beside other prompts, or as a decode step."""
 
 from __future__ import annotations
 
@@ -79,11 +79,14 @@ def check_prefill_in_chunks(model, prompt: list[int], crowd: list[list[int]]) ->
     whole_runner = FastRunner(model, prefill_chunk=n)
     whole = whole_runner.prefill(0, prompt)
     kv = _kv(model, 0, n)
-    for pieces in (2, 7):
-        runner = FastRunner(model, prefill_chunk=-(-n // pieces))
+    # 2 and 7 chunks, and chunks of 1, 2 and 7 tokens (on PyTorch's kernels, small chunks
+    # are where a chunk's float32 attention used to round by its shape).
+    for what, size in (("2 chunks", -(-n // 2)), ("7 chunks", -(-n // 7)), ("chunks of 1 token", 1),
+                       ("chunks of 2 tokens", 2), ("chunks of 7 tokens", 7)):
+        runner = FastRunner(model, prefill_chunk=size)
         got = runner.prefill(1, prompt)
-        assert torch.equal(got, whole), f"{pieces} chunks: logits differ"
-        assert all(torch.equal(a, b) for a, b in zip(_kv(model, 1, n), kv)), f"{pieces} chunks: cache differs"
+        assert torch.equal(got, whole), f"{what}: logits differ (up to {(got - whole).abs().max().item():.3g})"
+        assert all(torch.equal(a, b) for a, b in zip(_kv(model, 1, n), kv)), f"{what}: cache differs"
     # One chunk at a time through the scheduler's own calls (start > 0), beside other prompts.
     runner = FastRunner(model, prefill_chunk=n)
     cut = n // 3

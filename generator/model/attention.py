@@ -1,7 +1,7 @@
 """Attention over the static slot cache with PyTorch's ops (the path where our one-token
 kernel does not run: prefill chunks, float32 models, the compiled step, PyTorch's kernels).
 
-The cache of a layer is ``[slots, kv_heads, max_len + 1, head_dim]``; ``read`` picks its
+The cache of a layer is ``[slots, kv_heads, >= max_len + 1, head_dim]``; ``read`` picks its
 rows (a slice reads a view, no copy). Grouped-query attention never repeats K/V: the query
 heads of one KV head are stacked with the time steps.
 """

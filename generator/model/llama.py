@@ -3,9 +3,9 @@ weights in any format of ``weights/`` (built from one ``ResolvedConfig``).
 
 One function, ``forward``, serves both prefill (one slot, T tokens) and decode
 (B slots, one token each, every row at its own position). Each layer owns its
-cache ``[slots, kv_heads, max_len + 1, head_dim]``, allocated once (one buffer per
+cache ``[slots, kv_heads, >= max_len + 1, head_dim]``, allocated once (one buffer per
 layer, so the compiled step updates it in place instead of copying a shared
-buffer; the last position is scratch for padding rows). Attention reads only the
+buffer; position ``max_len`` is scratch for padding rows). Attention reads only the
 first ``kv_len`` positions, so a step costs what the longest live row needs, not
 ``max_len``. When the rows are consecutive cache slots (``first_slot``), attention
 reads the cache through a view, in the layout the matmul wants, with no copy: at 16
@@ -29,6 +29,14 @@ from ..weights.gguf import GGUFQ4Source
 from .attention import cached_attention
 
 SUPPORTED_MODEL_TYPES = ("llama",)
+# A one-token step on PyTorch's attention reads the cache up to a multiple of STEP_KV_ROUND
+# positions, at least MIN_STEP_KV (see ``forward``); the cache is allocated to fit.
+MIN_STEP_KV, STEP_KV_ROUND = 64, 8
+
+
+def step_kv_len(kv_len: int) -> int:
+    """Cache positions a one-token step on PyTorch's attention reads for ``kv_len`` visible ones."""
+    return max(MIN_STEP_KV, -(-kv_len // STEP_KV_ROUND) * STEP_KV_ROUND)
 
 
 def supports(model) -> bool:
@@ -61,7 +69,8 @@ class Layer(nn.Module):
 
     def allocate_cache(self, num_slots: int, max_len: int, n_kv: int, head_dim: int, dtype: torch.dtype,
                        device: torch.device) -> None:
-        shape = (num_slots, n_kv, max_len + 1, head_dim)  # + 1: the scratch position of padding rows
+        # + 1: the scratch position of padding rows; rounded up for the step's masked tail.
+        shape = (num_slots, n_kv, step_kv_len(max_len + 1), head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
@@ -171,6 +180,16 @@ class FastLlama(nn.Module):
         attends with ours while they run (the kernel tests compare exactly that)."""
         return self._cache_fits_kernels and kernels.ours()
 
+    @property
+    def token_rows(self) -> bool:
+        """Whether prompts are written as one-token rows (``FastRunner._prefill_rows``), the
+        decode step's arithmetic, so prefill is chunk-invariant: wherever our attention kernel
+        runs, and on PyTorch's kernels with a bf16 cache (there the step's float32 attention
+        is one ``[group x D]`` block per row and KV head, the same bits at every row count,
+        where a chunk's ``[group * T x D]`` block rounds by its shape: docs/kernels.md)."""
+        return self.kernel_attention or (self.dtype == torch.bfloat16 and self.embed.device.type == "cpu"
+                                         and not kernels.ours())
+
     def fused_layers(self, rows: int) -> tuple | None:
         """``(weights, modes, caches)`` for ``kernels.decode_layers`` when a one-token step of
         ``rows`` rows can run its layers in that one op: every projection an ``Int4Linear`` in
@@ -236,7 +255,6 @@ class FastLlama(nn.Module):
         b, t = token_ids.shape
         nh, nkv, hd = self.n_head, self.n_kv, self.head_dim
         group = nh // nkv
-        kv_len = kv_positions.shape[0]
         x = self.embed[token_ids]  # (B, T, H)
         rows = slots[:, None].expand(b, t)
         read = slots if first_slot is None else slice(first_slot, first_slot + b)
@@ -244,6 +262,15 @@ class FastLlama(nn.Module):
         # Eager one-token steps attend with our kernel where it was chosen at load; the compiled
         # step keeps its fused loop (an A/B in one process: 168-172 tok/s either way).
         our_attention = t == 1 and not reduce_attention and self.kernel_attention
+        if t == 1 and not reduce_attention and not our_attention:
+            # PyTorch's float32 scores ([group x D] @ [D x kv]) round a cache position one way
+            # inside a full 8-column block of MKL's and another in the remainder, and a bmm of
+            # under ~400 products an entry runs a loop of PyTorch's own: so a step reads the
+            # cache up to a multiple of 8 positions, at least 64 (the tail masked: exact
+            # zeros), and a row's scores are the same bits whatever the longest row in its
+            # batch (measured: docs/kernels.md, "Batch and chunk invariance").
+            kv_positions = torch.arange(step_kv_len(kv_positions.shape[0]), device=kv_positions.device)
+        kv_len = kv_positions.shape[0]
         layers = self.layers
         if our_attention:
             lengths = (positions[:, 0] + 1).clamp(max=kv_len)  # padding rows: any length works

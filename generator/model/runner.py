@@ -248,9 +248,9 @@ class FastRunner(Slots):
 
     @property
     def token_rows(self) -> bool:
-        """Whether prompts are written as one-token rows (``_prefill_rows``): wherever the
-        model's one-token steps run our attention kernel (our kernel tiers, a bf16 cache)."""
-        return self.model.kernel_attention
+        """Whether prompts are written as one-token rows (``_prefill_rows``): see
+        ``FastLlama.token_rows`` (our kernel tiers, and PyTorch's, with a bf16 cache)."""
+        return self.model.token_rows
 
     def _prefill_rows(self, slots: list[int], id_lists: list[list[int]], starts: list[int]) -> torch.Tensor:
         """Prompts (or their next pieces) as one-token rows, no padding: token j of a prompt

@@ -26,3 +26,18 @@ def test_default_model_rows_alone_equal_rows_among_15_others(default_int4):
 def test_default_model_prefill_in_1_2_7_chunks(default_int4):
     prompts = [default_int4.encode(p, chat=True) for p in PROMPTS]
     check_prefill_in_chunks(default_int4.runner.model, prompts[0], prompts[1:])
+
+
+def test_default_model_prefill_in_chunks_on_pytorchs_kernels():
+    """The same prefill checks with PyTorch's kernels forced (the tier without a C compiler):
+    prompt tokens go through the one-token step there too."""
+    from generator import Engine, kernels
+
+    previous = kernels.use("aten")
+    try:
+        engine = Engine.load(num_slots=8, max_len=128)
+        assert engine.config.kernels == "aten"
+        prompts = [engine.encode(p, chat=True) for p in PROMPTS]
+        check_prefill_in_chunks(engine.runner.model, prompts[0], prompts[1:])
+    finally:
+        kernels.use(previous)
