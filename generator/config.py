@@ -97,12 +97,12 @@ class EngineConfig:
         "memory for the prefix cache (the KV of earlier prompts and outputs, reused by a request that "
         "shares their beginning; exact: the same bits as prefilling): MB, 0 turns it off; auto: a tenth "
         "of the machine's memory, at most 1024 MB. Off wherever prefill is not chunk-invariant "
-        "(PyTorch's kernels, float weights, --dense-prefill, the transformers runner)", flag="--prefix-cache-mb"))
+        "(float weights, a float32 cache, --dense-prefill, the transformers runner)", flag="--prefix-cache-mb"))
     speculate: str = field(default="off", metadata=_opt(
         "prompt-lookup speculative decoding for requests that do not say (their 'speculative' field): "
         "off, ngram, or ngram:k=4,n=3,min_n=2 (draft up to k tokens after the longest suffix n-gram "
         "match in the prompt + output, verified in one forward; the same tokens as without). "
-        "Runs on tokenflow's kernel tiers with int weights, eager step; elsewhere off", flag="--speculate"))
+        "Runs with int weights and the eager step (every kernel tier); elsewhere off", flag="--speculate"))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

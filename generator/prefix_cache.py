@@ -16,11 +16,11 @@ blocks it has room for (a slot parked whole would hold ``max_len`` positions).
 When full, the least recently used leaf block that no request has pinned is
 evicted; a chain is only ever cut from its end.
 
-Exactness: on our kernel tiers every prompt token is a one-token row
-(``FastRunner._prefill_rows``), so its KV and the last logits are the same bits
-whether the prompt is prefilled whole, in chunks, beside others, or as cached
-blocks + the rest (docs/kernels.md, "Batch and chunk invariance"). Where that
-does not hold (PyTorch's kernels, a float32 cache, float weights, dense prefill
+Exactness: with a bf16 CPU cache and int weights (our kernel tiers and PyTorch's)
+every prompt token is a one-token row (``FastRunner._prefill_rows``), so its KV and
+the last logits are the same bits whether the prompt is prefilled whole, in chunks,
+beside others, or as cached blocks + the rest (docs/kernels.md, "Batch and chunk
+invariance"). Where that does not hold (a float32 cache, float weights, dense prefill
 copies, the transformers runner) the cache is off and ``status()["reason"]``
 says why. Under ``--compile`` only prompts are kept: the compiled step's KV of
 generated tokens is not claimed to be the bits a prefill writes.
@@ -93,8 +93,7 @@ class PrefixCache:
         elif config.dense_prefill:
             reason = "--dense-prefill: prompt chunks multiply by the dense copies, not row-invariant"
         elif not runner.token_rows:
-            reason = ("prefill is not chunk-invariant here: it needs tokenflow's kernels (not aten) and "
-                      "a bfloat16 CPU cache")
+            reason = "prefill is not chunk-invariant here: it needs a bfloat16 CPU cache"
         return cls(runner, mb, reason, keep_generated=not runner.compiled)
 
     # -- state --------------------------------------------------------------
@@ -115,7 +114,7 @@ class PrefixCache:
     def reason(self) -> str | None:
         """Why the cache is off now (None: on)."""
         if self._reason is None and not self.runner.token_rows:
-            return "prefill is not chunk-invariant under PyTorch's kernels (kernels switched to aten)"
+            return "prefill is not chunk-invariant here now (prompts are not one-token rows)"
         return self._reason
 
     @property

@@ -20,8 +20,9 @@ seeded-sampled, with or without speculation: the chosen token at the first misma
 after the whole draft) is the correction (or bonus) token, emitted in the same step.
 
 Exact only where the verify rows are the same bits as a one-token step: ``FastRunner``
-on our kernel tiers (``token_rows``), int weights, the eager step. Elsewhere (PyTorch's
-kernels, float weights, ``--compile``, the transformers fallback) rows never speculate.
+with prompts as one-token rows (``token_rows``: a bf16 CPU cache, on our kernel tiers and
+PyTorch's), int weights, the eager step. Elsewhere (float weights, ``--compile``, the
+transformers fallback) rows never speculate.
 Beam rows never speculate; a step with a running beam search runs without drafts.
 """
 
@@ -93,8 +94,8 @@ def describe(engine) -> str:
     if asked == "off":
         return ""
     if not exact_here(engine):
-        return (f" speculate={asked} (off here: verified drafts are exact only on tokenflow's kernel "
-                "tiers with int weights and the eager step)")
+        return (f" speculate={asked} (off here: verified drafts are exact only with int weights, a bf16 "
+                "cache and the eager step)")
     return f" speculate={asked}"
 
 

@@ -155,17 +155,24 @@ def test_identical_prompts_share_one_prefill_and_n_siblings_too(tiny_best):
     assert got[h1] == got[h2] == got[h3] == alone[0]
 
 
-def test_off_where_prefill_is_not_chunk_invariant(tiny_model_dir, tiny_engine, pytorchs_kernels):
+def test_off_where_prefill_is_not_chunk_invariant(tiny_model_dir, tiny_engine):
     assert "float" in tiny_engine.prefix_cache.reason  # float32 weights and cache
-    engine = Engine.load(model=str(tiny_model_dir), device="cpu", dtype="bfloat16", quant="int4", num_slots=2,
-                         max_len=64)
-    assert engine.config.kernels == "aten" and "chunk-invariant" in engine.prefix_cache.reason
-    slot = engine.runner.acquire(1)[0]
-    assert engine.prefix_cache.admit(slot, _ids(40, 1)) == (0, [])
-    assert engine.prefix_cache.insert(slot, []) == 0
     off = Engine.load(model=str(tiny_model_dir), device="cpu", dtype="bfloat16", quant="int4", num_slots=2,
                       max_len=64, prefix_cache_mb=0)
     assert not off.prefix_cache.status()["enabled"] and "0" in off.prefix_cache.reason
+    slot = off.runner.acquire(1)[0]
+    assert off.prefix_cache.admit(slot, _ids(40, 1)) == (0, [])
+
+
+def test_on_pytorchs_kernels_too_where_prompts_are_one_token_rows(tiny_model_dir, pytorchs_kernels):
+    engine = Engine.load(model=str(tiny_model_dir), device="cpu", dtype="bfloat16", quant="int4", num_slots=8,
+                         max_len=160, prefix_cache_mb=4)
+    assert engine.config.kernels == "aten" and engine.runner.token_rows and engine.prefix_cache.reason is None
+    runner, cache = engine.runner, engine.prefix_cache
+    a = _ids(40, 1)
+    _check_same_bits(runner, cache, a, 0)
+    _check_same_bits(runner, cache, a, 32)
+    _check_same_bits(runner, cache, a[:20] + _ids(30, 3), 16)
 
 
 def test_a_bad_budget_is_a_clear_error():

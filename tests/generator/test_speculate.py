@@ -172,14 +172,27 @@ def test_real_ngram_drafts_on_a_repetitive_prompt_change_nothing(tiny_model_dir)
         assert engine.spec_counts.drafted > before  # drafts were made (and verified)
 
 
-def test_no_speculation_where_the_verify_rows_are_not_exact(tiny_model_dir, pytorchs_kernels):
-    engine = _engine(tiny_model_dir)
+def test_no_speculation_where_the_verify_rows_are_not_exact(tiny_model_dir):
+    engine = Engine.load(model=str(tiny_model_dir), device="cpu", dtype="bfloat16", quant="none", num_slots=4,
+                         max_len=256)  # float weights: PyTorch's GEMM over the verify rows
     assert not exact_here(engine)
     prompt = list(range(60, 72)) * 4
     p = SamplingParams(max_new_tokens=20, ignore_eos=True)
     got, calls = _events(engine, prompt, p.replace(speculative="ngram:k=4,n=3,min_n=1"))
     assert calls == 20 and got == _events(engine, prompt, p)[0]
     assert getattr(engine, "spec_counts", None) is None or engine.spec_counts.verify_steps == 0
+
+
+def test_exact_on_pytorchs_kernels_too(tiny_model_dir, pytorchs_kernels, oracle):
+    engine = _engine(tiny_model_dir)
+    assert engine.config.kernels == "aten" and exact_here(engine)
+    prompt = list(range(10, 22)) * 3
+    for kw in SETTINGS[:2]:
+        off = SamplingParams(max_new_tokens=30, ignore_eos=True, speculative="off", **kw)
+        want, plain_calls = _events(engine, prompt, off)
+        oracle[:] = [prompt + [t for t, *_ in want]]
+        got, spec_calls = _events(engine, prompt, off.replace(speculative=ORACLE))
+        assert got == want and spec_calls < plain_calls * 0.6, kw
 
 
 def test_the_engine_default_applies_to_requests_that_do_not_say(tiny_model_dir, oracle):
