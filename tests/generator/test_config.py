@@ -33,7 +33,7 @@ MODEL_FLAGS = {
     "--no-compile": ("compile", None, None),
     "--cuda-graphs": ("cuda_graphs", "auto", ["auto", "on", "off"]),
     "--prefix-cache-mb": ("prefix_cache_mb", "auto", None),  # added with the prefix cache
-    "--no-compile": ("compile", None, None), "--speculate": ("speculate", "off", None),
+    "--speculate": ("speculate", "off", None),
 }
 
 
