@@ -91,7 +91,7 @@ def test_output_room_and_the_default_max_tokens(tiny_engine):
 
 def test_a_full_queue_is_429_with_retry_after(tiny_engine):
     class Full:
-        def submit(self, requests):
+        def submit(self, requests, generated=()):
             raise SchedulerFull("64 requests are waiting (limit 64)")
 
     intake = Intake(_state(tiny_engine, scheduler=Full(), retry_after_s=3))
