@@ -103,7 +103,7 @@ def row_cost(engine, rows=(1, 2, 3, 5), reps: int = 30) -> dict:
         for _ in range(reps):
             for n in rows:
                 t = time.perf_counter()
-                runner._prefill_flat([slot] * n, list(range(400, 400 + n)), [5] * n, list(range(n)))
+                runner.forward_rows([slot] * n, list(range(400, 400 + n)), [5] * n, list(range(n)))
                 best[n] = min(best[n], time.perf_counter() - t)
     finally:
         runner.release([slot])

@@ -153,7 +153,7 @@ class Speculator:
             flat_tok += toks
         try:
             runner.forward_calls += 1
-            logits = runner._prefill_flat(flat_slots, flat_pos, flat_tok, list(range(len(flat_slots))))
+            logits = runner.forward_rows(flat_slots, flat_pos, flat_tok, list(range(len(flat_slots))))
         except Exception:  # noqa: BLE001 - the plain decode finds the failing row
             return None
         for r, at in zip(rows, first):

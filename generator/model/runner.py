@@ -254,7 +254,7 @@ class FastRunner(Slots):
 
     def _prefill_rows(self, slots: list[int], id_lists: list[list[int]], starts: list[int]) -> torch.Tensor:
         """Prompts (or their next pieces) as one-token rows, no padding: token j of a prompt
-        is a row at its slot and position, ``prefill_chunk`` rows a forward (``_prefill_flat``).
+        is a row at its slot and position, ``prefill_chunk`` rows a forward (``forward_rows``).
         Every token then goes through the arithmetic of a decode step (each op computes a row
         from that row alone; attention per row over its own prefix), so a prompt's cache and
         last logits are the same bits whether it is written whole, in chunks of any size,
@@ -269,7 +269,7 @@ class FastRunner(Slots):
             piece = flat[c0: c0 + self.prefill_chunk]
             ends = [(i, k - c0) for i, k in last.items() if c0 <= k < c0 + len(piece)]
             # A piece where no prompt ends still runs the head on one row (its logits unused).
-            logits = self._prefill_flat([f[0] for f in piece], [f[1] for f in piece], [f[2] for f in piece],
+            logits = self.forward_rows([f[0] for f in piece], [f[1] for f in piece], [f[2] for f in piece],
                                         [r for _, r in ends] or [len(piece) - 1])
             for n, (i, _) in enumerate(ends):
                 out[i] = logits[n: n + 1]
@@ -277,7 +277,7 @@ class FastRunner(Slots):
             self.lengths[s] = st + len(ids)
         return torch.cat(out)
 
-    def _prefill_flat(self, rows: list[int], positions: list[int], tokens: list[int], keep: list[int]) -> torch.Tensor:
+    def forward_rows(self, rows: list[int], positions: list[int], tokens: list[int], keep: list[int]) -> torch.Tensor:
         """ONE forward of one-token rows (``rows``: slots, at ``positions``); the logits of the
         rows ``keep``. Each layer writes every row's key and value before any attends, so a
         row sees its prompt up to itself (and nothing after)."""

@@ -470,8 +470,8 @@ def test_prompts_are_written_as_one_token_rows():
                       prefill_chunk=16)
     ref = FastRunner(build_fast_llama(tiny, quant="int4", num_slots=4, max_len=128), compile=False)
     used = []
-    real = flat._prefill_flat
-    flat._prefill_flat = lambda *args: used.append(len(args[0])) or real(*args)
+    real = flat.forward_rows
+    flat.forward_rows = lambda *args: used.append(len(args[0])) or real(*args)
     a, b, c = list(range(3, 16)), list(range(40, 43)), list(range(60, 70))
     for r in (flat, ref):
         r.prefill(2, c[:4])
