@@ -67,12 +67,11 @@ class Layer(nn.Module):
         self.register_buffer("attn_norm", attn_norm)
         self.register_buffer("mlp_norm", mlp_norm)
 
-    def allocate_cache(self, num_slots: int, max_len: int, n_kv: int, head_dim: int, dtype: torch.dtype,
-                       device: torch.device) -> None:
-        # + 1: the scratch position of padding rows; rounded up for the step's masked tail.
-        shape = (num_slots, n_kv, step_kv_len(max_len + 1), head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+    def use_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        """This layer's keys and values ``[slots, kv_heads, positions, head_dim]``: views of the
+        model's one cache tensor (``FastLlama.kv``)."""
+        self.register_buffer("k_cache", k_cache, persistent=False)
+        self.register_buffer("v_cache", v_cache, persistent=False)
 
 
 class FastLlama(nn.Module):
@@ -106,8 +105,15 @@ class FastLlama(nn.Module):
         sin = angles.sin()
         self.register_buffer("rope_sin", torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(device=device,
                                                                                                dtype=dtype))
-        for layer in layers:
-            layer.allocate_cache(num_slots, max_len, self.n_kv, self.head_dim, dtype, device)
+        # Every layer's keys and values are views of ONE tensor [layers, 2, slots, kv_heads,
+        # positions, head_dim] (each view contiguous, as the kernels want), so a slot's span
+        # of every layer is one view too (``cache_span``): the prefix cache copies a block of
+        # all layers in one op instead of two per layer. + 1 position: the scratch cell of
+        # padding rows; rounded up for the step's masked tail (``step_kv_len``).
+        self.kv = torch.zeros((len(layers), 2, num_slots, self.n_kv, step_kv_len(max_len + 1), self.head_dim),
+                              dtype=dtype, device=device)
+        for i, layer in enumerate(layers):
+            layer.use_cache(self.kv[i, 0], self.kv[i, 1])
         # Our RoPE + cache-write and attention ops take a bf16 CPU cache with head_dim % 16.
         self._cache_fits_kernels = (dtype == torch.bfloat16 and self.embed.device.type == "cpu"
                                     and self.head_dim % 16 == 0)
@@ -331,6 +337,16 @@ class FastLlama(nn.Module):
                           kv_positions: torch.Tensor) -> torch.Tensor:
         """``decode_step`` written for ``torch.compile`` (attention as products and sums)."""
         return self.forward(token_ids[:, None], slots, positions[:, None], kv_positions, reduce_attention=True)
+
+    def cache_span(self, slot: int, start: int, end: int) -> torch.Tensor | None:
+        """Positions ``start:end`` of ``slot`` in every layer: a view ``[layers, 2 (k, v),
+        kv_heads, end - start, head_dim]`` of ``kv``; None where the layers' caches are no
+        longer views of it (a model moved or given other caches since)."""
+        layers = self.layers
+        if not len(layers) or any(t.data_ptr() != self.kv[i, j].data_ptr() for i in (0, len(layers) - 1)
+                                  for j, t in enumerate((layers[i].k_cache, layers[i].v_cache))):
+            return None
+        return self.kv[:, :, slot, :, start:end]
 
     def copy_cache(self, src: torch.Tensor, dst: torch.Tensor, length: int) -> None:
         """Cache rows ``dst`` become copies of rows ``src`` (first ``length`` positions)."""

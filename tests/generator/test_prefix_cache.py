@@ -69,7 +69,7 @@ def test_the_bits_hold_across_an_eviction_and_the_budget_holds(tiny_int4):
     for seed in range(10, 30):  # many distinct prompts
         _prefill(runner, _ids(40, seed), cache)
         assert cache.used_blocks <= 3 and cache.used_bytes <= 3 * block_bytes
-    assert [t.shape[0] for t in cache._k] == [3] * len(runner.model.layers)
+    assert cache._blocks.shape[:2] == (3, len(runner.model.layers))
     _check_same_bits(runner, cache, _ids(40, 29), 32)
 
 
@@ -173,6 +173,29 @@ def test_on_pytorchs_kernels_too_where_prompts_are_one_token_rows(tiny_model_dir
     _check_same_bits(runner, cache, a, 0)
     _check_same_bits(runner, cache, a, 32)
     _check_same_bits(runner, cache, a[:20] + _ids(30, 3), 16)
+
+
+def test_a_block_is_one_view_of_every_layers_cache_and_the_cache_knows_when_it_is_not(tiny_int4):
+    """The layers' caches are views of the model's one tensor, so a block of all layers is one
+    copy (``cache_span``); a model whose layer was given a cache of its own gets no prefix
+    cache (it would copy stale bits), and says why."""
+    model = tiny_int4.runner.model
+    layer = model.layers[-1]
+    layer.v_cache[2, :, 5].fill_(3.0)  # written through the layer, seen through the span
+    span = model.cache_span(2, 0, 16)
+    assert span.shape == (len(model.layers), 2, model.n_kv, 16, model.head_dim)
+    assert torch.equal(span[-1, 1, :, 5], layer.v_cache[2, :, 5])
+    assert tiny_int4.prefix_cache.block_bytes == span.numel() * span.element_size()
+    layer.v_cache[2, :, 5].zero_()
+    keep = layer.k_cache
+    layer.use_cache(keep.clone(), layer.v_cache)
+    try:
+        assert model.cache_span(0, 0, 16) is None
+        off = PrefixCache(tiny_int4.runner, 4)
+        assert off.reason is not None and "one cache tensor" in off.reason and off.capacity == 0
+    finally:
+        layer.use_cache(keep, layer.v_cache)
+    assert model.cache_span(0, 0, 16) is not None
 
 
 def test_a_bad_budget_is_a_clear_error():
