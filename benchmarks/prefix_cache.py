@@ -167,6 +167,8 @@ def main() -> None:
     ap.add_argument("--load", type=int, default=200, help="distinct prompts of the load (200)")
     ap.add_argument("--load-words", type=int, default=24, help="words a load prompt (24: about 30 tokens)")
     ap.add_argument("--load-mb", type=int, default=32, help="the cache's budget in the load (32 MB: it fills)")
+    ap.add_argument("--load-repeats", type=int, default=3, help="load runs off and on, alternately (3)")
+    ap.add_argument("--parts", default="chat,compare,load", help="which parts to run (chat,compare,load)")
     ap.add_argument("--out", default="benchmarks/results/prefix_cache.json")
     args = ap.parse_args()
 
@@ -183,15 +185,16 @@ def main() -> None:
 
     # The conversation off and on, alternately, --repeats times (each "on" with a fresh cache):
     # a turn's TTFT is its best of the repeats, which a busy machine disturbs least.
+    parts = set(args.parts.split(","))
     runs: dict[str, list[list[dict]]] = {"off": [], "on": []}
-    for _ in range(args.repeats):
+    for _ in range(args.repeats if "chat" in parts else 0):
         for mode, mb in (("off", 0), ("on", budget)):
             use_cache(engine, mb)
             runs[mode].append(chat(engine, args.answer, args.turns, args.system))
             print(mode, "TTFT ms per turn:", [t["ttft_ms"] for t in runs[mode][-1]],
                   "cached:", [t["cached_tokens"] for t in runs[mode][-1]], flush=True)
     result["chat"] = []
-    for i in range(args.turns):
+    for i in range(args.turns if "chat" in parts else 0):
         off = min(r[i]["ttft_ms"] for r in runs["off"])
         on = min(r[i]["ttft_ms"] for r in runs["on"])
         cpu_off = min(r[i]["ttft_cpu_ms"] for r in runs["off"])
@@ -207,17 +210,26 @@ def main() -> None:
             "same_answer": all(r[i]["answer"] == first_off["answer"] for r in runs["off"] + runs["on"])})
 
     result["compare"] = {}
-    for mode, mb in (("off", 0), ("on", budget)):
+    for mode, mb in (("off", 0), ("on", budget)) if "compare" in parts else ():
         for together in (True, False):
             use_cache(engine, mb)
             key = f"{mode}_{'together' if together else 'one_after_another'}"
             result["compare"][key] = compare(engine, counter, together, args.system)
             print("compare", key, result["compare"][key], flush=True)
 
+    # The load off and on, alternately (the host drifts): each mode's fastest run is its figure.
+    loads: dict[str, list[dict]] = {"off": [], "on": []}
+    for _ in range(args.load_repeats if "load" in parts else 0):
+        for mode, mb in (("off", 0), ("on", args.load_mb)):
+            loads[mode].append(load(engine, args.load, mb, args.load_words))
+            print("load", mode, loads[mode][-1], flush=True)
     result["load"] = {}
-    for mode, mb in (("off", 0), ("on", args.load_mb)):
-        result["load"][mode] = load(engine, args.load, mb, args.load_words)
-        print("load", mode, result["load"][mode], flush=True)
+    for mode, got in loads.items():
+        if got:
+            result["load"][mode] = {**min(got, key=lambda r: r["seconds"]),
+                                    "seconds_all": [r["seconds"] for r in got]}
+    if loads["off"] and loads["on"]:
+        result["load"]["on_vs_off"] = round(result["load"]["on"]["seconds"] / result["load"]["off"]["seconds"], 3)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
