@@ -188,7 +188,7 @@ class BatchGenerator:
         logits_of: dict[int, torch.Tensor] = {}
         logits = None
         if running:
-            pieces = self.spec.decode(running, failed) or self._decode(running, failed)
+            pieces = self.spec.decode(running, failed, self._decode)
             running = [r for rows, _ in pieces for r in rows]
             logits = pieces[0][1] if len(pieces) == 1 else None
             for rows, piece in pieces:

@@ -28,6 +28,7 @@ Beam rows never speculate; a step with a running beam search runs without drafts
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -37,16 +38,19 @@ from decoding.speculative import Speculation, speculation
 
 class NgramDrafter:
     """The draft of one row: an index of every n-gram (``min_n <= len <= n``) of its tokens
-    to the position after its first occurrence, grown as tokens are appended."""
+    to the position after its first occurrence, grown as tokens are appended; and how often
+    its drafts were right, by the length of the n-gram that matched (``worth``)."""
+
+    P0 = 0.5  # a draft token's chance to be right before any was verified
+    ALPHA = 0.2  # the weight of each verified token in that estimate
+    RECOVER = 0.02  # how far a step of an unverified match moves it back toward P0
 
     def __init__(self, spec: Speculation):
         self.k, self.n, self.min_n = spec.k, spec.n, spec.min_n
-        # The draft length this row tries next: up 2 after a draft accepted whole, down 1 after a
-        # rejection (transformers' "heuristic" schedule), so a row whose drafts keep failing
-        # verifies one token, not k.
-        self.size = spec.k
         self.tokens: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its first continuation starts
+        self.matched = spec.n  # the n-gram length behind the last draft
+        self.right = {size: self.P0 for size in range(1, spec.n + 1)}  # chance a draft token is right
 
     def extend(self, tokens: list[int]) -> None:
         """Catch up with the row's history (prompt + output): index the n-grams that now
@@ -67,8 +71,83 @@ class NgramDrafter:
         for size in range(min(self.n, end), self.min_n - 1, -1):
             at = self.index.get(tuple(self.tokens[end - size:]))
             if at is not None:
+                self.matched = size
                 return self.tokens[at: at + limit]
         return []
+
+    def propose(self, limit: int, row_cost: float) -> list[int]:
+        """The draft to verify this step: ``draft(limit)`` cut to the length that pays
+        (``worth``). A match left unverified because it does not pay nudges its rate back
+        toward ``P0`` (``RECOVER``), so a row whose drafts failed tries again some steps later
+        instead of never (on a free-form answer: one verified row every ~15 such steps)."""
+        d = self.draft(limit)
+        keep = self.worth(len(d), row_cost)
+        if d and not keep:
+            p = self.right.get(self.matched, self.P0)
+            self.right[self.matched] = p + self.RECOVER * (self.P0 - p)
+        return d[:keep]
+
+    def worth(self, longest: int, row_cost: float) -> int:
+        """How many of a draft's first ``longest`` tokens to verify: the length that gives the
+        most tokens per unit of step time, where the step with ``L`` draft rows costs
+        ``1 + row_cost * L`` and yields ``1 + p + p^2 + ... + p^L`` tokens on average (token i
+        is kept only if all before it were right), ``p`` this row's rate for matches of this
+        n-gram length. 0 where no length pays: a row whose drafts keep failing, or a machine
+        where a row costs nearly a step, verifies nothing."""
+        p = self.right.get(self.matched, self.P0)
+        best, best_rate, tokens, term = 0, 1.0, 1.0, 1.0
+        for length in range(1, longest + 1):
+            term *= p
+            tokens += term
+            rate = tokens / (1.0 + row_cost * length)
+            if rate > best_rate:
+                best, best_rate = length, rate
+        return best
+
+    def observe(self, accepted: int, drafted: int) -> None:
+        """A draft of ``drafted`` tokens was verified and its first ``accepted`` were right."""
+        p = self.right.get(self.matched, self.P0)
+        for i in range(min(drafted, accepted + 1)):
+            p += self.ALPHA * ((i < accepted) - p)
+        self.right[self.matched] = p
+
+
+class StepCost:
+    """What one more row costs a decode forward on this engine, measured as steps run:
+    a running mean of the forward's seconds for each row count seen, and the least-squares
+    line ``seconds = fixed + per_row * rows`` through them. Until two row counts were seen
+    a few times each, ``PRIOR`` (an extra row as a fraction of a one-row step; measured
+    0.1-0.2 on our avx512 and avx2 kernels with the default model, 2 cores)."""
+
+    PRIOR = 0.15
+    ALPHA = 0.1
+    MIN_SEEN = 3
+
+    def __init__(self):
+        self.seen: dict[int, list[float]] = {}  # rows -> [mean seconds, count]
+
+    def add(self, rows: int, seconds: float) -> None:
+        mean = self.seen.setdefault(rows, [seconds, 0])
+        mean[1] += 1
+        mean[0] += max(self.ALPHA, 1.0 / mean[1]) * (seconds - mean[0])
+
+    def fit(self) -> tuple[float, float] | None:
+        """``(fixed, per_row)`` seconds, or None before enough steps."""
+        pts = [(r, m, n) for r, (m, n) in self.seen.items() if n >= self.MIN_SEEN]
+        if len(pts) < 2:
+            return None
+        w = sum(n for _, _, n in pts)
+        xm = sum(r * n for r, _, n in pts) / w
+        ym = sum(m * n for _, m, n in pts) / w
+        sxx = sum(n * (r - xm) ** 2 for r, _, n in pts)
+        per_row = max(0.0, sum(n * (r - xm) * (m - ym) for r, m, n in pts) / sxx)
+        return max(0.0, ym - per_row * xm), per_row
+
+    def row_cost(self, rows: int) -> float:
+        """One more row as a fraction of a step of ``rows`` rows."""
+        fixed, per_row = self.fit() or (1.0 - self.PRIOR, self.PRIOR)
+        step = fixed + per_row * max(1, rows)
+        return min(1.0, per_row / step) if step > 0 else 1.0
 
 
 @dataclass
@@ -108,6 +187,7 @@ class Speculator:
         engine = batch.engine
         self.default = speculation(getattr(getattr(engine, "config", None), "speculate", "off"))
         self.counts: SpecCounts = engine.__dict__.setdefault("spec_counts", SpecCounts())
+        self.cost: StepCost = engine.__dict__.setdefault("step_cost", StepCost())
         self.drafters: dict[int, NgramDrafter | None] = {}  # by handle; None: the row does not speculate
         self.pending: dict[int, tuple[list[int], torch.Tensor, int]] = {}  # handle -> (draft, logits, p)
 
@@ -118,31 +198,38 @@ class Speculator:
             self.drafters[row.handle] = NgramDrafter(spec) if on else None
         return self.drafters[row.handle]
 
-    def decode(self, rows: list, failed: dict) -> list | None:
-        """The step's forward when some row has a draft: ``[(rows, logits)]`` with each row's
-        position-0 logits, as ``BatchGenerator._decode`` returns; the draft positions' logits
-        kept for ``extend``. ``None``: no draft this step (or the forward failed), so the
-        plain decode runs."""
+    def decode(self, rows: list, failed: dict, plain) -> list:
+        """The step's forward: ``[(rows, logits)]`` with each row's position-0 logits, as
+        ``plain`` (``BatchGenerator._decode``) returns, which runs where no row drafts (or
+        the verify forward failed: it finds the failing row); the draft positions' logits
+        kept for ``extend``. Where some row speculates, every forward is timed
+        (``StepCost``): a row's draft is cut to the length that pays at the measured cost."""
         self.pending.clear()
         live = set(self.batch.rows)
         for h in [h for h in self.drafters if h not in live]:
             del self.drafters[h]
         if any(r.search is not None for r in rows) or not exact_here(self.batch.engine):
-            return None
+            return plain(rows, failed)
         runner = self.batch.runner
-        drafts = {}
+        drafts, speculating = {}, False
+        row_cost = self.cost.row_cost(len(rows))
         for r in rows:
             drafter = self._drafter(r)
             if drafter is None:
                 continue
+            speculating = True
             drafter.extend(r.state.history)  # prompt + output, the row's next token last
             pos = runner.length(r.slots[0])
             # a draft token is worth verifying only if a token can still follow it
-            d = drafter.draft(min(drafter.size, r.params.max_new_tokens - r.emitted - 1, runner.max_len - 1 - pos))
+            d = drafter.propose(min(r.params.max_new_tokens - r.emitted - 1, runner.max_len - 1 - pos), row_cost)
             if d:
                 drafts[r.handle] = d
+        t0 = time.perf_counter()
         if not drafts:
-            return None
+            pieces = plain(rows, failed)
+            if speculating and not failed:
+                self.cost.add(len(rows), time.perf_counter() - t0)
+            return pieces
         flat_slots, flat_pos, flat_tok, first = [], [], [], []
         for r in rows:
             slot, pos = r.slots[0], runner.length(r.slots[0])
@@ -155,7 +242,8 @@ class Speculator:
             runner.forward_calls += 1
             logits = runner.forward_rows(flat_slots, flat_pos, flat_tok, list(range(len(flat_slots))))
         except Exception:  # noqa: BLE001 - the plain decode finds the failing row
-            return None
+            return plain(rows, failed)
+        self.cost.add(len(flat_slots), time.perf_counter() - t0)
         for r, at in zip(rows, first):
             pos = runner.length(r.slots[0])
             runner.lengths[r.slots[0]] = pos + 1  # as a decode step; extend() moves past accepted drafts
@@ -193,8 +281,7 @@ class Speculator:
             self.counts.accepted += accepted[h]
             drafter = self.drafters.get(h)
             if drafter is not None:
-                whole = accepted[h] == len(draft)
-                drafter.size = min(drafter.k, drafter.size + 2) if whole else max(1, drafter.size - 1)
+                drafter.observe(accepted[h], len(draft))
             row = batch.rows.get(h)
             if row is not None:
                 batch.runner.lengths[row.slots[0]] = length + accepted[h]

@@ -14,7 +14,7 @@ import torch
 from decoding import ParamError, SamplingParams
 from generator import Engine
 from generator.config import EngineConfig, EngineConfigError
-from generator.speculate import NgramDrafter, exact_here
+from generator.speculate import NgramDrafter, StepCost, exact_here
 from decoding.speculative import Speculation, speculation
 
 ORACLE = "ngram:k=4,n=3,min_n=1"
@@ -47,6 +47,66 @@ def test_the_longest_suffix_wins_and_min_n_and_the_limit_hold():
     d = NgramDrafter(Speculation("ngram", 3, 3, 2))
     d.extend([4, 5, 6, 9, 6])
     assert d.draft(3) == []  # only a 1-gram matches; min_n is 2
+
+
+def test_a_draft_is_cut_to_the_length_that_pays_at_its_rate_and_cost():
+    d = NgramDrafter(Speculation("ngram", 8, 3, 2))
+    assert d.worth(8, 0.15) == 2  # p = 0.5 before any verify: 1.75 tokens for 1.3 steps beats 1 and 3
+    d.right[3] = 0.95
+    assert d.worth(8, 0.05) == 8 and d.worth(3, 0.05) == 3 and d.worth(0, 0.05) == 0
+    d.right[3] = 0.1
+    assert d.worth(8, 0.2) == 0  # a draft token right 1 time in 10 does not pay for a row at 0.2
+    d.right[3] = 0.5
+    for _ in range(6):
+        d.observe(0, 4)  # the first token wrong: one failure counted (the rest were never chosen)
+    assert d.right[3] < 0.15 and d.worth(8, 0.15) == 0
+    for _ in range(6):
+        d.observe(4, 4)  # all right: four successes each
+    assert d.right[3] > 0.9 and d.worth(8, 0.15) == 8
+    d.matched = 2
+    assert d.right[2] == NgramDrafter.P0  # each n-gram length keeps its own rate
+
+
+def test_a_row_whose_drafts_keep_failing_stops_verifying_them_and_tries_again_later():
+    d = NgramDrafter(Speculation("ngram", 4, 3, 2))
+    d.extend([1, 2, 3, 4, 5, 1, 2])  # "1 2" matches: the draft is [3, 4, 5, 1]
+    proposed = []
+    for _ in range(60):
+        got = d.propose(4, 0.15)
+        proposed.append(len(got))
+        if got:
+            d.observe(0, len(got))  # never right
+    assert proposed[0] == 2 and sum(proposed) < 25  # 60 x 4 rows if every match were verified
+    assert proposed[-40:].count(0) > 30 and any(proposed[20:])  # rests, and probes again
+
+
+def test_the_step_cost_is_fitted_from_the_forwards_timed():
+    cost = StepCost()
+    assert cost.fit() is None and cost.row_cost(1) == StepCost.PRIOR
+    for _ in range(StepCost.MIN_SEEN):
+        cost.add(1, 0.005)
+        cost.add(5, 0.009)
+    fixed, per_row = cost.fit()
+    assert fixed == pytest.approx(0.004) and per_row == pytest.approx(0.001)
+    assert cost.row_cost(1) == pytest.approx(0.2)  # one more row: a fifth of a one-row step
+    assert cost.row_cost(8) == pytest.approx(0.001 / 0.012)  # a smaller part of a bigger step
+    cost.add(3, 0.5)  # one slow outlier of a count seen once does not enter the fit yet
+    assert cost.fit() == pytest.approx((fixed, per_row))
+
+
+def test_speculation_with_drafts_that_never_match_keeps_the_tokens_and_stops_drafting(tiny_model_dir, monkeypatch):
+    engine = Engine.load(model=str(tiny_model_dir), device="cpu", dtype="bfloat16", quant="int4", num_slots=2,
+                         max_len=256)
+    prompt = list(range(40, 60))
+    params = SamplingParams(strategy="greedy", max_new_tokens=60, ignore_eos=True)
+    want, _ = _events(engine, prompt, params.replace(speculative="off"))
+    monkeypatch.setattr(NgramDrafter, "draft",
+                        lambda self, limit: [(t + 1) % 300 for t in self.tokens[-min(self.k, limit):]][:limit])
+    monkeypatch.setattr(StepCost, "row_cost", lambda self, rows: StepCost.PRIOR)
+    c0 = engine.spec_counts.drafted
+    got, _ = _events(engine, prompt, params.replace(speculative="ngram:k=4"))
+    assert got == want
+    assert engine.spec_counts.drafted - c0 < 40  # 59 steps x 4 draft rows if every draft were verified
 
 
 def test_bad_speculative_settings_name_the_field():
@@ -89,6 +149,8 @@ def oracle(monkeypatch):
         return []
 
     monkeypatch.setattr(NgramDrafter, "draft", draft)
+    # the measured row cost would make the draft lengths (not the tokens) vary with the host's load
+    monkeypatch.setattr(StepCost, "row_cost", lambda self, rows: StepCost.PRIOR)
     return refs
 
 
