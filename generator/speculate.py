@@ -2,7 +2,9 @@
 
 A speculating row drafts up to ``k`` tokens: the tokens that followed the earliest
 earlier occurrence of its longest suffix n-gram (``n`` down to ``min_n``) in its prompt +
-output (``NgramDrafter``, as transformers' prompt lookup). The step's ONE forward then
+output (``NgramDrafter``, as transformers' prompt lookup), cut to the length that pays
+at the row's measured rate of right drafts and the engine's measured cost of a row
+(``NgramDrafter.worth``, ``StepCost``). The step's ONE forward then
 holds, for that row, ``k + 1`` one-token rows of its slot at positions ``p .. p+k`` (its
 next token, then the draft), beside the other rows' single tokens: on our kernel tiers
 each layer writes every row's key and value before any attends, so each draft position
