@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)  ## all tests: unit (tiny random model) + integration (default model)
-	$(PY) -m pytest -q
+test: $(STAMP)  ## all tests: unit (tiny random model) + integration (default model); the 15 slowest named
+	$(PY) -m pytest -q --durations=15
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not reliability and not ray"
