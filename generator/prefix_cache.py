@@ -2,14 +2,19 @@
 blocks of ``BLOCK`` tokens outside the slot cache and found again by token ids.
 
     cache = PrefixCache.for_engine(runner, config)   # engine.prefix_cache
-    hit, pinned = cache.admit(slot, ids)   # copies the longest cached block prefix into slot
+    hit, pinned = cache.admit(slot, ids)   # copies the longest cached prefix into slot
     ...prefill ids[hit:] from position hit...
-    cache.insert(slot, ids)                # the slot's full blocks kept for later requests
+    cache.insert(slot, ids)                # the slot's blocks kept for later requests
     cache.unpin(pinned)
 
-A block is keyed by its parent block and its own 16 token ids, so the keys form a
-radix tree of blocks: a block's KV depends on every token before it, and a key
-names exactly those. Blocks live in tensors of their own, ``capacity`` of them
+A block is keyed by its parent block and its own token ids (16, or fewer for the
+partial last block of a prompt or answer, which is a leaf), so the keys form a radix
+tree of blocks: a block's KV depends on every token before it, and a key names exactly
+those. A match is token-exact, not block-exact: after the whole blocks that match, the
+first j positions of a child block serve any prompt whose next j tokens are that
+block's first j (the KV of a position depends only on the tokens up to it), so a
+shared system prompt that ends mid-block, or a chat whose last answer did, is reused
+to its last token. Blocks live in tensors of their own, ``capacity`` of them
 (the byte budget divided by a block's bytes), never in the slots: a finished
 request's slot goes back to the pool at once, and the cache keeps only the
 blocks it has room for (a slot parked whole would hold ``max_len`` positions).
@@ -103,7 +108,7 @@ class PrefixCache:
         self._free = list(range(self.capacity))[::-1]  # popped from the end: lowest first
         self._nodes: dict[tuple[int, tuple[int, ...]], int] = {}  # (parent or -1, ids) -> block
         self._key: list[tuple[int, tuple[int, ...]] | None] = [None] * self.capacity
-        self._children = [0] * self.capacity
+        self._kids: dict[int, set[int]] = {}  # parent or -1 -> its child blocks (whole and partial)
         self._pins = [0] * self.capacity
         self._lru: OrderedDict[int, None] = OrderedDict()  # blocks in use, least recently used first
 
@@ -156,21 +161,45 @@ class PrefixCache:
             parent = block
         return blocks
 
+    def _part(self, parent: int, rest: Sequence[int]) -> tuple[int, int] | None:
+        """``(block, tokens)``: the child of ``parent`` whose ids begin with the most of
+        ``rest`` (at least one), whole or partial: a block's first j positions hold the KV of
+        its first j tokens after the same prefix, whatever its other tokens are."""
+        best = None
+        for block in self._kids.get(parent, ()):
+            ids = self._key[block][1]
+            j = 0
+            for a, b in zip(ids, rest):
+                if a != b:
+                    break
+                j += 1
+            if j and (best is None or j > best[1]):
+                best = (block, j)
+        return best
+
     def admit(self, slot: int, ids: Sequence[int], pins: int = 1) -> tuple[int, list[int]]:
         """Copy the longest cached prefix of ``ids`` into ``slot`` (its length set to it) and
-        pin its blocks ``pins`` times: ``(tokens reused, blocks pinned)``. At least the last
-        prompt token is left to prefill (its logits are the first token's)."""
+        pin its blocks ``pins`` times: ``(tokens reused, blocks pinned)``. The prefix is the
+        whole blocks that match, then as many tokens as match of one more block (a block
+        kept partial, at the end of an earlier prompt or answer, or one where the prompts
+        part). At least the last prompt token is left to prefill (its logits are the first
+        token's)."""
         ids = list(ids)
         self.requests += 1
         self.prompt_tokens += len(ids)
         if not self.enabled:
             return 0, []
         blocks = self.match(ids)
-        hit = min(len(blocks) * BLOCK, len(ids) - 1)
+        hit = len(blocks) * BLOCK
+        part = self._part(blocks[-1] if blocks else -1, ids[hit: hit + BLOCK])
+        if part is not None:
+            blocks.append(part[0])
+            hit += part[1]
+        hit = min(hit, len(ids) - 1)
         if hit <= 0:
             return 0, []
         blocks = blocks[: -(-hit // BLOCK)]
-        self._load(slot, blocks)
+        self._load(slot, blocks)  # whole blocks: positions past ``hit`` are written before they are read
         self.runner.lengths[slot] = hit
         self._touch(blocks)
         self.pin(blocks, pins)
@@ -195,33 +224,36 @@ class PrefixCache:
 
     # -- inserts ------------------------------------------------------------
     def insert(self, slot: int, ids: Sequence[int]) -> int:
-        """Keep the whole blocks of ``ids``, whose KV ``slot`` holds at positions 0.. (a
-        prompt just prefilled, or a finished row's prompt + output). Blocks already cached
-        are only touched. Returns the blocks added (fewer when every block left is pinned)."""
+        """Keep the blocks of ``ids``, whose KV ``slot`` holds at positions 0.. (a prompt just
+        prefilled, or a finished row's prompt + output): its whole blocks, then its last
+        partial block (fewer than ``BLOCK`` tokens: a leaf, never a parent) unless a block
+        there already begins with those tokens. Blocks already cached are only touched.
+        Returns the blocks added (fewer when every block left is pinned)."""
         if not self.enabled:
             return 0
         ids = list(ids)[: self.runner.length(slot)]
-        path, parent, new, first = [], -1, [], None
+        path, parent, new = [], -1, []  # new: (block, first position, tokens)
         try:
-            for b0 in range(0, len(ids) - BLOCK + 1, BLOCK):
-                key = (parent, tuple(ids[b0: b0 + BLOCK]))
-                block = self._nodes.get(key)
+            for b0 in range(0, len(ids), BLOCK):
+                piece = tuple(ids[b0: b0 + BLOCK])
+                block = self._nodes.get((parent, piece))
+                if block is None and len(piece) < BLOCK:
+                    have = self._part(parent, piece)
+                    block = have[0] if have is not None and have[1] == len(piece) else None
                 if block is None:
                     block = self._take()
                     if block is None:
                         break
-                    self._nodes[key] = block
-                    self._key[block] = key
-                    if parent >= 0:
-                        self._children[parent] += 1
-                    first = b0 if first is None else first
-                    new.append(block)
+                    self._nodes[(parent, piece)] = block
+                    self._key[block] = (parent, piece)
+                    self._kids.setdefault(parent, set()).add(block)
+                    new.append((block, b0, len(piece)))
                 path.append(block)
                 self._touch([block])
                 self.pin([block])  # the chain being extended is never evicted under it
                 parent = block
             if new:
-                self._store(slot, first, new)
+                self._store(slot, new)
         finally:
             self.unpin(path)
         return len(new)
@@ -231,15 +263,18 @@ class PrefixCache:
         if self._free:
             return self._free.pop()
         for block in self._lru:
-            if self._children[block] == 0 and self._pins[block] == 0:
+            if not self._kids.get(block) and self._pins[block] == 0:
                 break
         else:
             return None
         key = self._key[block]
         del self._nodes[key]
         del self._lru[block]
-        if key[0] >= 0:
-            self._children[key[0]] -= 1
+        self._kids.pop(block, None)
+        siblings = self._kids[key[0]]
+        siblings.discard(block)
+        if not siblings:
+            del self._kids[key[0]]
         self._key[block] = None
         self.evictions += 1
         return block
@@ -254,10 +289,12 @@ class PrefixCache:
     # a block is one copy: 45-60 us for 16 tokens of the default model's 30 layers, where two
     # index_copy_ calls a layer took 0.9-1.2 ms (measured: one thread, a busy 2-core host).
     @torch.inference_mode()
-    def _store(self, slot: int, pos0: int, blocks: list[int]) -> None:
-        span = self._model.cache_span(slot, pos0, pos0 + len(blocks) * BLOCK)
-        for j, b in enumerate(blocks):
-            self._blocks[b].copy_(span[:, :, :, j * BLOCK: (j + 1) * BLOCK])
+    def _store(self, slot: int, pieces: list[tuple[int, int, int]]) -> None:
+        """``pieces``: (block, first position, tokens) of the slot, in order."""
+        span = self._model.cache_span(slot, pieces[0][1], pieces[-1][1] + pieces[-1][2])
+        at = pieces[0][1]
+        for b, pos0, n in pieces:
+            self._blocks[b, :, :, :, :n].copy_(span[:, :, :, pos0 - at: pos0 - at + n])
 
     @torch.inference_mode()
     def _load(self, slot: int, blocks: list[int]) -> None:

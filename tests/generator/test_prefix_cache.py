@@ -47,13 +47,32 @@ def test_cached_blocks_plus_the_rest_give_the_bits_of_a_whole_prefill(tiny_int4)
     runner, cache = tiny_int4.runner, tiny_int4.prefix_cache
     a = _ids(40, 1)
     _check_same_bits(runner, cache, a, 0)  # nothing cached yet
-    _check_same_bits(runner, cache, a, 32)  # every token shared: 2 whole blocks reused
-    _check_same_bits(runner, cache, a[:33], 32)  # a strict prefix
+    _check_same_bits(runner, cache, a, 39)  # every token shared (2 whole blocks + 8 of a partial one)
+    _check_same_bits(runner, cache, a[:33], 32)  # a strict prefix: the last token prefilled
     _check_same_bits(runner, cache, a[:32], 31)  # all shared and block-aligned: the last token prefilled
-    _check_same_bits(runner, cache, a + _ids(9, 2), 32)  # a longer prompt
-    _check_same_bits(runner, cache, a[:20] + _ids(30, 3), 16)  # some shared
+    _check_same_bits(runner, cache, a + _ids(9, 2), 40)  # a longer prompt: all of a, its partial block too
+    _check_same_bits(runner, cache, a[:20] + _ids(30, 3), 20)  # some shared: 4 tokens into a's second block
     _check_same_bits(runner, cache, _ids(40, 4), 0)  # none shared
     _check_same_bits(runner, cache, a[:1], 0)  # one token: always prefilled
+
+
+def test_a_prompts_last_partial_block_is_kept_once_and_a_longer_one_gets_its_own(tiny_best):
+    runner = tiny_best.runner
+    cache = PrefixCache(runner, 4)
+    a = _ids(40, 12)
+    _prefill(runner, a, cache)
+    assert cache.used_blocks == 3  # two whole blocks and the last 8 tokens
+    _prefill(runner, a[:36], cache)  # its tail (4 tokens) begins a's partial block: nothing new
+    assert cache.used_blocks == 3
+    _prefill(runner, a + _ids(4, 13), cache)  # 12 tokens past the whole blocks: a block of its own
+    assert cache.used_blocks == 4
+    slot = runner.acquire(1)[0]
+    try:
+        hit, blocks = cache.admit(slot, a[:38] + _ids(5, 14))  # 6 tokens into the partial blocks
+        assert hit == 38 and len(blocks) == 3
+        cache.unpin(blocks)
+    finally:
+        runner.release([slot])
 
 
 def test_the_bits_hold_across_an_eviction_and_the_budget_holds(tiny_int4):
@@ -61,7 +80,7 @@ def test_the_bits_hold_across_an_eviction_and_the_budget_holds(tiny_int4):
     block_bytes = tiny_int4.prefix_cache.block_bytes
     cache = PrefixCache(runner, 0, budget_bytes=3 * block_bytes + 7)
     assert cache.capacity == 3
-    a, b = _ids(40, 5), _ids(40, 6)
+    a, b = _ids(32, 5), _ids(32, 6)  # two whole blocks each
     _check_same_bits(runner, cache, a, 0)
     _check_same_bits(runner, cache, b, 0)  # needs 2 blocks, 1 free: a's leaf block goes
     assert cache.evictions == 1 and cache.used_blocks == 3
@@ -70,7 +89,7 @@ def test_the_bits_hold_across_an_eviction_and_the_budget_holds(tiny_int4):
         _prefill(runner, _ids(40, seed), cache)
         assert cache.used_blocks <= 3 and cache.used_bytes <= 3 * block_bytes
     assert cache._blocks.shape[:2] == (3, len(runner.model.layers))
-    _check_same_bits(runner, cache, _ids(40, 29), 32)
+    _check_same_bits(runner, cache, _ids(40, 29), 39)  # 2 whole blocks + its partial third
 
 
 def test_a_block_a_request_holds_is_never_evicted(tiny_best):
@@ -130,9 +149,9 @@ def test_a_chats_turns_give_the_same_tokens_with_and_without_the_cache(tiny_best
     strip = lambda runs: [choices for choices, _ in runs]  # noqa: E731
     assert strip(results["on"][0]) == strip(results["off"][0])
     assert strip(results["on"][1]) == strip(results["off"][1])
-    # turn 2 reused turn 1's prompt and answer (whole blocks of the 41 tokens in the slot)
-    assert results["on"][1][0][1] == [32] and results["off"][1][0][1] == [0]
-    assert results["on"][1][1][1] == [48]  # the second: the first's 52-token prompt, whole blocks of it
+    # turn 2 reused turn 1's prompt and answer: all 41 tokens in the slot (2 whole blocks + 9 of a partial one)
+    assert results["on"][1][0][1] == [41] and results["off"][1][0][1] == [0]
+    assert results["on"][1][1][1] == [51]  # the second: the first's 52-token prompt, all but its last token
 
 
 def test_identical_prompts_share_one_prefill_and_n_siblings_too(tiny_best):
@@ -171,8 +190,8 @@ def test_on_pytorchs_kernels_too_where_prompts_are_one_token_rows(tiny_model_dir
     runner, cache = engine.runner, engine.prefix_cache
     a = _ids(40, 1)
     _check_same_bits(runner, cache, a, 0)
-    _check_same_bits(runner, cache, a, 32)
-    _check_same_bits(runner, cache, a[:20] + _ids(30, 3), 16)
+    _check_same_bits(runner, cache, a, 39)
+    _check_same_bits(runner, cache, a[:20] + _ids(30, 3), 20)
 
 
 def test_a_block_is_one_view_of_every_layers_cache_and_the_cache_knows_when_it_is_not(tiny_int4):

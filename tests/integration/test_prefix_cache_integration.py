@@ -37,20 +37,21 @@ def test_default_model_cached_prefill_is_the_same_bits(default_int4):
         return default_int4.encode([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
                                    chat=True)
 
-    # 63 and 60 tokens, the first 34 shared (the system prompt): 3 whole blocks each, 2 shared
+    # 63 and 60 tokens, the first 34 shared (the system prompt): they part 2 tokens into a's third block
     a = ask("Why is the sky blue during the day, and why does it turn red and orange at sunset and at sunrise?")
     b = ask("Name three rivers in Europe and say which one of them is the longest, and why that matters.")
     whole = len(a) // 16 * 16
-    cache = PrefixCache(runner, 0, budget_bytes=default_int4.prefix_cache.block_bytes * (whole // 16))
+    # room for a's whole blocks and its partial last one, no more
+    cache = PrefixCache(runner, 0, budget_bytes=default_int4.prefix_cache.block_bytes * (whole // 16 + 1))
     check_same_bits(runner, cache, a, 0)
-    check_same_bits(runner, cache, a, min(whole, len(a) - 1))  # all shared
-    check_same_bits(runner, cache, a[:-5], (len(a) - 6) // 16 * 16)  # a strict prefix
+    check_same_bits(runner, cache, a, len(a) - 1)  # all shared: all but the last token
+    check_same_bits(runner, cache, a[:-5], len(a) - 6)  # a strict prefix
     shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-    check_same_bits(runner, cache, b, shared // 16 * 16)  # some shared; evicts a's tail blocks
-    assert cache.evictions > 0
-    left = len(cache.match(a)) * 16  # a's chain, cut from its end
-    assert shared // 16 * 16 <= left < whole
-    check_same_bits(runner, cache, a, left)  # after the eviction
+    assert shared % 16 and shared < whole  # the prompts part inside one of a's whole blocks
+    check_same_bits(runner, cache, b, shared)  # a's whole blocks, then a's next block up to where they part
+    assert cache.evictions > 0  # b's own block took the place of a's partial last block
+    assert len(cache.match(a)) * 16 == whole  # a's whole blocks stay (b read one of them)
+    check_same_bits(runner, cache, a, whole)  # after the eviction: a's whole blocks, its partial block gone
 
 
 def test_default_model_chat_text_unchanged_and_cached_tokens_over_http(default_int4):

@@ -49,7 +49,7 @@ def test_cached_tokens_over_http_and_the_text_is_unchanged(server):
     assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     again = _chat(server.url, messages)
     cached = again["usage"]["prompt_tokens_details"]["cached_tokens"]
-    assert 16 <= cached < again["usage"]["prompt_tokens"] and cached % 16 == 0
+    assert cached == again["usage"]["prompt_tokens"] - 1  # all but the last token, whose logits are needed
     assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
     # turn 2 of the conversation: the first turn is cached
     turn2 = messages + [first["choices"][0]["message"], {"role": "user", "content": "The capital of France"}]
