@@ -108,7 +108,8 @@ class PrefixCache:
         self._free = list(range(self.capacity))[::-1]  # popped from the end: lowest first
         self._nodes: dict[tuple[int, tuple[int, ...]], int] = {}  # (parent or -1, ids) -> block
         self._key: list[tuple[int, tuple[int, ...]] | None] = [None] * self.capacity
-        self._kids: dict[int, set[int]] = {}  # parent or -1 -> its child blocks (whole and partial)
+        # parent or -1 -> its child blocks (whole and partial), by their first token
+        self._kids: dict[int, dict[int, set[int]]] = {}
         self._pins = [0] * self.capacity
         self._lru: OrderedDict[int, None] = OrderedDict()  # blocks in use, least recently used first
 
@@ -166,7 +167,7 @@ class PrefixCache:
         ``rest`` (at least one), whole or partial: a block's first j positions hold the KV of
         its first j tokens after the same prefix, whatever its other tokens are."""
         best = None
-        for block in self._kids.get(parent, ()):
+        for block in self._kids.get(parent, {}).get(rest[0], ()) if rest else ():
             ids = self._key[block][1]
             j = 0
             for a, b in zip(ids, rest):
@@ -246,7 +247,7 @@ class PrefixCache:
                         break
                     self._nodes[(parent, piece)] = block
                     self._key[block] = (parent, piece)
-                    self._kids.setdefault(parent, set()).add(block)
+                    self._kids.setdefault(parent, {}).setdefault(piece[0], set()).add(block)
                     new.append((block, b0, len(piece)))
                 path.append(block)
                 self._touch([block])
@@ -271,10 +272,12 @@ class PrefixCache:
         del self._nodes[key]
         del self._lru[block]
         self._kids.pop(block, None)
-        siblings = self._kids[key[0]]
-        siblings.discard(block)
-        if not siblings:
-            del self._kids[key[0]]
+        kids = self._kids[key[0]]
+        kids[key[1][0]].discard(block)
+        if not kids[key[1][0]]:
+            del kids[key[1][0]]
+            if not kids:
+                del self._kids[key[0]]
         self._key[block] = None
         self.evictions += 1
         return block
