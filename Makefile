@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray gpu-bundle bench-prefix bench-speculate
+.PHONY: test test-quality test-unit test-integration test-browser test-reliability test-lm-eval serve generate clean-venv bench bench-peer bench-quality bench-serve bench-grammar bench-scoring test-ray gpu-bundle bench-prefix bench-speculate
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
+
+# The weight formats' perplexity and greedy agreement against float32 on the default model
+# (pytest marker `quality`, about two minutes; `make test` leaves them out, CI runs them).
+test-quality: $(STAMP)
+	$(PY) -m pytest -q -m quality
 
 # The server's slow reliability checks: hypothesis and schemathesis fuzzing, a disconnect
 # storm and many open connections (pytest marker `reliability`; `make test` leaves them out).

@@ -40,6 +40,7 @@ def test_int4_weights_are_the_ggufs_own(default_engine, int4_engine):
         assert err.mean() <= 2 ** -9 * ref.abs().mean() * 2, float(err.mean())
 
 
+@pytest.mark.quality
 def test_int4_perplexity_and_greedy_agreement_bf16_activations(default_engine):
     engine = Engine.load(device="cpu", quant="int4", compile=False, activations="bf16")
     assert engine.activations == "bf16"
@@ -52,6 +53,7 @@ def test_int4_perplexity_and_greedy_agreement_bf16_activations(default_engine):
     assert sum(agree) / len(agree) >= 16 and max(agree) == 64, agree
 
 
+@pytest.mark.quality
 @pytest.mark.skipif(kernels.status()["activations"] != "int8", reason="int8 activations are not this kernel tier's default")
 def test_int4_perplexity_and_greedy_agreement_int8_activations(default_engine, int4_engine):
     """The default on the avx512 (with VNNI) and avx2 tiers: inputs of the int4 layers rounded to int8 per
@@ -68,6 +70,7 @@ def test_int4_perplexity_and_greedy_agreement_int8_activations(default_engine, i
     assert sum(agree) / len(agree) >= 16 and max(agree) >= 32, agree
 
 
+@pytest.mark.quality
 def test_int8_perplexity_within_two_percent(default_engine):
     engine = Engine.load(device="cpu", quant="int8", compile=False)
     assert (perplexity(text_logprobs(engine, LIKELIHOOD_TEXT))
