@@ -9,7 +9,7 @@ on over the same engine). Writes benchmarks/results/prefix_cache.json.
 - compare: four columns of one prompt (four strategies), as the page sends them: arriving
   together (one admission) and one after another (each after the previous one's first
   token); prompt tokens actually prefilled and the time to every column's first token.
-- load: ``--load`` distinct prompts (no two share a block) through one batch, cache off
+- load: ``--load`` distinct prompts (no two share even their first token) through one batch, cache off
   and on: total time (what the cache costs when it never hits), process RSS before and
   after, and the cache's bytes against its budget.
 """
@@ -131,12 +131,18 @@ class Timed:
         return timed
 
 
+FIRST_TOKEN = 1000  # the load's prompts begin with tokens 1000, 1001, ... (one each)
+
+
 def load(engine: Engine, n: int, mb: int, words: int) -> dict:
     cache = use_cache(engine, mb)
     timed = Timed(cache)
     prompts = [" ".join([f"Request {i}:"] + [WORDS[(i * 7 + j * (i % 5 + 1)) % len(WORDS)] for j in range(words)])
                for i in range(n)]
-    ids = [engine.encode(p) for p in prompts]
+    # Each prompt begins with a token of its own, so that none shares even its first token
+    # with another (the cache matches to the token: "Request 1" and "Request 12" would share
+    # three) and every admission is a miss: what the cache costs where it never helps.
+    ids = [[FIRST_TOKEN + i] + engine.encode(p) for i, p in enumerate(prompts)]
     params = SamplingParams(strategy="greedy", max_new_tokens=2, ignore_eos=True)
     batch = engine.batch()
     before = rss_mb()
@@ -152,7 +158,7 @@ def load(engine: Engine, n: int, mb: int, words: int) -> dict:
             "cpu_seconds": round(cpu_s, 2),
             "rss_before_mb": before, "rss_after_mb": rss_mb(), "cache_used_mb": round(st["used_bytes"] / 2**20, 1),
             "cache_capacity_mb": round(st["capacity_blocks"] * st["block_bytes"] / 2**20, 1),
-            "evictions": st["evictions"], "hit_requests": st["hit_requests"],
+            "evictions": st["evictions"], "hit_requests": st["hit_requests"], "cached_tokens": st["cached_tokens"],
             "seconds_in_cache_calls": round(timed.seconds, 3)}
 
 
