@@ -142,7 +142,8 @@ def load(engine: Engine, n: int, mb: int, words: int) -> dict:
     # Each prompt begins with a token of its own, so that none shares even its first token
     # with another (the cache matches to the token: "Request 1" and "Request 12" would share
     # three) and every admission is a miss: what the cache costs where it never helps.
-    ids = [[FIRST_TOKEN + i] + engine.encode(p) for i, p in enumerate(prompts)]
+    first = max(0, min(FIRST_TOKEN, len(engine.tokenizer) - n))  # a small model's vocabulary may end sooner
+    ids = [[first + i] + engine.encode(p) for i, p in enumerate(prompts)]
     params = SamplingParams(strategy="greedy", max_new_tokens=2, ignore_eos=True)
     batch = engine.batch()
     before = rss_mb()
