@@ -38,23 +38,28 @@ from generator.kernels.build import cpu  # noqa: E402
 from generator.speculate import NgramDrafter  # noqa: E402
 
 
-class Latest(NgramDrafter):
-    """Drafts from the latest earlier occurrence of the suffix n-gram instead of the first."""
+class _LastWins(dict):
+    """An n-gram index whose ``setdefault`` keeps the latest position, not the first."""
 
-    def extend(self, tokens: list[int]) -> None:
-        for t in tokens[len(self.tokens):]:
-            at = len(self.tokens)
-            for size in range(self.min_n, self.n + 1):
-                if at >= size:
-                    self.index[tuple(self.tokens[at - size: at])] = at
-            self.tokens.append(t)
+    def setdefault(self, key, value):
+        self[key] = value
+        return value
+
+
+class Latest(NgramDrafter):
+    """Drafts from the latest earlier occurrence of the suffix n-gram instead of the first
+    (``NgramDrafter.extend`` indexes with ``setdefault``)."""
+
+    def __init__(self, spec: Speculation):
+        super().__init__(spec)
+        self.index = _LastWins()
 
 
 def make(base: type, policy: str, spec: Speculation):
     d = base(spec)
-    d.size = spec.k
     if policy == "cost-aware":
         return d, lambda limit, cost: d.propose(limit, cost), d.observe
+    d.size = spec.k  # the schedule's draft length: +2 after a draft accepted whole, -1 after a rejection
 
     def schedule(accepted: int, drafted: int) -> None:
         d.size = min(d.k, d.size + 2) if accepted == drafted else max(1, d.size - 1)

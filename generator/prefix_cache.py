@@ -67,10 +67,10 @@ class PrefixCache:
         self.capacity = 0
         self._reason = reason
         model = None if reason else runner.model
-        if model is not None and model.cache_span(0, 0, BLOCK) is None:
+        span = None if model is None else model.cache_span(0, 0, BLOCK)  # [layers, 2, kv_heads, BLOCK, head_dim]
+        if model is not None and span is None:
             self._reason = "the model's layers do not share one cache tensor (FastLlama.kv)"
         elif model is not None:
-            span = model.cache_span(0, 0, BLOCK)  # [layers, 2, kv_heads, BLOCK, head_dim]
             self.block_bytes = span.numel() * span.element_size()
             self.capacity = budget // self.block_bytes
             if self.capacity == 0:

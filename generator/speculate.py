@@ -51,8 +51,8 @@ class NgramDrafter:
         self.k, self.n, self.min_n = spec.k, spec.n, spec.min_n
         self.tokens: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> where its first continuation starts
-        self.matched = spec.n  # the n-gram length behind the last draft
-        self.right = {size: self.P0 for size in range(1, spec.n + 1)}  # chance a draft token is right
+        self.matched = spec.n  # the n-gram length behind the last draft (min_n..n)
+        self.right = {size: self.P0 for size in range(1, spec.n + 1)}  # chance a draft token is right, by it
 
     def extend(self, tokens: list[int]) -> None:
         """Catch up with the row's history (prompt + output): index the n-grams that now
@@ -85,7 +85,7 @@ class NgramDrafter:
         d = self.draft(limit)
         keep = self.worth(len(d), row_cost)
         if d and not keep:
-            p = self.right.get(self.matched, self.P0)
+            p = self.right[self.matched]
             self.right[self.matched] = p + self.RECOVER * (self.P0 - p)
         return d[:keep]
 
@@ -96,7 +96,7 @@ class NgramDrafter:
         is kept only if all before it were right), ``p`` this row's rate for matches of this
         n-gram length. 0 where no length pays: a row whose drafts keep failing, or a machine
         where a row costs nearly a step, verifies nothing."""
-        p = self.right.get(self.matched, self.P0)
+        p = self.right[self.matched]
         best, best_rate, tokens, term = 0, 1.0, 1.0, 1.0
         for length in range(1, longest + 1):
             term *= p
@@ -108,7 +108,7 @@ class NgramDrafter:
 
     def observe(self, accepted: int, drafted: int) -> None:
         """A draft of ``drafted`` tokens was verified and its first ``accepted`` were right."""
-        p = self.right.get(self.matched, self.P0)
+        p = self.right[self.matched]
         for i in range(min(drafted, accepted + 1)):
             p += self.ALPHA * ((i < accepted) - p)
         self.right[self.matched] = p
