@@ -104,9 +104,12 @@ def test_speculation_with_drafts_that_never_match_keeps_the_tokens_and_stops_dra
                         lambda self, limit: [(t + 1) % 300 for t in self.tokens[-min(self.k, limit):]][:limit])
     monkeypatch.setattr(StepCost, "row_cost", lambda self, rows: StepCost.PRIOR)
     c0 = engine.spec_counts.drafted
-    got, _ = _events(engine, prompt, params.replace(speculative="ngram:k=4"))
+    got, forwards = _events(engine, prompt, params.replace(speculative="ngram:k=4"))
     assert got == want
     assert engine.spec_counts.drafted - c0 < 40  # 59 steps x 4 draft rows if every draft were verified
+    # every decode forward of the speculating row was timed, plain (1 row) and verify (more rows) alike
+    seen = engine.step_cost.seen
+    assert 1 in seen and max(seen) > 1 and sum(n for _, n in seen.values()) == forwards - 1  # - the prefill
 
 
 def test_bad_speculative_settings_name_the_field():
