@@ -213,13 +213,13 @@ class Speculator:
         if any(r.search is not None for r in rows) or not exact_here(self.batch.engine):
             return plain(rows, failed)
         runner = self.batch.runner
-        drafts, speculating = {}, False
-        row_cost = self.cost.row_cost(len(rows))
+        drafts, speculating, row_cost = {}, False, None
         for r in rows:
             drafter = self._drafter(r)
             if drafter is None:
                 continue
-            speculating = True
+            if not speculating:  # the fit is asked once a step, and only where some row speculates
+                speculating, row_cost = True, self.cost.row_cost(len(rows))
             drafter.extend(r.state.history)  # prompt + output, the row's next token last
             pos = runner.length(r.slots[0])
             # a draft token is worth verifying only if a token can still follow it
