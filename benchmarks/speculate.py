@@ -115,12 +115,14 @@ def row_cost(engine, rows=(1, 2, 3, 5), reps: int = 30) -> dict:
     return {n: 1000 * v for n, v in best.items()}
 
 
-def add_model(out: dict, cost: dict) -> None:
+def add_model(out: dict, cost: dict | None, fraction: float | None = None) -> None:
     """Speedups from counts rather than clocks: a token a step without speculation; with it,
     a step per token not accepted, each verified draft token adding one row at the measured
-    marginal row cost. Robust to a busy machine's drift between the two timed runs."""
-    per_row = (cost[max(cost)] - cost[1]) / (max(cost) - 1) / cost[1]  # an extra row, in one-row steps
-    out["row_cost_ms"] = cost
+    marginal row cost (``cost``: ms by rows) or at ``fraction`` of a one-row step. Robust to
+    a busy machine's drift between the two timed runs."""
+    per_row = fraction if cost is None else (cost[max(cost)] - cost[1]) / (max(cost) - 1) / cost[1]
+    if cost is not None:
+        out["row_cost_ms"] = cost
     out["extra_row_fraction"] = per_row
     for key in ("grounded", "stories"):
         if key not in out:
@@ -146,16 +148,20 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speculate.json"))
     ap.add_argument("--model-only", action="store_true",
                     help="measure the verify forward's cost by rows and add the count-based speedups to --out")
+    ap.add_argument("--rows", default="1,2,3,5", help="--model-only: the verify forward's row counts timed")
+    ap.add_argument("--row-cost", type=float, default=None,
+                    help="--model-only: an extra row as this fraction of a one-row step instead of timing it")
     args = ap.parse_args()
     # No prefix cache: the second run of a prompt would skip its prefill (end-to-end figures
     # compare the same prefill work); the decode figures do not depend on it.
     engine = Engine.load(prefix_cache_mb=0)
     if args.model_only:
         out = json.loads(Path(args.out).read_text())
-        add_model(out, row_cost(engine))
+        cost = None if args.row_cost is not None else row_cost(engine, tuple(map(int, args.rows.split(","))))
+        add_model(out, cost, args.row_cost)
         Path(args.out).write_text(json.dumps(out, indent=1))
         print(json.dumps({k: out[k]["summary"] for k in ("grounded", "stories") if k in out}, indent=1))
-        print("row cost (ms):", out["row_cost_ms"])
+        print("row cost (ms):", cost, "extra row:", round(out["extra_row_fraction"], 3), "of a one-row step")
         return
     grounded, stories = prompts()
     if args.limit:
@@ -181,6 +187,10 @@ def main() -> None:
         measure(engine, [item], args.tokens, args.spec, partial[key], save, args.repeats)
     for key in partial:
         out[key] = summarize(partial[key])
+    step_cost = getattr(engine, "step_cost", None)  # the engine's own fit over the speculating runs' forwards
+    fit = step_cost.fit() if step_cost is not None else None
+    out["step_cost"] = {"fixed_ms": round(fit[0] * 1e3, 3), "per_row_ms": round(fit[1] * 1e3, 3),
+                        "extra_row_fraction": round(step_cost.row_cost(1), 3)} if fit else None
     for key in ("grounded", "stories"):
         s = out[key]["summary"]
         print(f"{key}: decode {s['decode_tps_off']:.1f} -> {s['decode_tps_on']:.1f} tok/s "
